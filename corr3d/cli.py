@@ -1,0 +1,92 @@
+"""The ``corr3d`` command: ``corr3d train EXP [key=value ...]``, ``eval``, ``render``, ``bench``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from corr3d.config import ConfigError, available_experiments, load_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.experiment, args.overrides)
+    if cfg.launcher.name == "slurm":
+        from corr3d.launch.slurm import submit_train
+
+        submit_train(cfg)
+        return 0
+    from corr3d.train import train
+
+    train(cfg)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.tasks:
+        overrides.append(f"eval.tasks=[{args.tasks}]")
+    if args.ckpt:
+        overrides.append(f"eval.ckpt={args.ckpt}")
+    if args.backbone:
+        overrides.append(f"eval.backbone={args.backbone}")
+    cfg = load_config(args.experiment, overrides)
+    if cfg.launcher.name == "slurm":
+        from corr3d.launch.slurm import submit_eval
+
+        submit_eval(cfg)
+        return 0
+    from corr3d.eval.run import run_eval
+
+    run_eval(cfg)
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    cfg = load_config(args.experiment, args.overrides)
+    from corr3d.render.batch import render_experiment_objects
+
+    render_experiment_objects(cfg)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from corr3d.bench import run_benchmarks
+
+    run_benchmarks(only=args.only, quick=args.quick, out=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corr3d", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_text in (
+        ("train", _train, "finetune a backbone (and measure equivariance before/after)"),
+        ("eval", _eval, "evaluate backbones/adapters on the downstream benchmarks"),
+        ("render", _render, "render the experiment's objects (multiview RGB/mask/depth/xyz)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("experiment", help=f"experiment name ({', '.join(available_experiments())}) or YAML path")
+        p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=10")
+        if name == "eval":
+            p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all whose data exists)")
+            p.add_argument("--ckpt", default=None, help="adapter file or run directory to evaluate")
+            p.add_argument("--backbone", default=None, help="backbone to evaluate instead of the experiment's")
+        p.set_defaults(func=fn)
+    p = sub.add_parser("bench", help="throughput / memory benchmarks")
+    p.add_argument("--only", default=None, help="comma-separated benchmark groups")
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument("--out", default="runs/bench.json", help="where to write the JSON results")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"corr3d: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from corr3d.config import ConfigError, available_experiments, load_config
+from corr3d.utils.run_dir import create_run_dir, find_resumable_run, mark_done
+
+
+def test_base_and_override_types():
+    cfg = load_config("base", ["trainer.max_steps=7", "model.lora.rank=8", "optim.lr=1"])
+    assert cfg.trainer.max_steps == 7 and cfg.model.lora.rank == 8 and cfg.optim.lr == 1
+
+
+def test_unknown_key_names_path_and_closest():
+    with pytest.raises(ConfigError) as err:
+        load_config("base", ["model.lora.rnak=8"])
+    assert "'model.lora.rnak'" in str(err.value) and "'model.lora.rank'" in str(err.value)
+
+
+def test_unknown_top_level_key_closest():
+    with pytest.raises(ConfigError) as err:
+        load_config("base", ["trainr.max_steps=8"])
+    assert "'trainr'" in str(err.value) and "trainer" in str(err.value)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError) as err:
+        load_config("base", ["trainer.max_steps=lots"])
+    assert "trainer.max_steps" in str(err.value) and "int" in str(err.value)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("base", ["trainer.max_steps"])
+
+
+def test_unknown_experiment_suggests(tmp_path):
+    with pytest.raises(ConfigError, match="dinov2_single_object"):
+        load_config("dinov2_single_objct")
+
+
+def test_every_experiment_composes():
+    names = available_experiments()
+    assert "dinov2_single_object" in names
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.experiment == name
+        OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def test_experiment_file_typo_is_caught(tmp_path, monkeypatch):
+    exp_dir = tmp_path / "experiments"
+    exp_dir.mkdir()
+    (exp_dir / "base.yaml").write_text((Path(__file__).parents[1] / "experiments/base.yaml").read_text())
+    (exp_dir / "parent.yaml").write_text("model:\n  lora:\n    rank: 2\n")
+    (exp_dir / "child.yaml").write_text("inherit: parent\noptim:\n  lr: 3.0e-4\n")
+    (exp_dir / "bad.yaml").write_text("optim:\n  learning_rate: 1.0\n")
+    monkeypatch.setenv("CORR3D_EXPERIMENTS", str(exp_dir))
+    cfg = load_config("child")
+    assert cfg.model.lora.rank == 2 and cfg.optim.lr == 3.0e-4 and cfg.experiment == "child"
+    with pytest.raises(ConfigError, match=r"optim.learning_rate.*bad.yaml"):
+        load_config("bad")
+
+
+def test_run_dir_written_and_resumable(tmp_path):
+    cfg = load_config("base", [f"output_dir={tmp_path}", "experiment=demo"])
+    run = create_run_dir(cfg)
+    assert (run / "config.yaml").exists() and (run / "env.json").exists()
+    assert (tmp_path / "demo" / "latest").resolve() == run.resolve()
+    assert OmegaConf.load(run / "config.yaml").experiment == "demo"
+    # same config, unfinished -> reused; finished -> new directory
+    assert find_resumable_run(tmp_path / "demo", cfg) == run.resolve()
+    assert create_run_dir(cfg).resolve() == run.resolve()
+    mark_done(run)
+    run2 = create_run_dir(cfg)
+    assert run2.resolve() != run.resolve()
+    assert (tmp_path / "demo" / "latest").resolve() == run2.resolve()
+    # different config -> not resumed
+    cfg3 = load_config("base", [f"output_dir={tmp_path}", "experiment=demo", "seed=1"])
+    assert create_run_dir(cfg3).resolve() != run2.resolve()
