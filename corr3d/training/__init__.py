@@ -1,0 +1,3 @@
+from corr3d.training.module import MultiviewFinetuneModule
+
+__all__ = ["MultiviewFinetuneModule"]

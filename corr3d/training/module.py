@@ -1,0 +1,105 @@
+"""LightningModule for multiview-equivariance finetuning: network and loss are injected (lightning-hydra style)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class MultiviewFinetuneModule(L.LightningModule):
+    """Finetunes a ``Corr3DModel`` (LoRA + conv head) with a dense 3D-correspondence ranking loss.
+
+    Checkpoints hold only the trainable tensors (LoRA, head, unfrozen blocks) plus optimizer and loop state: the
+    frozen backbone is rebuilt from its weight source, so a ViT-G run does not write 4 GB per checkpoint.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, lr: float = 1e-5, weight_decay: float = 1e-4,
+                 image_log_every_n_steps: int = 50):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.image_log_every_n_steps = image_log_every_n_steps
+        self.strict_loading = False  # checkpoints deliberately omit frozen weights; checked in on_load_checkpoint
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def pair_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw maps of both views in one backbone call, and L2-normalised features at the sampled points."""
+        images = torch.cat([batch["image0"], batch["image1"]])
+        maps = self.model(images)
+        map0, map1 = maps.chunk(2)
+        size = tuple(batch["image0"].shape[-2:])
+        f0 = F.normalize(self.model.sample_points(map0, batch["points0"], size), dim=-1)
+        f1 = F.normalize(self.model.sample_points(map1, batch["points1"], size), dim=-1)
+        return maps, f0, f1
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        maps, f0, f1 = self.pair_features(batch)
+        loss, stats = self.loss_fn(f0, f1, batch["xyz0"], batch["xyz1"], batch.get("valid0"), batch.get("valid1"))
+        bs = batch["image0"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for key, value in stats.items():
+            self.log(f"train/{key}", torch.as_tensor(value, dtype=torch.float32), batch_size=bs)
+        if self._should_log_images():
+            self._log_images(batch, maps.detach(), f0.detach(), f1.detach())
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (check model.lora / model.head / unfreeze_blocks)")
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- checkpoints: trainable tensors only -------------------------------------------------------------------
+    def _trainable_keys(self) -> set[str]:
+        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self._trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = self._trainable_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"checkpoint lacks trainable tensors {sorted(missing)[:5]}...: different model config?")
+
+    # -- TensorBoard images ------------------------------------------------------------------------------------
+    def _should_log_images(self) -> bool:
+        n = self.image_log_every_n_steps
+        return bool(n) and self.global_rank == 0 and self.global_step % n == 0 and self.logger is not None \
+            and hasattr(self.logger.experiment, "add_image")
+
+    @torch.no_grad()
+    def _log_images(self, batch: dict, maps: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor) -> None:
+        from corr3d.utils.visualize import correspondence_figure, pca_rgb
+
+        writer, step = self.logger.experiment, self.global_step
+        img0 = (batch["image0"][0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+        img1 = (batch["image1"][0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+        pca0, pca1 = pca_rgb([maps[0].float().cpu(), maps[maps.shape[0] // 2].float().cpu()])
+        writer.add_image("features/pca_view0", pca0, step, dataformats="HWC")
+        writer.add_image("features/pca_view1", pca1, step, dataformats="HWC")
+        # predicted vs true: for view-0 points with a 3D-coincident view-1 point, the NN among view-1 points
+        xyz0, xyz1 = batch["xyz0"][0], batch["xyz1"][0]
+        valid0 = batch.get("valid0", torch.ones_like(xyz0[:, 0], dtype=torch.bool))[0]
+        valid1 = batch.get("valid1", torch.ones_like(xyz1[:, 0], dtype=torch.bool))[0]
+        dist = torch.cdist(xyz0.float(), xyz1.float())
+        dist[~valid0] = float("inf")
+        dist[:, ~valid1] = float("inf")
+        nearest, true_idx = dist.min(dim=1)
+        src = torch.nonzero(nearest < 0.01).flatten()[:40]
+        if len(src) == 0:
+            return
+        sim = f0[0, src] @ f1[0].T
+        sim[:, ~valid1] = -2
+        pred_idx = sim.argmax(dim=1)
+        pts1 = batch["points1"][0].cpu().numpy()
+        fig = correspondence_figure(img0, img1, batch["points0"][0, src].cpu().numpy(), pts1[pred_idx.cpu().numpy()],
+                                    pts1[true_idx[src].cpu().numpy()], title=f"step {step}: predicted vs true")
+        writer.add_figure("correspondences/predicted_vs_true", fig, step)
