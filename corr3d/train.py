@@ -142,6 +142,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
         _write_metrics(run, metrics)
 
     module = build_module(cfg, model)
+    module.pair_log_dir = str(run)
     datamodule = build_datamodule(cfg)
     callbacks = []
     val_dirs = ensure_rendered(list(cfg.data.val_objects), Path(cfg.data.rendered_dir), cfg.data.render) \

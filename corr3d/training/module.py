@@ -17,8 +17,9 @@ class MultiviewFinetuneModule(L.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, lr: float = 1e-5, weight_decay: float = 1e-4,
-                 image_log_every_n_steps: int = 50):
+                 image_log_every_n_steps: int = 50, pair_log_dir: str | None = None):
         super().__init__()
+        self.pair_log_dir = pair_log_dir
         self.model = model
         self.loss_fn = loss_fn
         self.lr = lr
@@ -46,6 +47,7 @@ class MultiviewFinetuneModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for key, value in stats.items():
             self.log(f"train/{key}", torch.as_tensor(value, dtype=torch.float32), batch_size=bs)
+        self._record_pairs(batch)
         if self._should_log_images():
             self._log_images(batch, maps.detach(), f0.detach(), f1.detach())
         return loss
@@ -55,6 +57,19 @@ class MultiviewFinetuneModule(L.LightningModule):
         if not params:
             raise ValueError("the model has no trainable parameters (check model.lora / model.head / unfreeze_blocks)")
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _record_pairs(self, batch: dict) -> None:
+        """Append which object views each rank trained on (audits data streams across ranks and resumes)."""
+        if not self.pair_log_dir or "object_id" not in batch:
+            return
+        import json
+        from pathlib import Path
+
+        views = zip(batch["object_id"], batch["view0"].tolist(), batch["view1"].tolist())
+        line = json.dumps({"step": int(self.global_step), "rank": int(self.global_rank),
+                           "pairs": [[o, v0, v1] for o, v0, v1 in views]})
+        with open(Path(self.pair_log_dir) / f"pairs_rank{self.global_rank}.jsonl", "a") as fh:
+            fh.write(line + "\n")
 
     # -- checkpoints: trainable tensors only -------------------------------------------------------------------
     def _trainable_keys(self) -> set[str]:

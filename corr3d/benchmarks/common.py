@@ -1,0 +1,73 @@
+"""Shared pieces of the synthetic benchmark generators: cameras on orbits, rendering, visibility, backgrounds."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def orbit_position(azimuth_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
+    """Camera centre on a y-up orbit around the origin."""
+    az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
+    return distance * np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
+
+
+def orbit_pose(azimuth_deg: float, elevation_deg: float, distance: float, target=(0.0, 0.0, 0.0)) -> np.ndarray:
+    from corr3d.geometry.icosphere import look_at_pose
+
+    return look_at_pose(orbit_position(azimuth_deg, elevation_deg, distance) + np.asarray(target), target)
+
+
+def render(mesh, K: np.ndarray, poses: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
+    from corr3d.render import render_views
+
+    return render_views(mesh, K, np.asarray(poses), width, height)
+
+
+def visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, xyz_map: np.ndarray, mask: np.ndarray,
+               tol: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Project object points; visible = in front, inside the image, and the pixel sees the same surface point."""
+    from corr3d.geometry import project
+
+    uv, z = project(np.asarray(points, dtype=np.float64), K, pose)
+    h, w = mask.shape
+    cols, rows = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+    inside = (z > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    vis = np.zeros(len(points), dtype=bool)
+    idx = np.nonzero(inside)[0]
+    r, c = rows[idx], cols[idx]
+    same = mask[r, c] & (np.linalg.norm(xyz_map[r, c] - points[idx], axis=1) < tol)
+    vis[idx[same]] = True
+    return uv, vis
+
+
+def background(height: int, width: int, seed: int) -> np.ndarray:
+    """A deterministic textured background from scikit-image's bundled photos (random crop, resized)."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    names = ("grass", "gravel", "brick", "coffee", "chelsea", "rocket")
+    rng = np.random.default_rng(seed)
+    img = getattr(skdata, names[int(rng.integers(len(names)))])()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    H, W = img.shape[:2]
+    ch, cw = int(H * rng.uniform(0.5, 0.9)), int(W * rng.uniform(0.5, 0.9))
+    y0, x0 = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+    crop = Image.fromarray(np.ascontiguousarray(img[y0:y0 + ch, x0:x0 + cw]).astype(np.uint8))
+    out = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR)).astype(np.float32)
+    return (0.6 * out + 0.4 * out.mean()).astype(np.uint8)  # lower contrast than the objects
+
+
+def composite(rgb: np.ndarray, mask: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    return np.where(mask[..., None], rgb, bg).astype(np.uint8)
+
+
+def save_image(path, image: np.ndarray, quality: int = 95) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(image)
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        img.save(path, quality=quality)
+    else:
+        img.save(path)

@@ -1,0 +1,240 @@
+"""Semantic correspondence: PF-PASCAL (3DCorrEnhance protocol) and SPair-71k.
+
+Protocol (paper.md §4.3): each image is resized so its long side is ``image_size`` (840, LANCZOS) and zero-padded to a
+centred ``image_size`` square; the whole square is the ViT input (snapped down to a multiple of the patch). Source
+keypoint features are sampled bilinearly (patch-centre aligned) and L2-normalised; the prediction is the argmax over
+every pixel of the target square of the dot product with the bilinearly upsampled (not re-normalised) target map.
+
+Because bilinear upsampling is linear, ``<f_src, up(F_trg)(p)> = up(<f_src, F_trg>)(p)``: we take the dot product at
+feature resolution (N x h x w) and upsample the N similarity maps instead of the C-channel feature map
+(``similarity: upsample_similarity``, default; ``upsample_features`` is the authors' order, kept for checks/bench).
+
+PCK: error < alpha * image_size (relative to the padded image, as the paper) and < alpha * max(bbox w, h) of the
+target (literature). PF-PASCAL reports per class and the pair-weighted class mean; SPair-71k PCK@0.1 per keypoint and
+per image, by viewpoint variation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from corr3d.eval.features import FeatureCache, extract_maps, sample, snap_to_patch
+from corr3d.metrics.pck import PCKMetric
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SemanticSettings:
+    image_size: int = 840
+    alphas: Sequence[float] = (0.05, 0.10, 0.15)
+    spair_alphas: Sequence[float] = (0.10,)
+    similarity: str = "upsample_similarity"
+    pixel_chunk: int = 65536
+    cache_size: int = 256
+    max_pairs: int | None = None
+    batch_size: int = 2
+
+    @classmethod
+    def from_config(cls, cfg) -> "SemanticSettings":
+        s = cfg.eval.semantic
+        return cls(image_size=int(s.image_size), alphas=tuple(float(a) for a in s.alphas),
+                   spair_alphas=tuple(float(a) for a in s.spair_alphas), similarity=str(s.similarity),
+                   pixel_chunk=int(s.pixel_chunk), cache_size=int(cfg.eval.feature_cache_size),
+                   max_pairs=None if s.max_pairs is None else int(s.max_pairs), batch_size=int(cfg.eval.batch_size))
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize the long side to ``size`` (LANCZOS) and zero-pad to a centred square (3DCorrEnhance's ``resize``).
+
+    Returns (square uint8, per-axis scale (sx, sy), offset (ox, oy)); a point maps as ``p * scale + offset``.
+    """
+    h, w = image.shape[:2]
+    if h <= w:
+        new_w, new_h = size, int(np.around(size * h / w))
+    else:
+        new_w, new_h = int(np.around(size * w / h)), size
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.LANCZOS))
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    oy, ox = (size - new_h) // 2, (size - new_w) // 2
+    canvas[oy:oy + new_h, ox:ox + new_w] = resized
+    return canvas, np.array([new_w / w, new_h / h]), np.array([ox, oy], dtype=np.float64)
+
+
+def upsample_to_pixels(model, fmap: torch.Tensor, image_size: tuple[int, int], input_size: tuple[int, int],
+                       chunk: int = 65536, stride: int | None = None) -> torch.Tensor:
+    """(K, h, w) map -> (K, H*W) values at every pixel centre (row-major), patch-centre aligned bilinear."""
+    h, w = image_size
+    ys = torch.arange(h, device=fmap.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=fmap.device, dtype=torch.float32) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+    out = [sample(model, fmap, pts[s:s + chunk], image_size, input_size, stride, normalize=False).T
+           for s in range(0, len(pts), chunk)]
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def similarity_argmax(model, src_feats: torch.Tensor, fmap_trg: torch.Tensor, image_size: tuple[int, int],
+                      input_size: tuple[int, int], method: str = "upsample_similarity",
+                      chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best target pixel for each source feature (N, C): (xy (N, 2) pixel centres, best score (N,))."""
+    h, w = image_size
+    src = src_feats.to(fmap_trg.dtype)
+    if method == "upsample_similarity":
+        sim_lr = torch.einsum("nc,chw->nhw", src, fmap_trg)
+        sim = upsample_to_pixels(model, sim_lr, image_size, input_size, chunk)  # (N, H*W)
+        best, idx = sim.max(dim=1)
+    elif method == "upsample_features":
+        best = torch.full((len(src),), -float("inf"), device=src.device)
+        idx = torch.zeros(len(src), dtype=torch.long, device=src.device)
+        ys = torch.arange(h, device=src.device, dtype=torch.float32) + 0.5
+        xs = torch.arange(w, device=src.device, dtype=torch.float32) + 0.5
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+        for s in range(0, len(pts), chunk):
+            feats = sample(model, fmap_trg, pts[s:s + chunk], image_size, input_size, normalize=False)  # (n, C)
+            sim = src @ feats.T  # (N, n)
+            val, arg = sim.max(dim=1)
+            better = val > best
+            best = torch.where(better, val, best)
+            idx = torch.where(better, arg + s, idx)
+    else:
+        raise ValueError(f"unknown similarity method {method!r}")
+    xy = torch.stack([(idx % w).float() + 0.5, torch.div(idx, w, rounding_mode="floor").float() + 0.5], dim=-1)
+    return xy, best
+
+
+class SemanticMatcher:
+    """Letterboxes, extracts (cached) maps and transfers keypoints for one model."""
+
+    def __init__(self, model, settings: SemanticSettings):
+        self.model = model
+        self.settings = settings
+        self.size = int(settings.image_size)
+        side = snap_to_patch(self.size, model.patch_size)
+        self.input_size = (side, side)
+        self.cache = FeatureCache(settings.cache_size)
+
+    def prepare(self, path: Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        def compute():
+            image = np.asarray(Image.open(path).convert("RGB"))
+            square, scale, offset = letterbox(image, self.size)
+            fmap = extract_maps(self.model, [square], self.input_size, batch_size=1)[0]
+            return fmap, scale, offset
+        return self.cache.get(str(path), compute)
+
+    def transfer(self, pair) -> dict:
+        fmap_s, scale_s, off_s = self.prepare(pair.src_path)
+        fmap_t, scale_t, off_t = self.prepare(pair.trg_path)
+        src = pair.src_kps * scale_s + off_s
+        trg = pair.trg_kps * scale_t + off_t
+        feats = sample(self.model, fmap_s, src, (self.size, self.size), self.input_size)
+        pred, _ = similarity_argmax(self.model, feats, fmap_t, (self.size, self.size), self.input_size,
+                                    self.settings.similarity, self.settings.pixel_chunk)
+        box = pair.trg_bbox * np.concatenate([scale_t, scale_t])
+        bbox_ref = float(max(box[2] - box[0], box[3] - box[1]))
+        return {"pred": pred.cpu().numpy().astype(np.float64), "gt": trg, "valid": pair.valid, "bbox_ref": bbox_ref}
+
+
+def _pck_row(pair, out, alphas, size) -> dict:
+    valid = out["valid"]
+    err = np.linalg.norm(out["pred"] - out["gt"], axis=1)[valid]
+    row = {"pair": pair.pair_id, "category": pair.category, "keypoints": int(valid.sum()),
+           "src": Path(pair.src_path).name, "trg": Path(pair.trg_path).name}
+    for k in ("viewpoint_variation",):
+        if k in pair.meta:
+            row[k] = pair.meta[k]
+    for a in alphas:
+        row[f"pck@{a:.2f}"] = float(100 * np.mean(err < a * size)) if len(err) else float("nan")
+        row[f"pck_bbox@{a:.2f}"] = float(100 * np.mean(err < a * out["bbox_ref"])) if len(err) else float("nan")
+    return row
+
+
+def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str] = ("different", "same"),
+                      prefix: str = "semantic/", desc: str = "pf-pascal") -> tuple[dict[str, float], dict[str, list]]:
+    """PF-PASCAL PCK for each view list; ``views[0]`` is the headline (keys ``{prefix}pck@a``)."""
+    from corr3d.data import pfpascal
+
+    s = matcher.settings
+    metrics: dict[str, float] = {}
+    tables: dict[str, list] = {}
+    for i, view in enumerate(views):
+        if not pfpascal.pairs_file(root, view).exists():
+            log.warning("PF-PASCAL: %s missing; skipped", pfpascal.pairs_file(root, view))
+            continue
+        pairs = pfpascal.load_pairs(root, view, max_pairs=s.max_pairs)
+        cats = sorted({p.category for p in pairs}, key=lambda c: pfpascal.class_names(root).index(c)
+                      if c in pfpascal.class_names(root) else 999)
+        m_img = PCKMetric(s.alphas, cats)
+        m_box = PCKMetric(s.alphas, cats)
+        rows = []
+        for pair in tqdm(pairs, desc=f"{desc} ({view})", leave=False):
+            out = matcher.transfer(pair)
+            valid = torch.from_numpy(out["valid"])
+            m_img.update(torch.from_numpy(out["pred"]), torch.from_numpy(out["gt"]), float(matcher.size),
+                         pair.category, valid)
+            m_box.update(torch.from_numpy(out["pred"]), torch.from_numpy(out["gt"]), out["bbox_ref"], pair.category,
+                         valid)
+            rows.append(_pck_row(pair, out, s.alphas, matcher.size))
+        p = prefix if i == 0 else f"{prefix}{view}/"
+        img, box = {k: float(v) for k, v in m_img.compute().items()}, {k: float(v) for k, v in m_box.compute().items()}
+        for a in s.alphas:
+            t = f"{a:.2f}"
+            metrics[f"{p}pck@{t}"] = img.get(f"pck_weighted@{t}", img[f"pck@{t}"])
+            metrics[f"{p}pck_classmean@{t}"] = img.get(f"pck_classmean@{t}", img[f"pck@{t}"])
+            metrics[f"{p}pck_kp@{t}"] = img[f"pck@{t}"]
+            metrics[f"{p}pck_bbox@{t}"] = box.get(f"pck_weighted@{t}", box[f"pck@{t}"])
+            metrics[f"{p}pck_bbox_kp@{t}"] = box[f"pck@{t}"]
+        metrics[f"{p}num_pairs"] = img["num_pairs"]
+        per_class = []
+        for r_img, r_box in zip(m_img.per_category(), m_box.per_category()):
+            row = dict(r_img)
+            row.update({k.replace("pck@", "pck_bbox@"): v for k, v in r_box.items() if k.startswith("pck@")})
+            row = {k: v for k, v in row.items() if not k.startswith("pck_img")}
+            per_class.append(row)
+        tables[f"pfpascal_{view}_pairs"] = rows
+        tables[f"pfpascal_{view}_classes"] = per_class
+    return metrics, tables
+
+
+def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", prefix: str = "semantic/spair/",
+                   desc: str = "spair") -> tuple[dict[str, float], dict[str, list]]:
+    """SPair-71k PCK (bbox-relative) per keypoint and per image, overall and by viewpoint variation 0/1/2."""
+    from corr3d.data import spair
+
+    s = matcher.settings
+    pairs = spair.load_pairs(root, split, max_pairs=s.max_pairs)
+    cats = sorted({p.category for p in pairs})
+    m_cat = PCKMetric(s.spair_alphas, cats)
+    m_vp = PCKMetric(s.spair_alphas, ["0", "1", "2"])
+    rows = []
+    for pair in tqdm(pairs, desc=desc, leave=False):
+        out = matcher.transfer(pair)
+        valid = torch.from_numpy(out["valid"])
+        pred, gt = torch.from_numpy(out["pred"]), torch.from_numpy(out["gt"])
+        m_cat.update(pred, gt, out["bbox_ref"], pair.category, valid)
+        vp = str(int(pair.meta.get("viewpoint_variation", 0)))
+        m_vp.update(pred, gt, out["bbox_ref"], vp if vp in m_vp.categories else "2", valid)
+        rows.append(_pck_row(pair, out, s.spair_alphas, matcher.size))
+    metrics: dict[str, float] = {}
+    cat_vals = {k: float(v) for k, v in m_cat.compute().items()}
+    for a in s.spair_alphas:
+        t = f"{a:.2f}"
+        metrics[f"{prefix}pck@{t}"] = cat_vals[f"pck@{t}"]
+        metrics[f"{prefix}pck_img@{t}"] = cat_vals[f"pck_img@{t}"]
+        if f"pck_classmean@{t}" in cat_vals:
+            metrics[f"{prefix}pck_classmean@{t}"] = cat_vals[f"pck_classmean@{t}"]
+        for r in m_vp.per_category():
+            metrics[f"{prefix}vp{r['category']}/pck@{t}"] = r[f"pck@{t}"]
+            metrics[f"{prefix}vp{r['category']}/pck_img@{t}"] = r[f"pck_img@{t}"]
+    metrics[f"{prefix}num_pairs"] = cat_vals["num_pairs"]
+    return metrics, {"spair_pairs": rows, "spair_categories": m_cat.per_category(),
+                     "spair_viewpoints": m_vp.per_category()}

@@ -1,0 +1,172 @@
+"""Zero-training point tracking on TAP-Vid DAVIS: DINO-Tracker's inference procedure on a model's dense features.
+
+Per video (paper.md §4.4): frames resized to ``frame_size`` (854x476 wide, LANCZOS); features with an overlapping
+patch embedding of ``stride`` 7 (position embeddings interpolated to the 67x121 grid by the model); for each query,
+the L2-normalised feature sampled at the query point is correlated (cosine) with every frame's map -> ReLU ->
+softmax over the map -> soft-argmax restricted to an ``argmax_radius`` (35 px) disc around the argmax token.
+
+Occlusion (DINO-Tracker ``ModelInference``): cosine of the tracked feature in frame t to the tracked feature in the
+query frame; frames with cosine >= ``anchor_cos`` (0.7) are anchors. Every tracked point is tracked back into every
+anchor frame ("cycle"); d[a, t] = distance of that cycle prediction to the track's position in anchor frame a. The
+threshold is the largest over anchor frames t of median_a d[a, t]; a frame is occluded if median_a d[a, t] exceeds it
+or its cosine is < ``occlusion_cos`` (0.6). Medians are torch's lower medians, as in the original.
+
+Everything is batched over queries and frames (chunks of ``query_chunk`` queries).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from corr3d.eval.features import extract_maps, model_device, token_centres
+from corr3d.metrics.tapvid import TapVidMetric
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackingSettings:
+    frame_size: tuple[int, int] | None = (476, 854)   # (H, W); None keeps the video's size
+    stride: int | None = 7
+    argmax_radius: float = 35.0                        # px of the resized frame
+    softmax_temperature: float = 1.0
+    anchor_cos: float = 0.7
+    occlusion_cos: float = 0.6
+    resolution: int = 256
+    query_chunk: int = 64
+    batch_size: int = 4
+
+    @classmethod
+    def from_config(cls, cfg, frame_size=None, argmax_radius=None) -> "TrackingSettings":
+        t = cfg.eval.tracking
+        size = frame_size if frame_size is not None else t.frame_size
+        return cls(frame_size=None if size is None else (int(size[0]), int(size[1])),
+                   stride=None if t.stride is None else int(t.stride),
+                   argmax_radius=float(argmax_radius if argmax_radius is not None else t.argmax_radius),
+                   softmax_temperature=float(t.softmax_temperature), anchor_cos=float(t.anchor_cos),
+                   occlusion_cos=float(t.occlusion_cos), resolution=int(t.resolution),
+                   query_chunk=int(t.query_chunk), batch_size=int(cfg.eval.batch_size))
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    h, w = size
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.LANCZOS)) for f in frames])
+
+
+class DinoTracker:
+    """Feature volume of one video + DINO-Tracker's untrained soft-argmax head and occlusion rule."""
+
+    def __init__(self, model, frames: np.ndarray, settings: TrackingSettings):
+        self.model = model
+        self.settings = settings
+        self.frames = resize_frames(frames, settings.frame_size)
+        self.image_size = tuple(self.frames.shape[1:3])
+        self.input_size = self.image_size
+        maps = extract_maps(model, list(self.frames), self.input_size, settings.stride, settings.batch_size)
+        self.fmaps = torch.stack(maps)                                       # (T, C, h, w), unit norm
+        self.T, self.C, self.h, self.w = self.fmaps.shape
+        self.flat = self.fmaps.flatten(2)                                    # (T, C, N)
+        self.centres = token_centres(model, (self.h, self.w), self.image_size, self.input_size, settings.stride,
+                                     device=self.fmaps.device)               # (N, 2)
+
+    # -- primitives -------------------------------------------------------------------------------------------------
+    def sample_at(self, frame_idx: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """Unit features (M, C) at points xy (M, 2) of frames ``frame_idx`` (M,)."""
+        out = torch.empty(len(xy), self.C, device=self.fmaps.device, dtype=self.fmaps.dtype)
+        for t in torch.unique(frame_idx).tolist():
+            sel = frame_idx == t
+            out[sel] = self.model.sample_points(self.fmaps[t:t + 1], xy[sel][None].to(self.fmaps.dtype),
+                                                self.image_size, self.input_size, self.settings.stride,
+                                                normalize=False)[0]
+        return F.normalize(out, dim=-1)
+
+    def soft_argmax(self, corr: torch.Tensor) -> torch.Tensor:
+        """corr (..., N) cosine maps -> (..., 2) positions: ReLU, softmax within the radius disc of the argmax."""
+        shape = corr.shape[:-1]
+        corr = corr.reshape(-1, corr.shape[-1]).clamp(min=0)
+        idx = corr.argmax(dim=-1)
+        dist = torch.cdist(self.centres[idx], self.centres)                  # (M, N)
+        logits = (corr / self.settings.softmax_temperature).masked_fill(dist > self.settings.argmax_radius,
+                                                                        float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        return (weights @ self.centres).reshape(*shape, 2)
+
+    # -- tracking ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def track(self, query_t: np.ndarray, query_xy: np.ndarray, with_occlusion: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tracks (Q, T, 2) in resized-frame pixels, predicted occlusion (Q, T) bool, cosine (Q, T)."""
+        device = self.fmaps.device
+        qt = torch.as_tensor(query_t, dtype=torch.long, device=device)
+        qxy = torch.as_tensor(query_xy, dtype=torch.float32, device=device)
+        Q = len(qt)
+        tracks = torch.empty(Q, self.T, 2, device=device)
+        chunk = max(1, self.settings.query_chunk)
+        src = self.sample_at(qt, qxy)                                        # (Q, C)
+        for s in range(0, Q, chunk):
+            corr = torch.einsum("qc,tcn->qtn", src[s:s + chunk], self.flat)
+            tracks[s:s + chunk] = self.soft_argmax(corr)
+        # features along the tracks and their cosine to the track's feature in the query frame
+        frame_ids = torch.arange(self.T, device=device).expand(Q, -1)
+        feats = self.sample_at(frame_ids.reshape(-1), tracks.reshape(-1, 2)).reshape(Q, self.T, self.C)
+        ref = feats[torch.arange(Q, device=device), qt]                      # (Q, C)
+        cos = torch.einsum("qtc,qc->qt", feats, ref)
+        occ = torch.zeros(Q, self.T, dtype=torch.bool, device=device)
+        if with_occlusion:
+            for q in range(Q):
+                occ[q] = self._occlusion_one(tracks[q], feats[q], cos[q])
+        return tracks.cpu().numpy(), occ.cpu().numpy(), cos.cpu().numpy()
+
+    def _occlusion_one(self, track: torch.Tensor, feats: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        anchors = torch.nonzero(cos >= self.settings.anchor_cos).flatten()
+        if len(anchors) == 0:   # cannot happen for the query frame itself (cos = 1), kept for safety
+            return cos < self.settings.occlusion_cos
+        corr = torch.einsum("tc,acn->atn", feats, self.flat[anchors])        # (A, T, N)
+        cycle = self.soft_argmax(corr)                                       # (A, T, 2)
+        dists = torch.linalg.norm(cycle - track[anchors][:, None, :], dim=-1)   # (A, T)
+        anchor_median = torch.median(dists[:, anchors], dim=0).values        # (A,)
+        threshold = anchor_median.max()
+        median = torch.median(dists, dim=0).values                           # (T,)
+        return (median > threshold) | (cos < self.settings.occlusion_cos)
+
+
+def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
+                    desc: str = "tracking") -> tuple[dict[str, float], dict[str, list]]:
+    """TAP-Vid metrics (mean over videos, percent) and one row per video."""
+    metric = None
+    rows = []
+    was_training = model.training
+    model.eval()
+    for video in tqdm(list(videos) if not isinstance(videos, list) else videos, desc=desc, leave=False):
+        if metric is None:
+            metric = TapVidMetric(video.query_mode, prefix=prefix)
+        tracker = DinoTracker(model, video.frames, settings)
+        h0, w0 = video.size
+        h1, w1 = tracker.image_size
+        scale = np.array([w1 / w0, h1 / h0])
+        tracks, occ, _ = tracker.track(video.query_t, video.query_xy * scale)
+        res = settings.resolution
+        pred_256 = tracks * np.array([res / w1, res / h1])
+        values = metric.update(video.query_points_256(res), video.occluded, video.target_256(res), occ, pred_256)
+        row = {"video": video.name, "queries": int(len(video.query_t)), "frames": video.num_frames}
+        for key, short in (("average_jaccard", "aj"), ("average_pts_within_thresh", "delta_avg"),
+                           ("occlusion_accuracy", "oa")):
+            row[short] = float(100 * np.asarray(values[key]).reshape(-1)[0])
+        for t in (1, 2, 4, 8, 16):
+            row[f"jaccard_{t}"] = float(100 * np.asarray(values[f"jaccard_{t}"]).reshape(-1)[0])
+            row[f"pts_within_{t}"] = float(100 * np.asarray(values[f"pts_within_{t}"]).reshape(-1)[0])
+        rows.append(row)
+        del tracker
+    model.train(was_training)
+    if metric is None:
+        return {}, {"tracking_videos": []}
+    return {k: float(v) for k, v in metric.compute().items()}, {"tracking_videos": rows}

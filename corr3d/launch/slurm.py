@@ -1,0 +1,218 @@
+"""Submit training, evaluation and rendering to a SLURM cluster with submitit.
+
+``corr3d train EXP launcher.name=slurm launcher.nodes=2 launcher.gpus_per_node=8`` (= ``make train EXP=..
+LAUNCHER=slurm NODES=2 GPUS=8``) creates the run directory here, submits one job with one task per GPU (Lightning's
+``SLURMEnvironment`` reads ranks from ``srun``), writes the job's logs to ``<run>/slurm/<job id>/`` and records the job
+in ``<run>/slurm/jobs.json``. The job requeues itself on the pre-timeout signal and resumes from the run's last
+checkpoint; an admin's ``scontrol requeue`` restarts it the same way.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from corr3d.config import ConfigError
+from corr3d.launch.tasks import (RENDER_ENTRY, TRAIN_ENTRY, EvalPartTask, GatherTask, RenderChunkTask,
+                                 TrainTask, cfg_to_yaml)
+from corr3d.utils.run_dir import atomic_write_text, create_run_dir
+
+log = logging.getLogger("corr3d.launch")
+JOBS_FILE = "jobs.json"
+
+
+# ---- config -> sbatch parameters -------------------------------------------------------------------------------------
+def align_trainer_with_launcher(cfg: DictConfig) -> DictConfig:
+    """Lightning under SLURM needs ``Trainer(devices)`` == tasks per node and ``num_nodes`` == nodes, or it hangs at
+    "Initializing distributed". Whichever side of a pair is left at 1 follows the other; a real conflict is an error.
+    """
+    cfg = copy.deepcopy(cfg)
+    for trainer_key, launcher_key in (("devices", "gpus_per_node"), ("num_nodes", "nodes")):
+        t, l = cfg.trainer[trainer_key], cfg.launcher[launcher_key]
+        if not isinstance(t, int):
+            raise ConfigError(f"trainer.{trainer_key}={t!r}: with launcher.name=slurm give a number (tasks per node)")
+        if t == l:
+            continue
+        if t == 1:
+            cfg.trainer[trainer_key] = int(l)
+        elif l == 1:
+            cfg.launcher[launcher_key] = int(t)
+        else:
+            raise ConfigError(f"trainer.{trainer_key}={t} but launcher.{launcher_key}={l}: set one of them "
+                              f"(make's GPUS=/NODES= set both)")
+    return cfg
+
+
+def _gres_for(gres: str, gpus: int) -> str:
+    """``gpu:a100:8`` -> ``gpu:a100:<gpus>`` (evaluation tasks take fewer GPUs than training)."""
+    parts = gres.split(":")
+    if parts[-1].isdigit():
+        parts = parts[:-1]
+    return ":".join([*parts, str(gpus)])
+
+
+def slurm_parameters(launcher: DictConfig, *, name: str, nodes: int, tasks_per_node: int, gpus_per_node: int,
+                     dependency: str | None = None) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` keyword arguments for one job (or every task of an array)."""
+    params: dict[str, Any] = {
+        "name": name, "nodes": int(nodes), "tasks_per_node": int(tasks_per_node),
+        "cpus_per_task": int(launcher.cpus_per_task), "timeout_min": int(launcher.time_min),
+        "slurm_signal_delay_s": int(launcher.signal_delay_s),
+        "slurm_array_parallelism": int(launcher.array_parallelism),
+    }
+    if launcher.mem_gb:
+        params["mem_gb"] = launcher.mem_gb
+    if gpus_per_node and launcher.gres:
+        params["slurm_gres"] = _gres_for(str(launcher.gres), int(gpus_per_node))
+    elif gpus_per_node:
+        params["gpus_per_node"] = int(gpus_per_node)
+    for key in ("partition", "account", "qos", "constraint"):
+        if launcher[key]:
+            params[f"slurm_{key}"] = str(launcher[key])
+    if launcher.setup:
+        params["slurm_setup"] = [str(line) for line in launcher.setup]
+    if dependency:
+        params["slurm_dependency"] = dependency
+    # relative paths in the config (output_dir, data_root) mean the directory the user submitted from
+    params["slurm_additional_parameters"] = {"chdir": os.getcwd(), **OmegaConf.to_container(launcher.extra)}
+    return params
+
+
+def gpus_per_task_node(cfg: DictConfig, gpus: int) -> int:
+    """GPUs to request: none when the run is on CPU (the tests' cluster has no GPUs)."""
+    return 0 if str(cfg.trainer.accelerator) == "cpu" else int(gpus)
+
+
+def make_executor(log_root: Path, params: dict[str, Any], max_requeues: int = 10):
+    import submitit
+
+    # <log_root>/<job id>/ holds the sbatch script, stdout/stderr of every task and the pickled call
+    executor = submitit.AutoExecutor(folder=Path(log_root) / "%j", cluster="slurm",
+                                     slurm_max_num_timeout=int(max_requeues))
+    executor.update_parameters(**params)
+    return executor
+
+
+def job_name(cfg: DictConfig, command: str) -> str:
+    return str(cfg.launcher.job_name or f"corr3d-{command}-{cfg.experiment}")
+
+
+# ---- bookkeeping ---------------------------------------------------------------------------------------------------
+def record_jobs(log_root: Path, kind: str, job_ids: Sequence[str], **info: Any) -> Path:
+    """Append a submission to ``<log_root>/jobs.json`` (job ids, when, from where)."""
+    path = Path(log_root) / JOBS_FILE
+    records = json.loads(path.read_text()) if path.exists() else []
+    records.append({"kind": kind, "job_ids": list(job_ids), "submitted": _dt.datetime.now().isoformat(timespec="seconds"),
+                    "cwd": os.getcwd(), **info})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(records, indent=2))
+    return path
+
+
+def recorded_job_ids(log_root: Path) -> list[str]:
+    path = Path(log_root) / JOBS_FILE
+    records = json.loads(path.read_text()) if path.exists() else []
+    return [job_id for record in records for job_id in record["job_ids"]]
+
+
+def queued_jobs(job_ids: Iterable[str]) -> dict[str, str]:
+    """Job id -> state for the given jobs still known to ``squeue`` (pending, running, completing, requeued)."""
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)], capture_output=True, text=True,
+                         timeout=60)
+    states = dict(line.split(maxsplit=1) for line in out.stdout.splitlines() if line.strip())
+    array_ids = {j.split("_")[0] for j in ids}
+    # an array task still pending is listed as <array>_<task>; keep the ones we asked for (or the whole array)
+    return {j: s for j, s in states.items() if j in ids or j.split("_")[0] in array_ids}
+
+
+def wait_for_jobs(job_ids: Iterable[str], poll_s: float = 10.0, timeout_s: float | None = None) -> None:
+    """Block until none of the jobs is queued or running any more (works without SLURM accounting)."""
+    ids = list(job_ids)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while queued_jobs(ids):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"jobs {ids} still queued after {timeout_s}s")
+        time.sleep(poll_s)
+
+
+def _refuse_if_active(log_root: Path) -> None:
+    """Re-running the same command reuses an unfinished run directory; two jobs must not train into it at once."""
+    active = queued_jobs(recorded_job_ids(log_root))
+    if active:
+        listing = ", ".join(f"{j} ({s})" for j, s in active.items())
+        raise RuntimeError(f"{log_root.parent} already has SLURM job(s) {listing}; wait for them or scancel them")
+
+
+def _announce(kind: str, job_ids: Sequence[str], log_root: Path, extra: str = "") -> None:
+    ids = ", ".join(job_ids) if len(job_ids) <= 4 else f"{job_ids[0]} .. {job_ids[-1]} ({len(job_ids)} tasks)"
+    print(f"[corr3d] submitted SLURM {kind} job {ids}\n"
+          f"[corr3d]   logs: {log_root}/<job id>/  (squeue -j {job_ids[0].split('_')[0]}; "
+          f"scancel {job_ids[0].split('_')[0]}){extra}", flush=True)
+
+
+# ---- training ------------------------------------------------------------------------------------------------------
+def submit_train(cfg: DictConfig, entry: str = TRAIN_ENTRY):
+    """Submit ``cfg``'s training as one SLURM job (nodes x gpus_per_node tasks); returns the submitit job."""
+    cfg = align_trainer_with_launcher(cfg)
+    run = create_run_dir(cfg).resolve()
+    log_root = run / "slurm"
+    _refuse_if_active(log_root)
+    launcher = cfg.launcher
+    tasks = int(cfg.trainer.devices)
+    params = slurm_parameters(launcher, name=job_name(cfg, "train"), nodes=int(cfg.trainer.num_nodes),
+                              tasks_per_node=tasks, gpus_per_node=gpus_per_task_node(cfg, tasks))
+    executor = make_executor(log_root, params, int(launcher.max_requeues))
+    job = executor.submit(TrainTask(cfg_to_yaml(cfg), str(run), entry))
+    record_jobs(log_root, "train", [job.job_id], run_dir=str(run), nodes=params["nodes"], tasks_per_node=tasks)
+    _announce("train", [job.job_id], log_root, f"\n[corr3d]   run directory: {run}")
+    if launcher.wait:
+        wait_for_jobs([job.job_id])
+        print(f"[corr3d] train job {job.job_id} left the queue; results in {run}", flush=True)
+    return job
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------------
+def chunked(items: Sequence[str], size: int) -> list[list[str]]:
+    size = max(1, int(size))
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def experiment_object_specs(cfg: DictConfig) -> list[str]:
+    """Every object the experiment trains or evaluates on, in order, without duplicates."""
+    specs = [*cfg.data.train_objects, *cfg.data.val_objects, *cfg.equivariance.objects]
+    return list(dict.fromkeys(str(s) for s in specs))
+
+
+def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str | os.PathLike | None = None,
+                  chunk_size: int | None = None, entry: str = RENDER_ENTRY) -> list:
+    """Render ``specs`` (default: the experiment's objects) as an array job, one task per chunk of objects.
+
+    Logs go to ``<root>/slurm/``; rendering is atomic per object, so overlapping or requeued tasks are harmless.
+    """
+    specs = list(specs) if specs is not None else experiment_object_specs(cfg)
+    root = Path(root or cfg.data.rendered_dir).resolve()
+    chunks = chunked(specs, chunk_size or cfg.launcher.render_chunk_size)
+    if not chunks:
+        raise ValueError("nothing to render: the object list is empty")
+    log_root = root / "slurm"
+    params = slurm_parameters(cfg.launcher, name=job_name(cfg, "render"), nodes=1, tasks_per_node=1, gpus_per_node=0)
+    executor = make_executor(log_root, params, int(cfg.launcher.max_requeues))
+    render_yaml = OmegaConf.to_yaml(cfg.data.render, resolve=True)
+    jobs = executor.submit_array([RenderChunkTask(chunk, str(root), render_yaml, entry) for chunk in chunks])
+    job_ids = [job.job_id for job in jobs]
+    record_jobs(log_root, "render", job_ids, objects=len(specs), chunk_size=len(chunks[0]))
+    _announce("render", job_ids, log_root, f"\n[corr3d]   {len(specs)} objects in {len(chunks)} tasks -> {root}")
+    if cfg.launcher.wait:
+        wait_for_jobs(job_ids)
+    return jobs

@@ -1,0 +1,154 @@
+"""Callables that run inside SLURM jobs.
+
+submitit pickles one of these at submission time and every task of the job (one per GPU) unpickles and calls it on
+its node. They carry the config as YAML text and absolute paths only, so a job restarted by a requeue (ours on the
+pre-timeout signal, or an admin's ``scontrol requeue``) rebuilds exactly the same call: training continues the same
+run directory from ``checkpoints/last.ckpt``, rendering skips the objects already on disk.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from corr3d.utils.run_dir import atomic_write_text
+
+log = logging.getLogger("corr3d.launch")
+
+TRAIN_ENTRY = "corr3d.train:train"
+EVAL_PART_ENTRY = "corr3d.eval.run:run_eval_part"
+EVAL_GATHER_ENTRY = "corr3d.eval.run:gather_eval"
+RENDER_ENTRY = "corr3d.render.batch:ensure_rendered"
+ATTEMPTS_FILE = "attempts.jsonl"
+
+
+def resolve_entry(spec: str) -> Callable:
+    """``"package.module:function"`` -> the function (entry points are named, not pickled, so code fixes made
+    between a requeue and the restart are picked up)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def cfg_to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=False)
+
+
+def cfg_from_yaml(text: str) -> DictConfig:
+    cfg = OmegaConf.create(text)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def global_rank() -> int:
+    return int(os.environ.get("SLURM_PROCID", "0"))
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def append_event(path: Path, event: dict[str, Any]) -> None:
+    """One JSON line per job start / requeue, so users (and the tests) can see how a run was interrupted."""
+    record = {"time": _now(), "job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(),
+              "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")), **event}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _requeue_submission(task: Any):
+    from submitit.helpers import DelayedSubmission
+
+    return DelayedSubmission(task)
+
+
+class TrainTask:
+    """Train (or resume) ``cfg`` in the fixed run directory ``run_dir``; one instance per job, called by every rank."""
+
+    def __init__(self, cfg_yaml: str, run_dir: str, entry: str = TRAIN_ENTRY):
+        self.cfg_yaml, self.run_dir, self.entry = cfg_yaml, str(run_dir), entry
+
+    @property
+    def attempts_file(self) -> Path:
+        return Path(self.run_dir) / "slurm" / ATTEMPTS_FILE
+
+    def __call__(self) -> str:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        if global_rank() == 0:
+            last = Path(self.run_dir) / "checkpoints" / "last.ckpt"
+            append_event(self.attempts_file, {"event": "start", "resume": last.exists()})
+        train = resolve_entry(self.entry)
+        # submitit owns requeueing (SIGUSR2 -> checkpoint() below); Lightning's own auto-requeue would requeue the
+        # job a second time, so it is switched off. Lightning still reads ranks and the master address from SLURM.
+        plugins = [SLURMEnvironment(auto_requeue=False)]
+        run = train(cfg_from_yaml(self.cfg_yaml), run_dir=self.run_dir, trainer_plugins=plugins)
+        return str(run)
+
+    def checkpoint(self):
+        """Called by submitit on rank 0 when the pre-timeout signal (or a preemption) arrives.
+
+        Lightning already keeps ``checkpoints/last.ckpt`` in the run directory and a rank cannot write a consistent
+        DDP checkpoint from a signal handler alone, so the requeued job is this same task: it resumes from there.
+        """
+        append_event(self.attempts_file, {"event": "requeue"})
+        return _requeue_submission(self)
+
+
+class EvalPartTask:
+    """One benchmark x model evaluation of an array; writes its result as ``<parts_dir>/<task>__<model>.json``."""
+
+    def __init__(self, cfg_yaml: str, task: str, model: str, parts_dir: str, entry: str = EVAL_PART_ENTRY):
+        self.cfg_yaml, self.task, self.model, self.parts_dir, self.entry = cfg_yaml, task, model, str(parts_dir), entry
+
+    @property
+    def part_file(self) -> Path:
+        return Path(self.parts_dir) / part_file_name(self.task, self.model)
+
+    def __call__(self) -> dict:
+        result = resolve_entry(self.entry)(cfg_from_yaml(self.cfg_yaml), self.task, self.model)
+        record = {"task": self.task, "model": self.model, "job_id": os.environ.get("SLURM_JOB_ID"),
+                  "result": result}
+        Path(self.parts_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.part_file, json.dumps(record, indent=2, default=str))
+        return result
+
+    def checkpoint(self):
+        return _requeue_submission(self)  # an evaluation part restarts from scratch after a timeout
+
+
+class GatherTask:
+    """Runs after the evaluation array (``afterany``): merges the parts into metrics.json / report.md."""
+
+    def __init__(self, cfg_yaml: str, parts_dir: str, entry: str = EVAL_GATHER_ENTRY):
+        self.cfg_yaml, self.parts_dir, self.entry = cfg_yaml, str(parts_dir), entry
+
+    def __call__(self) -> Any:
+        return resolve_entry(self.entry)(cfg_from_yaml(self.cfg_yaml), Path(self.parts_dir))
+
+
+class RenderChunkTask:
+    """Renders one chunk of an object list; after a requeue the objects already rendered are skipped."""
+
+    def __init__(self, specs: list[str], root: str, render_cfg_yaml: str, entry: str = RENDER_ENTRY):
+        self.specs, self.root, self.render_cfg_yaml, self.entry = list(specs), str(root), render_cfg_yaml, entry
+
+    def __call__(self) -> list[str]:
+        render_cfg = OmegaConf.create(self.render_cfg_yaml)
+        dirs = resolve_entry(self.entry)(self.specs, Path(self.root), render_cfg)
+        return [str(d) for d in dirs]
+
+    def checkpoint(self):
+        return _requeue_submission(self)
+
+
+def part_file_name(task: str, model: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{task}__{model}")
+    return f"{safe}.json"

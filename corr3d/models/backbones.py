@@ -1,0 +1,171 @@
+"""Backbone registry: short names -> timm ids and the facts feature extraction needs.
+
+The table is static so that facts (patch size, normalisation, prefix tokens) are known without building a model;
+any other timm ViT id also works, its facts are then read from timm's pretrained config and the built model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What corr3d needs to know about a ViT backbone."""
+
+    name: str
+    timm_id: str                      # "<architecture>.<pretrained tag>"
+    patch_size: int
+    embed_dim: int
+    num_prefix_tokens: int            # class token + register tokens, stripped before building dense maps
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    depth: int | None = None
+    weight_sources: tuple[str, ...] = ("hf",)   # offline-capable sources beyond "random" and local files
+    description: str = ""
+    timm_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        return self.timm_id.split(".", 1)[0]
+
+    @property
+    def pretrained_tag(self) -> str | None:
+        parts = self.timm_id.split(".", 1)
+        return parts[1] if len(parts) == 2 else None
+
+    @property
+    def hf_hub_id(self) -> str:
+        """Hugging Face repository timm publishes these weights under (``timm/<arch>.<tag>``)."""
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(self.timm_id)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        return hub_id or f"timm/{self.timm_id}"
+
+
+def _dinov2(size: str, dim: int, depth: int, reg: bool) -> BackboneSpec:
+    arch = f"vit_{size}_patch14{'_reg4' if reg else ''}_dinov2"
+    name = f"dinov2_{size[0]}14{'_reg' if reg else ''}"
+    sources = ("hf", "imgfocus") if (size == "small" and not reg) else ("hf",)
+    return BackboneSpec(
+        name=name, timm_id=f"{arch}.lvd142m", patch_size=14, embed_dim=dim, depth=depth,
+        num_prefix_tokens=5 if reg else 1, mean=IMAGENET_MEAN, std=IMAGENET_STD, weight_sources=sources,
+        description=f"DINOv2 ViT-{size[0].upper()}/14{' with 4 registers' if reg else ''}",
+    )
+
+
+def _default_table() -> dict[str, BackboneSpec]:
+    table: dict[str, BackboneSpec] = {}
+    for size, dim, depth in (("small", 384, 12), ("base", 768, 12), ("large", 1024, 24), ("giant", 1536, 40)):
+        for reg in (False, True):
+            spec = _dinov2(size, dim, depth, reg)
+            table[spec.name] = spec
+    table["clip_b16"] = BackboneSpec(
+        "clip_b16", "vit_base_patch16_clip_384.laion2b_ft_in12k_in1k", 16, 768, 1, OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD, depth=12,
+        description="LAION-2B CLIP ViT-B/16 fine-tuned IN-12k -> IN-1k at 384 px (the paper's 'CLIP'; not OpenAI)",
+    )
+    table["mae_b16"] = BackboneSpec("mae_b16", "vit_base_patch16_224.mae", 16, 768, 1, IMAGENET_MEAN, IMAGENET_STD,
+                                    depth=12, description="MAE ViT-B/16")
+    table["deit3_b16"] = BackboneSpec("deit3_b16", "deit3_base_patch16_224.fb_in1k", 16, 768, 1, IMAGENET_MEAN,
+                                      IMAGENET_STD, depth=12, description="DeiT-III ViT-B/16 (IN-1k)")
+    return table
+
+
+BACKBONES: dict[str, BackboneSpec] = _default_table()
+
+
+def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSpec:
+    """Add a short name to the registry (e.g. from a plugin or notebook)."""
+    if spec.name in BACKBONES and not overwrite:
+        raise KeyError(f"backbone '{spec.name}' already registered (pass overwrite=True to replace it)")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def _timm_cfg(timm_id: str):
+    import timm
+
+    return timm.models.get_pretrained_cfg(timm_id)
+
+
+def resolve_backbone(name: str) -> BackboneSpec | None:
+    """Spec for a short name, or a provisional one for a timm id (completed by ``spec_from_model``).
+
+    Returns None for a timm id: its facts are only certain once the model is built.
+    """
+    if name in BACKBONES:
+        return BACKBONES[name]
+    for spec in BACKBONES.values():  # a timm id that the table knows under a short name
+        if name in (spec.timm_id, spec.architecture):
+            return spec
+    import timm
+
+    arch = name.split(".", 1)[0]
+    if not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(name, list(BACKBONES), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown backbone '{name}': not a corr3d short name ({', '.join(BACKBONES)}) "
+                       f"nor a timm model id.{hint}")
+    return None
+
+
+def _full_timm_id(name: str) -> str:
+    """``vit_base_patch16_224`` -> ``vit_base_patch16_224.augreg2_in21k_ft_in1k`` (timm's default tag)."""
+    if "." in name:
+        return name
+    cfg = _timm_cfg(name)
+    tag = getattr(cfg, "tag", None) if cfg is not None else None
+    return f"{name}.{tag}" if tag else name
+
+
+def spec_from_model(name: str, model: torch.nn.Module) -> BackboneSpec:
+    """Facts read from a built timm ViT and its pretrained config (for ids outside the table)."""
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    patch = model.patch_embed.patch_size
+    return BackboneSpec(
+        name=name, timm_id=_full_timm_id(name), patch_size=int(patch[0]), embed_dim=int(model.embed_dim),
+        num_prefix_tokens=int(model.num_prefix_tokens), mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)), depth=len(model.blocks), description=f"timm {name}",
+    )
+
+
+def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None) -> tuple[torch.nn.Module, BackboneSpec]:
+    """Build the timm ViT with random weights (weights are loaded separately) and return it with its spec.
+
+    ``dynamic_img_size`` lets one model run at any input size (position embeddings resampled on the fly);
+    ``num_classes=0`` drops classifier heads we never use.
+    """
+    import timm
+
+    spec = spec_or_name if isinstance(spec_or_name, BackboneSpec) else resolve_backbone(spec_or_name)
+    name = spec.timm_id if spec is not None else str(spec_or_name)
+    kwargs = {**(spec.timm_kwargs if spec else {}), **(timm_kwargs or {})}
+    model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
+        raise TypeError(f"'{name}' is not a ViT with patch_embed/blocks; corr3d needs a plain timm VisionTransformer")
+    built = spec_from_model(spec.name if spec else str(spec_or_name), model)
+    if spec is None:
+        spec = built
+    elif kwargs:  # e.g. tiny test variants: the built model's facts win over the table
+        spec = dataclasses.replace(spec, patch_size=built.patch_size, embed_dim=built.embed_dim,
+                                   num_prefix_tokens=built.num_prefix_tokens, depth=built.depth)
+    _check_spec(spec, built)
+    return model, spec
+
+
+def _check_spec(spec: BackboneSpec, built: BackboneSpec) -> None:
+    for fact in ("patch_size", "embed_dim", "num_prefix_tokens"):
+        if getattr(spec, fact) != getattr(built, fact):
+            raise ValueError(f"backbone table entry '{spec.name}' says {fact}={getattr(spec, fact)} but timm built "
+                             f"{getattr(built, fact)}; fix corr3d.models.backbones")

@@ -1,0 +1,149 @@
+"""Dense ViT features: the paper's resize rule, token maps at any patch size/stride, patch-centre point sampling.
+
+Pixel convention (docs/conventions): continuous (x, y), the image's top-left corner is (0, 0), the centre of pixel
+(row r, col c) is (c + 0.5, r + 0.5). A token at grid column j of a ViT with patch p and stride s covers input pixels
+[j*s, j*s + p), so its centre sits at x_in = j*s + p/2. Sampling inverts exactly that; it does not assume 14-px
+patches (the authors' timm path did, and misplaced points on /16 models: paper.md §8.3.1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def paper_input_size(h: int, w: int, patch_size: int, target_res: int = 640, downsample_factor: int = 8
+                     ) -> tuple[int, int]:
+    """Paper rule: long side -> ``target_res``, grid = size // ``downsample_factor``, input = grid * patch.
+
+    512x512 with patch 14 -> 80x80 grid -> 1120x1120 input; with patch 16 -> 1280x1280.
+    """
+    scale = target_res / max(h, w)
+    grid_h = max(1, int(round(h * scale)) // downsample_factor)
+    grid_w = max(1, int(round(w * scale)) // downsample_factor)
+    return grid_h * patch_size, grid_w * patch_size
+
+
+def token_grid(input_size: tuple[int, int], patch_size: int, stride: int | None = None) -> tuple[int, int]:
+    """Token grid of a patch embedding with kernel ``patch_size`` and ``stride`` (default: non-overlapping)."""
+    stride = stride or patch_size
+    return tuple((n - patch_size) // stride + 1 for n in input_size)  # type: ignore[return-value]
+
+
+def points_to_grid(points_xy: torch.Tensor, image_size: tuple[int, int], input_size: tuple[int, int],
+                   patch_size: int, stride: int | None = None) -> torch.Tensor:
+    """Pixel coordinates of the original image -> fractional token indices (u, v) (token centres are integers)."""
+    stride = stride or patch_size
+    h, w = image_size
+    h_in, w_in = input_size
+    scale = points_xy.new_tensor([w_in / w, h_in / h])
+    return (points_xy * scale - patch_size / 2.0) / stride
+
+
+def _grid_to_normalised(uv: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Token indices -> grid_sample coordinates with align_corners=True (index 0 -> -1, last -> +1)."""
+    sizes = uv.new_tensor([grid_hw[1], grid_hw[0]]) - 1.0
+    # A one-token axis has no extent; any coordinate maps onto that token.
+    return torch.where(sizes > 0, 2.0 * uv / sizes.clamp(min=1.0) - 1.0, torch.zeros_like(uv))
+
+
+def sample_grid(fmap: torch.Tensor, uv: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Bilinear sampling of (B, C, h, w) at fractional token indices uv (B, N, 2); border-clamped -> (B, N, C)."""
+    grid = _grid_to_normalised(uv.to(fmap.dtype), fmap.shape[-2:]).unsqueeze(1)  # (B, 1, N, 2)
+    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = out.squeeze(2).transpose(1, 2)
+    return F.normalize(out, dim=-1) if normalize else out
+
+
+def sample_feature_map(fmap: torch.Tensor, points_xy: torch.Tensor, image_size: tuple[int, int],
+                       input_size: tuple[int, int] | None = None, patch_size: int | None = None,
+                       stride: int | None = None, normalize: bool = True) -> torch.Tensor:
+    """Features of (B, C, h, w) ``fmap`` at sub-pixel points (B, N, 2) of images of size ``image_size`` = (H, W).
+
+    Default case (stride == patch, input = grid * patch, as the paper's rule produces): the map tiles the image
+    exactly, so token j's centre is at x = (j + 0.5) * W / w whatever the patch size. Pass ``input_size``,
+    ``patch_size`` and ``stride`` for overlapping strides or inputs that are not a multiple of the patch.
+    L2-normalised over C unless ``normalize=False``.
+    """
+    h, w = fmap.shape[-2:]
+    if patch_size is None:
+        if input_size is not None or stride is not None:
+            raise ValueError("sample_feature_map: input_size/stride need patch_size")
+        patch_size, input_size = 1, (h, w)  # token j spans [j, j+1) in units of the map
+    elif input_size is None:
+        input_size = (h * patch_size, w * patch_size)
+    uv = points_to_grid(points_xy, image_size, input_size, patch_size, stride)
+    return sample_grid(fmap, uv, normalize=normalize)
+
+
+def pixel_centres(image_size: tuple[int, int], device=None, step: int = 1) -> torch.Tensor:
+    """(H*W, 2) pixel-centre coordinates (x, y) in row-major order, every ``step``-th pixel."""
+    h, w = image_size
+    ys = torch.arange(0, h, step, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(0, w, step, device=device, dtype=torch.float32) + 0.5
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)
+
+
+def tokens_to_map(tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, prefix + h*w, C) tokens -> (B, C, h, w) map with class/register tokens dropped."""
+    patches = tokens[:, num_prefix_tokens:]
+    b, n, c = patches.shape
+    if n != grid_hw[0] * grid_hw[1]:
+        raise ValueError(f"{n} patch tokens do not fill a {grid_hw} grid")
+    return patches.transpose(1, 2).reshape(b, c, grid_hw[0], grid_hw[1])
+
+
+def patch_embed(vit: torch.nn.Module, images: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+    """Patch embedding with an optional overlapping ``stride`` -> (B, h, w, C).
+
+    Runs the conv functionally instead of mutating ``patch_embed.proj.stride`` in place: the authors' tracking code
+    did that and broke later tasks in the same process (paper.md §8.3.3). Pixels beyond the last full patch are
+    ignored, as timm does.
+    """
+    proj = vit.patch_embed.proj
+    x = F.conv2d(images, proj.weight, proj.bias, stride=stride or proj.stride)
+    x = x.permute(0, 2, 3, 1)
+    return vit.patch_embed.norm(x)
+
+
+def add_pos_embed(vit: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``_pos_embed`` for (B, h, w, C) patch tokens, resampling position embeddings bicubically WITHOUT
+    antialiasing, as official DINOv2 and HF ``Dinov2Model`` do (timm's dynamic path antialiases, which changes
+    features whenever the grid is smaller than the native one, e.g. 448 px on DINOv2)."""
+    from timm.layers import resample_abs_pos_embed
+
+    b, h, w, c = x.shape
+    prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+    x = x.reshape(b, h * w, c)
+    if vit.pos_embed is None:
+        return torch.cat(prefix + [x], dim=1)
+    pos = resample_abs_pos_embed(vit.pos_embed, new_size=(h, w), old_size=vit.patch_embed.grid_size,
+                                 num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+                                 interpolation="bicubic", antialias=False)
+    if vit.no_embed_class:  # DeiT-3 / DINOv2-reg style: prefix tokens carry no position embedding
+        x = torch.cat(prefix + [x + pos], dim=1)
+    else:
+        x = torch.cat(prefix + [x], dim=1) + pos
+    return vit.pos_drop(x)
+
+
+def vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, final_norm: bool = True,
+               stride: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Tokens (B, prefix + h*w, C) after block ``layer`` (-1: last), final LayerNorm optional, and the grid (h, w).
+
+    Position embeddings are resampled to the grid (``add_pos_embed``). Blocks after ``layer`` are skipped.
+    """
+    x = patch_embed(vit, images, stride)
+    grid = (x.shape[1], x.shape[2])
+    x = add_pos_embed(vit, x)
+    x = vit.patch_drop(x)
+    x = vit.norm_pre(x)
+    depth = len(vit.blocks)
+    last = layer % depth if layer < 0 else layer
+    if not 0 <= last < depth:
+        raise ValueError(f"layer {layer} out of range for a {depth}-block ViT")
+    for block in vit.blocks[: last + 1]:
+        x = block(x)
+    if final_norm:
+        x = vit.norm(x)
+    return x, grid

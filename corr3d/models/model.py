@@ -1,0 +1,222 @@
+"""``Corr3DModel``: a timm ViT (+ LoRA or partially unfrozen blocks) + conv head, with dense/point feature access."""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corr3d.models.backbones import BackboneSpec, create_vit
+from corr3d.models.features import paper_input_size, pixel_centres, sample_feature_map, tokens_to_map, vit_tokens
+from corr3d.models.head import ConvHead
+from corr3d.models.lora import LoRAQKV, apply_lora, merged_state_dict, unfreeze_last_blocks
+from corr3d.models.weights import WeightsInfo, load_weights
+
+log = logging.getLogger(__name__)
+
+# Mirrors the `model:` section of experiments/base.yaml (nested the same way).
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    "backbone": "dinov2_s14",
+    "weights": "auto",
+    "target_res": 640,
+    "downsample_factor": 8,
+    "layer": -1,
+    "final_norm": True,
+    "lora": {"rank": 4, "blocks": 4, "alpha": None},
+    "unfreeze_blocks": 0,
+    "head": {"num_layers": 1, "init": "default"},
+    "timm_kwargs": {},
+}
+# Flat aliases accepted by load_model(**overrides), e.g. load_model("dinov2_s14", head_layers=0).
+FLAT_ALIASES = {"lora_rank": ("lora", "rank"), "lora_blocks": ("lora", "blocks"), "lora_alpha": ("lora", "alpha"),
+                "head_layers": ("head", "num_layers"), "head_init": ("head", "init")}
+# Keys that change the set or shape of trained tensors: an adapter fixes them.
+STRUCTURAL_KEYS = ("lora", "unfreeze_blocks", "head", "timm_kwargs")
+
+
+def model_config(base: Mapping | None = None, **overrides) -> dict[str, Any]:
+    """Defaults <- ``base`` <- ``overrides`` (nested dicts or flat aliases); unknown keys fail loudly."""
+    cfg = copy.deepcopy(DEFAULT_MODEL_CONFIG)
+    for source in (base or {}), overrides:
+        for key, value in dict(source).items():
+            if key in FLAT_ALIASES:
+                group, leaf = FLAT_ALIASES[key]
+                cfg[group][leaf] = value
+            elif key not in cfg:
+                raise KeyError(f"unknown model option '{key}'; valid: {sorted(set(cfg) | set(FLAT_ALIASES))}")
+            elif isinstance(cfg[key], dict) and key != "timm_kwargs":
+                unknown = set(value or {}) - set(cfg[key])
+                if unknown:
+                    raise KeyError(f"unknown model.{key} option(s) {sorted(unknown)}; valid: {sorted(cfg[key])}")
+                cfg[key].update(value or {})
+            else:
+                cfg[key] = dict(value) if key == "timm_kwargs" else value
+    return cfg
+
+
+class Corr3DModel(nn.Module):
+    """Feature model. Images are float (B, 3, H, W) in [0, 1]; normalisation and resizing happen inside.
+
+    ``forward`` gives the raw (B, C, h, w) map (training path); ``dense_features``/``point_features`` are
+    L2-normalised. ``vit`` is the timm backbone, ``head`` the conv refinement head.
+    """
+
+    def __init__(self, vit: nn.Module, spec: BackboneSpec, config: Mapping, weights_info: WeightsInfo | None = None):
+        super().__init__()
+        self.config = model_config(config)
+        self.spec = spec
+        self.vit = vit
+        self.weights_info = weights_info or WeightsInfo("unknown", None, "weights loaded by the caller")
+        self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.adapted_blocks = self._adapt_backbone()
+        head = self.config["head"]
+        self.head = ConvHead(spec.embed_dim, head["num_layers"], head["init"])
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def _adapt_backbone(self) -> list[int]:
+        cfg = self.config
+        if cfg["unfreeze_blocks"] > 0:  # "partially unfrozen" replaces LoRA
+            return unfreeze_last_blocks(self.vit, cfg["unfreeze_blocks"])
+        lora = cfg["lora"]
+        if lora["blocks"] > 0:
+            return apply_lora(self.vit, blocks=lora["blocks"], rank=lora["rank"], alpha=lora["alpha"])
+        for param in self.vit.parameters():
+            param.requires_grad_(False)
+        return []
+
+    # -- facts ----------------------------------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> int:
+        return self.spec.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.spec.embed_dim
+
+    @property
+    def layer(self) -> int:
+        return self.config["layer"]
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """ViT input size for an (h, w) image (paper rule with this model's target_res / downsample_factor)."""
+        return paper_input_size(h, w, self.patch_size, self.config["target_res"], self.config["downsample_factor"])
+
+    # -- features -------------------------------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) floats in [0, 1], got {tuple(images.shape)}")
+        x = images.to(self.pixel_mean.dtype)
+        if tuple(x.shape[-2:]) != tuple(input_size):
+            x = F.interpolate(x, size=tuple(input_size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: torch.Tensor, input_size: tuple[int, int] | None = None,
+                stride: int | None = None) -> torch.Tensor:
+        """Raw (not normalised) (B, C, h, w) map: backbone tokens (prefix tokens dropped) -> conv head."""
+        input_size = tuple(input_size or self.input_size(*images.shape[-2:]))
+        tokens, grid = vit_tokens(self.vit, self.preprocess(images, input_size), layer=self.config["layer"],
+                                  final_norm=self.config["final_norm"], stride=stride)
+        return self.head(tokens_to_map(tokens, self.spec.num_prefix_tokens, grid))
+
+    def dense_features(self, images: torch.Tensor, input_size: tuple[int, int] | None = None,
+                       stride: int | None = None) -> torch.Tensor:
+        """(B, C, h, w) feature map, L2-normalised over C."""
+        return F.normalize(self(images, input_size=input_size, stride=stride), dim=1)
+
+    def sample_points(self, fmap: torch.Tensor, points_xy: torch.Tensor, image_size: tuple[int, int],
+                      input_size: tuple[int, int] | None = None, stride: int | None = None,
+                      normalize: bool = True) -> torch.Tensor:
+        """(B, N, C) bilinear, patch-centre aligned features of a map this model produced for images of
+        ``image_size`` = (H, W) at pixel points (B, N, 2); pass the same ``input_size``/``stride`` as for the map."""
+        input_size = tuple(input_size or self.input_size(*image_size))
+        return sample_feature_map(fmap, points_xy, tuple(image_size), input_size=input_size,
+                                  patch_size=self.patch_size, stride=stride, normalize=normalize)
+
+    def point_features(self, images: torch.Tensor, points_xy: torch.Tensor, input_size: tuple[int, int] | None = None,
+                       stride: int | None = None) -> torch.Tensor:
+        """(B, N, C) L2-normalised features at pixel points (B, N, 2) of ``images``."""
+        fmap = self(images, input_size=input_size, stride=stride)
+        return self.sample_points(fmap, points_xy, tuple(images.shape[-2:]), input_size, stride)
+
+    def pixel_features(self, fmap: torch.Tensor, image_size: tuple[int, int], input_size=None, stride=None,
+                       step: int = 1) -> torch.Tensor:
+        """Upsample a map to every ``step``-th pixel centre of the image -> (B, C, H/step, W/step), normalised.
+
+        Uses the same patch-centre alignment as ``sample_points`` (the authors' whole-map resize does not).
+        """
+        h, w = image_size
+        points = pixel_centres((h, w), device=fmap.device, step=step)
+        feats = self.sample_points(fmap, points.expand(fmap.shape[0], -1, -1), image_size, input_size, stride)
+        rows, cols = len(range(0, h, step)), len(range(0, w, step))
+        return feats.transpose(1, 2).reshape(fmap.shape[0], -1, rows, cols)
+
+    # -- training / export ----------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changed: LoRA factors, unfrozen blocks and the head (not the frozen backbone)."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach() for k, v in self.state_dict().items()
+                if k in trainable or k.startswith("head.") or ".lora_" in k}
+
+    def merged_backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain timm state dict of the backbone with LoRA folded into qkv (loads into timm with no corr3d code)."""
+        return merged_state_dict(self.vit)
+
+    def save_adapter(self, path) -> "Path":
+        from corr3d.models.adapter import save_adapter
+
+        return save_adapter(self, path)
+
+    def describe(self) -> str:
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        lora = sum(isinstance(m, LoRAQKV) for m in self.vit.modules())
+        return (f"{self.spec.name} ({self.spec.timm_id}, patch {self.patch_size}, dim {self.embed_dim}); "
+                f"weights: {self.weights_info.source} - {self.weights_info.label}; LoRA blocks {lora}, "
+                f"unfrozen blocks {self.config['unfreeze_blocks']}, head {self.head.num_layers}x3x3 "
+                f"({self.head.init}); trainable {trainable:,} / {total:,} parameters")
+
+
+def create_model(backbone: str = "dinov2_s14", weights: str = "auto", **overrides) -> Corr3DModel:
+    """Build the backbone, load ``weights``, add LoRA/unfreezing and the head (no adapter)."""
+    cfg = model_config(backbone=backbone, weights=weights, **overrides)
+    vit, spec = create_vit(cfg["backbone"], cfg["timm_kwargs"])
+    info = load_weights(vit, spec, cfg["weights"])
+    model = Corr3DModel(vit, spec, cfg, info)
+    log.info("corr3d model: %s", model.describe())
+    return model
+
+
+def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapter=None, **overrides) -> Corr3DModel:
+    """A ready feature model: ``load_model("dinov2_s14")``, ``load_model("clip_b16", weights="hf")``,
+    ``load_model("dinov2_s14", adapter="runs/x/latest/adapter.safetensors")``.
+
+    ``weights``: auto | hf | imgfocus | random[:seed] | path to .pth/.safetensors. ``overrides``: keys of the
+    ``model:`` config section (nested dicts or flat aliases such as ``head_layers=0``). With an adapter, its
+    backbone and structure are used; ``backbone=None`` means "whatever the adapter was trained on".
+    """
+    if adapter is not None:
+        from corr3d.models.adapter import load_with_adapter
+
+        return load_with_adapter(adapter, backbone=backbone, weights=weights, **overrides)
+    return create_model(backbone or DEFAULT_MODEL_CONFIG["backbone"], weights, **overrides)
+
+
+def build_model(model_cfg) -> Corr3DModel:
+    """From the ``model:` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(model_cfg, DictConfig):
+            model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency; hubconf users may lack it
+        pass
+    cfg = dict(model_cfg)
+    adapter = cfg.pop("adapter", None)
+    return load_model(cfg.pop("backbone", "dinov2_s14"), cfg.pop("weights", "auto"), adapter=adapter, **cfg)
