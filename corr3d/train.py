@@ -106,9 +106,22 @@ def build_module(cfg: DictConfig, model):
                                    image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps))
 
 
+def resume_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint of ``run`` that loads (a kill during a save can leave a truncated file behind)."""
+    candidates = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+            return path
+        except Exception as err:  # truncated or corrupt: try the next one
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+    return None
+
+
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plugins=None) -> Path:
     """Run (or resume) the experiment ``cfg``; returns its run directory."""
     from corr3d.models import build_model
+    from corr3d.eval.equivariance import evaluation_object_specs, render_evaluation_objects
     from corr3d.render.batch import ensure_rendered
     from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
     from corr3d.data.datamodule import build_datamodule
@@ -120,8 +133,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
         _setup_logging(run)
         log.info("run directory: %s", run)
     started = time.perf_counter()
-    eval_dirs = ensure_rendered(list(cfg.equivariance.objects), Path(cfg.data.rendered_dir), cfg.data.render) \
-        if rank0 and cfg.equivariance.objects else []
+    eval_dirs = render_evaluation_objects(cfg) if rank0 and evaluation_object_specs(cfg) else []
     metrics = _read_metrics(run)
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -130,7 +142,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
         per_object: dict = {}
         metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object)
         metrics.setdefault("per_object", {})["pretrained"] = per_object
-        metrics["weights"] = getattr(baseline, "weights_description", str(cfg.model.weights))
+        metrics["weights"] = f"{baseline.weights_info.source}: {baseline.weights_info.label}"
         del baseline
         _write_metrics(run, metrics)
 
@@ -150,10 +162,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     if val_dirs:
         callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=int(cfg.trainer.val_every_n_steps)))
     trainer = build_trainer(cfg, run, plugins=trainer_plugins, extra_callbacks=callbacks)
-    last = run / "checkpoints" / "last.ckpt"
-    if last.exists():
-        log.info("resuming from %s", last)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    resume = resume_checkpoint(run)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     if trainer.global_rank != 0:
         return run
@@ -169,8 +181,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     log_metrics_to_tensorboard(trainer, metrics)
     from corr3d.training.report import write_training_report
 
-    write_training_report(run, metrics, cfg)
+    report = write_training_report(run, metrics, cfg)
     mark_done(run)
+    print(report.read_text().split("## Per held-out object")[0])
     log.info("done: %s", run)
     return run
 

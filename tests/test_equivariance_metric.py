@@ -10,7 +10,7 @@ def test_hand_computed_ape_pcdp():
     gt = torch.tensor([[10.0, 10.0]] * 5)
     pred = gt + torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 8.0], [9.0, 12.0], [24.0, 32.0]])
     m = EquivarianceMetric((0.05, 0.1, 0.2))
-    m.update(pred, gt, image_size=(100, 200))
+    m.add_points(pred, gt, image_size=(100, 200))
     out = m.compute()
     assert out["equivariance/ape"].item() == pytest.approx(100 * (0 + .03 + .08 + .15 + .40) / 5)
     assert out["equivariance/pcdp@0.05"].item() == pytest.approx(40.0)
@@ -24,9 +24,9 @@ def test_accumulates_like_one_batch():
     gt = torch.from_numpy(rng.uniform(0, 64, (300, 2)))
     pred = gt + torch.from_numpy(rng.normal(0, 6, (300, 2)))
     whole, parts = EquivarianceMetric(), EquivarianceMetric()
-    whole.update(pred, gt, (64, 64))
+    whole.add_points(pred, gt, (64, 64))
     for s in range(0, 300, 70):
-        parts.update(pred[s:s + 70], gt[s:s + 70], (64, 64))
+        parts.add_points(pred[s:s + 70], gt[s:s + 70], (64, 64))
     a, b = whole.compute(), parts.compute()
     for k in a:
         assert a[k].item() == pytest.approx(b[k].item())

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from corr3d.geometry import project, relative_rotation_deg
+from corr3d.geometry import project
+from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class EquivarianceSettings:
     visibility_tol: float = 0.02   # object units: the target pixel must see the same surface point
     seed: int = 0
     batch_size: int = 4
+    max_views_per_object: int = 0
 
     @classmethod
     def from_config(cls, cfg) -> "EquivarianceSettings":
@@ -44,15 +46,20 @@ class EquivarianceSettings:
         return cls(max_pairs_per_object=int(eq.max_pairs_per_object), max_rotation_deg=float(eq.max_rotation_deg),
                    num_source_points=int(eq.num_source_points), target_stride=int(eq.target_stride),
                    thresholds=tuple(eq.thresholds), visibility_tol=float(eq.visibility_tol), seed=int(cfg.seed),
-                   batch_size=int(eq.batch_size))
+                   batch_size=int(eq.batch_size), max_views_per_object=int(eq.max_views_per_object))
 
 
-def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int,
-                      rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Ordered pairs (i != j) within the rotation limit, a random subset of at most ``max_pairs``."""
-    n = len(poses)
-    pairs = [(i, j) for i in range(n) for j in range(n)
-             if i != j and relative_rotation_deg(poses[i], poses[j]) <= max_rotation_deg]
+def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int, rng: np.random.Generator,
+                      max_views: int = 0) -> list[tuple[int, int]]:
+    """Ordered pairs (i != j) within the rotation limit, a random subset of at most ``max_pairs``; with
+    ``max_views`` > 0 only among that many random views (features are extracted once per view used)."""
+    angles = relative_rotation_matrix_deg(np.asarray(poses))
+    allowed = np.ones(len(poses), dtype=bool)
+    if 0 < max_views < len(poses):
+        allowed[:] = False
+        allowed[rng.choice(len(poses), size=max_views, replace=False)] = True
+    ok = (angles <= max_rotation_deg) & allowed[:, None] & allowed[None, :]
+    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(ok)) if i != j]
     if max_pairs and len(pairs) > max_pairs:
         keep = rng.choice(len(pairs), size=max_pairs, replace=False)
         pairs = [pairs[k] for k in sorted(keep)]
@@ -69,7 +76,10 @@ def pixel_centers(mask: np.ndarray, stride: int = 1) -> np.ndarray:
 
 def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
                             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Source pixels of view i visible in view j and their true (continuous) location in view j."""
+    """Source pixels of view i visible in view j and their true (continuous) location in view j.
+
+    Visible: the point projects in front of camera j, inside the image, onto a foreground pixel whose own surface
+    point lies within ``tol`` (+ two pixel footprints) of it, i.e. no other surface occludes it."""
     mask_i, xyz_i = obj.mask(i), obj.xyz(i)
     src = pixel_centers(mask_i)
     points = xyz_i[mask_i]  # row-major, same order as pixel_centers(mask_i)
@@ -81,7 +91,9 @@ def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
     idx = np.nonzero(inside)[0]
     mask_j, xyz_j = obj.mask(j), obj.xyz(j)
     on_fg = mask_j[rows[idx], cols[idx]]
-    same_point = np.linalg.norm(xyz_j[rows[idx], cols[idx]] - points[idx], axis=1) < tol
+    # a pixel spans z/f object units: allow two of them on top of ``tol`` so low resolutions keep visible points
+    footprint = z[idx] / float(obj.K[0, 0])
+    same_point = np.linalg.norm(xyz_j[rows[idx], cols[idx]] - points[idx], axis=1) < tol + 2.0 * footprint
     keep[idx[on_fg & same_point]] = True
     src, gt = src[keep], uv[keep].astype(np.float32)
     if num_points and len(src) > num_points:
@@ -104,10 +116,12 @@ def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int =
 
 @torch.no_grad()
 def nearest_neighbor_matches(model, fmap_src: torch.Tensor, fmap_tgt: torch.Tensor, src_xy: np.ndarray,
-                             tgt_xy: np.ndarray, image_size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+                             tgt_xy: np.ndarray, image_size: tuple[int, int],
+                             target_size: tuple[int, int] | None = None, chunk: int = 1024) -> np.ndarray:
     """For each source point the target candidate with the highest cosine similarity; returns its (x, y)."""
+    target_size = target_size or image_size
     f_src = F.normalize(model.sample_points(fmap_src[None], torch.from_numpy(src_xy)[None], image_size)[0], dim=-1)
-    f_tgt = F.normalize(model.sample_points(fmap_tgt[None], torch.from_numpy(tgt_xy)[None], image_size)[0], dim=-1)
+    f_tgt = F.normalize(model.sample_points(fmap_tgt[None], torch.from_numpy(tgt_xy)[None], target_size)[0], dim=-1)
     best = torch.cat([(f_src[s:s + chunk] @ f_tgt.T).argmax(dim=1) for s in range(0, len(f_src), chunk)])
     return tgt_xy[best.numpy()]
 
@@ -121,7 +135,8 @@ def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, d
     objects = list(objects)
     for obj in tqdm(objects, desc=desc, leave=False):
         rng = np.random.default_rng([settings.seed, abs(hash(obj.object_id)) % (2**31)])
-        pairs = sample_view_pairs(obj.poses, settings.max_rotation_deg, settings.max_pairs_per_object, rng)
+        pairs = sample_view_pairs(obj.poses, settings.max_rotation_deg, settings.max_pairs_per_object, rng,
+                                  settings.max_views_per_object)
         if not pairs:
             log.warning("object %s has no view pair within %.0f deg; skipped", obj.object_id,
                         settings.max_rotation_deg)
@@ -137,9 +152,9 @@ def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, d
             candidates = pixel_centers(obj.mask(j), settings.target_stride)
             pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, size)
             errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
-            metric.update_errors(errors)
-            total.update_errors(errors)
-        if per_object is not None:
+            metric.update(errors)
+            total.update(errors)
+        if per_object is not None and int(metric.count) > 0:
             per_object[obj.object_id] = _to_floats(metric.compute())
     model.train(was_training)
     return _to_floats(total.compute())
@@ -171,7 +186,7 @@ def stereo_motorcycle_check(model, settings: EquivarianceSettings, num_points: i
     pred = nearest_neighbor_matches(model, f_left, f_right, src, candidates, (h, w))
     model.train(was_training)
     metric = EquivarianceMetric(settings.thresholds, prefix="stereo/")
-    metric.update(torch.from_numpy(pred), torch.from_numpy(gt), (h, w))
+    metric.add_points(torch.from_numpy(pred), torch.from_numpy(gt), (h, w))
     return _to_floats(metric.compute())
 
 
@@ -181,14 +196,31 @@ def open_rendered_objects(paths: Iterable[Path]):
     return [RenderedObject.open(p) for p in paths]
 
 
+def evaluation_object_specs(cfg) -> list[str]:
+    specs = [str(s) for s in cfg.equivariance.objects]
+    if cfg.equivariance.object_list:
+        from corr3d.data.objaverse import read_object_list
+
+        specs += read_object_list(cfg.equivariance.object_list)
+    return specs
+
+
+def render_evaluation_objects(cfg) -> list[Path]:
+    """Directories of the held-out evaluation objects, rendering the missing ones."""
+    from corr3d.render.batch import ensure_rendered
+
+    specs = evaluation_object_specs(cfg)
+    if not specs:
+        raise ValueError("no equivariance evaluation objects: set equivariance.objects or equivariance.object_list")
+    return ensure_rendered(specs, Path(cfg.data.rendered_dir), cfg.data.render)
+
+
 def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
                           per_object: dict | None = None) -> dict[str, float]:
     """The full equivariance evaluation of ``cfg.equivariance`` for ``model`` (any backbone, with or without adapter)."""
     settings = EquivarianceSettings.from_config(cfg)
     if object_dirs is None:
-        from corr3d.render.batch import ensure_rendered
-
-        object_dirs = ensure_rendered(list(cfg.equivariance.objects), Path(cfg.data.rendered_dir), cfg.data.render)
+        object_dirs = render_evaluation_objects(cfg)
     results = evaluate_objects(model, open_rendered_objects(object_dirs), settings, per_object=per_object)
     if cfg.equivariance.stereo_check:
         results.update(stereo_motorcycle_check(model, settings))
@@ -197,19 +229,53 @@ def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
     return results
 
 
-def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings) -> dict[str, float]:
-    """APE/PCDP on MVImgNet's sparse COLMAP correspondences (NN over every ``target_stride``-th target pixel)."""
-    from corr3d.data.mvimgnet import iter_eval_pairs
+def mvimgnet_pairs(obj, min_matches: int, max_pairs: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Ordered frame pairs sharing at least ``min_matches`` COLMAP points, a random subset of ``max_pairs``."""
+    shared = obj.shared_counts()
+    np.fill_diagonal(shared, 0)
+    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(shared >= min_matches))]
+    if max_pairs and len(pairs) > max_pairs:
+        pairs = [pairs[k] for k in sorted(rng.choice(len(pairs), size=max_pairs, replace=False))]
+    return pairs
 
+
+def _frame_scale(obj, frame: int, image: np.ndarray) -> np.ndarray:
+    """COLMAP keypoints live at the camera resolution; images on disk may be resized."""
+    width, height = obj.sizes[frame]
+    return np.array([image.shape[1] / width, image.shape[0] / height], dtype=np.float32)
+
+
+def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings) -> dict[str, float]:
+    """APE/PCDP on MVImgNet's sparse COLMAP correspondences: source keypoints of frame i, nearest neighbour over
+    every ``target_stride``-th pixel of frame j (no mask), error to the keypoint of the same 3D point."""
+    from corr3d.data.mvimgnet import discover_objects, open_objects
+
+    root = Path(cfg.data.mvimgnet_dir)
+    dirs = discover_objects(root)[: int(cfg.equivariance.mvimgnet_objects) or None]
+    if not dirs:
+        raise FileNotFoundError(f"no MVImgNet objects under {root} (expected <category>/<object>/images and "
+                                f"sparse/0/*.bin; download MVImgNet and set data.mvimgnet_dir)")
+    objects, skipped = open_objects(dirs, float(cfg.data.mvimgnet_extent_percentile))
+    for path, reason in skipped.items():
+        log.warning("MVImgNet object %s skipped: %s", path, reason)
     metric = EquivarianceMetric(settings.thresholds, prefix="mvimgnet/")
     was_training = model.training
     model.eval()
-    for pair in tqdm(iter_eval_pairs(cfg, settings), desc="mvimgnet", leave=False):
-        f0, f1 = extract_view_features(model, [pair["image0"], pair["image1"]], 2)
-        h, w = pair["image1"].shape[:2]
-        candidates = pixel_centers(np.ones((h, w), dtype=bool), settings.target_stride)
-        size = (h, w)
-        pred = nearest_neighbor_matches(model, f0, f1, pair["points0"], candidates, size)
-        metric.update(torch.from_numpy(pred), torch.from_numpy(pair["points1"]), size)
+    for obj in tqdm(objects, desc="mvimgnet", leave=False):
+        rng = np.random.default_rng([settings.seed, abs(hash(obj.object_id)) % (2**31)])
+        pairs = mvimgnet_pairs(obj, int(cfg.data.mvimgnet_min_matches), settings.max_pairs_per_object, rng)
+        frames = sorted({f for pair in pairs for f in pair})
+        images = {f: obj.rgb(f) for f in frames}
+        maps = dict(zip(frames, extract_view_features(model, [images[f] for f in frames], 1)))
+        for i, j in pairs:
+            src, gt, _ = obj.correspondences(i, j)
+            src, gt = src * _frame_scale(obj, i, images[i]), gt * _frame_scale(obj, j, images[j])
+            if settings.num_source_points and len(src) > settings.num_source_points:
+                pick = rng.choice(len(src), size=settings.num_source_points, replace=False)
+                src, gt = src[pick], gt[pick]
+            size = images[j].shape[:2]
+            candidates = pixel_centers(np.ones(size, dtype=bool), settings.target_stride)
+            pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, images[i].shape[:2], size)
+            metric.add_points(torch.from_numpy(pred), torch.from_numpy(gt), size)
     model.train(was_training)
     return _to_floats(metric.compute())

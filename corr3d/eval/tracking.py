@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from corr3d.eval.features import extract_maps, model_device, token_centres
-from corr3d.metrics.tapvid import TapVidMetric
+from corr3d.metrics.tapvid import TapVidMetric, compute_tapvid_metrics
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,10 @@ def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix:
         tracks, occ, _ = tracker.track(video.query_t, video.query_xy * scale)
         res = settings.resolution
         pred_256 = tracks * np.array([res / w1, res / h1])
-        values = metric.update(video.query_points_256(res), video.occluded, video.target_256(res), occ, pred_256)
+        args = (video.query_points_256(res)[None], video.occluded[None], video.target_256(res)[None], occ[None],
+                pred_256[None])
+        metric.update(*args)
+        values = compute_tapvid_metrics(*args, query_mode=video.query_mode)
         row = {"video": video.name, "queries": int(len(video.query_t)), "frames": video.num_frames}
         for key, short in (("average_jaccard", "aj"), ("average_pts_within_thresh", "delta_avg"),
                            ("occlusion_accuracy", "oa")):

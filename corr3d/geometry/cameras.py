@@ -90,9 +90,7 @@ def project(points, K, pose):
     else:
         K = np.asarray(K, dtype=np.float64)
     z = cam[:, 2]
-    safe = z if not _is_torch(z) else z
-    zero = (safe == 0)
-    denom = safe + zero * 1e-12  # avoid a division by zero for points exactly on the camera plane
+    denom = z + (z == 0) * 1e-12  # no division by zero for points exactly on the camera plane
     x = cam[:, 0] / denom
     y = cam[:, 1] / denom
     u = K[0, 0] * x + K[0, 1] * y + K[0, 2]

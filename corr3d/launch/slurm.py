@@ -21,8 +21,8 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import ConfigError
-from corr3d.launch.tasks import (RENDER_ENTRY, TRAIN_ENTRY, EvalPartTask, GatherTask, RenderChunkTask,
-                                 TrainTask, cfg_to_yaml)
+from corr3d.launch.tasks import (EVAL_GATHER_ENTRY, EVAL_PART_ENTRY, TRAIN_ENTRY, EvalPartTask, GatherTask,
+                                 OfflineSuiteTask, RenderChunkTask, TrainTask, cfg_to_yaml, part_file_name)
 from corr3d.utils.run_dir import atomic_write_text, create_run_dir
 
 log = logging.getLogger("corr3d.launch")
@@ -182,6 +182,97 @@ def submit_train(cfg: DictConfig, entry: str = TRAIN_ENTRY):
     return job
 
 
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+def eval_plan(cfg: DictConfig) -> tuple[DictConfig, list[tuple[str, str]], Path]:
+    """(config with adapter and output directory pinned, [(task, model)], output directory).
+
+    Pinning matters: the array runs later, and a training run finishing in between would otherwise change which
+    adapter "finetuned" means (``runs/<exp>/latest``) halfway through the array.
+    """
+    from corr3d.eval import run as eval_run
+
+    cfg = copy.deepcopy(cfg)
+    out = eval_run.output_dir(cfg).resolve()
+    names = eval_run.model_names(cfg)
+    tasks = eval_run.selected_tasks(cfg)
+    adapter = eval_run.resolve_adapter(cfg) if "finetuned" in names else None
+    if adapter is not None:
+        cfg.eval.ckpt = str(Path(adapter).resolve())
+    cfg.eval.out_dir = str(out)
+    return cfg, [(task, name) for name in names for task in tasks], out
+
+
+def eval_gpus(cfg: DictConfig) -> int:
+    on_cpu = str(cfg.eval.device) == "cpu" or str(cfg.trainer.accelerator) == "cpu"
+    return 0 if on_cpu else int(cfg.launcher.eval_gpus)
+
+
+def missing_offline_parts(cfg: DictConfig, tasks: Iterable[str]) -> list[str]:
+    """Offline-suite parts the tasks need that are not generated yet (all of them with eval.offline.regenerate)."""
+    if not cfg.eval.offline.enabled:
+        return []
+    from corr3d.benchmarks import TASK_PARTS, is_complete
+
+    needed = list(dict.fromkeys(part for task in tasks for part in TASK_PARTS.get(task, ())))
+    force = bool(cfg.eval.offline.regenerate)
+    return [part for part in needed if force or not is_complete(cfg.eval.offline.dir, part)]
+
+
+def _submit_offline_suite(cfg: DictConfig, tasks: list[str], log_root: Path):
+    """A job that generates the missing offline-suite parts (None when nothing is missing)."""
+    if not missing_offline_parts(cfg, tasks):
+        return None
+    params = slurm_parameters(cfg.launcher, name=job_name(cfg, "eval-suite"), nodes=1, tasks_per_node=1,
+                              gpus_per_node=0)
+    root = str(Path(cfg.eval.offline.dir).resolve())
+    return make_executor(log_root, params).submit(
+        OfflineSuiteTask(root, tasks, bool(cfg.eval.offline.regenerate)))
+
+
+def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry: str = EVAL_GATHER_ENTRY):
+    """One array task per (benchmark, model), then a gather job (``afterany``) that writes metrics.json and
+    report.md into the evaluation directory; returns (array jobs, gather job).
+
+    Missing offline-suite parts are generated first by one job the array waits for. Dependencies are ``afterany``
+    so a failed job never leaves the rest pending forever; missing parts show up in the gather job's log.
+    """
+    cfg, parts, out = eval_plan(cfg)
+    if not parts:
+        raise ValueError("nothing to evaluate: no tasks or models selected")
+    parts_dir, log_root = out / "parts", out / "slurm"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    for stale in parts_dir.glob("*__*.json"):  # an earlier evaluation's parts must not leak into this report
+        stale.unlink()
+    launcher = cfg.launcher
+    suite_job = _submit_offline_suite(cfg, sorted({task for task, _ in parts}), log_root)
+    cfg.eval.offline.regenerate = False  # generated once above; array tasks must not regenerate concurrently
+    cfg_yaml = cfg_to_yaml(cfg)
+    params = slurm_parameters(launcher, name=job_name(cfg, "eval"), nodes=1, tasks_per_node=1,
+                              gpus_per_node=eval_gpus(cfg),
+                              dependency=f"afterany:{suite_job.job_id}" if suite_job else None)
+    array = make_executor(log_root, params, int(launcher.max_requeues)).submit_array(
+        [EvalPartTask(cfg_yaml, task, model, str(parts_dir), part_entry) for task, model in parts])
+    array_id = array[0].job_id.split("_")[0]
+    gather_params = slurm_parameters(launcher, name=job_name(cfg, "eval-gather"), nodes=1, tasks_per_node=1,
+                                     gpus_per_node=0, dependency=f"afterany:{array_id}")
+    expected = [part_file_name(task, model) for task, model in parts]
+    gather = make_executor(log_root, gather_params).submit(
+        GatherTask(cfg_yaml, str(parts_dir), str(out), expected, gather_entry))
+    job_ids = [job.job_id for job in array]
+    record_jobs(log_root, "eval", job_ids, gather_job_id=gather.job_id,
+                suite_job_id=suite_job.job_id if suite_job else None,
+                parts=[f"{task}/{model}" for task, model in parts], out_dir=str(out))
+    _announce("eval", job_ids, log_root,
+              (f"\n[corr3d]   offline suite job {suite_job.job_id} runs first" if suite_job else "")
+              + f"\n[corr3d]   {len(parts)} parts ({', '.join(f'{t}/{m}' for t, m in parts)}); gather job "
+              f"{gather.job_id} writes {out / 'metrics.json'} and {out / 'report.md'}")
+    if launcher.wait:
+        wait_for_jobs([array_id, gather.job_id])
+        state = "written" if (out / "metrics.json").exists() else "MISSING (see the gather job's log)"
+        print(f"[corr3d] evaluation finished: {out / 'metrics.json'} {state}", flush=True)
+    return array, gather
+
+
 # ---- rendering -----------------------------------------------------------------------------------------------------
 def chunked(items: Sequence[str], size: int) -> list[list[str]]:
     size = max(1, int(size))
@@ -189,16 +280,23 @@ def chunked(items: Sequence[str], size: int) -> list[list[str]]:
 
 
 def experiment_object_specs(cfg: DictConfig) -> list[str]:
-    """Every object the experiment trains or evaluates on, in order, without duplicates."""
-    specs = [*cfg.data.train_objects, *cfg.data.val_objects, *cfg.equivariance.objects]
-    return list(dict.fromkeys(str(s) for s in specs))
+    """What ``corr3d render EXP`` renders: training objects (with ``data.object_list``, first
+    ``num_train_objects``), validation objects and the equivariance evaluation objects, without duplicates."""
+    from corr3d.data.datamodule import object_specs
+
+    train = object_specs(cfg.data)
+    if cfg.data.num_train_objects:
+        train = train[: int(cfg.data.num_train_objects)]
+    specs = [*train, *map(str, cfg.data.val_objects), *map(str, cfg.equivariance.objects)]
+    return list(dict.fromkeys(specs))
 
 
 def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str | os.PathLike | None = None,
-                  chunk_size: int | None = None, entry: str = RENDER_ENTRY) -> list:
+                  chunk_size: int | None = None) -> list:
     """Render ``specs`` (default: the experiment's objects) as an array job, one task per chunk of objects.
 
-    Logs go to ``<root>/slurm/``; rendering is atomic per object, so overlapping or requeued tasks are harmless.
+    Logs and per-chunk records go to ``<root>/slurm/``; rendering is atomic per object and skips finished objects,
+    so re-submitting after failures or requeues only renders what is missing.
     """
     specs = list(specs) if specs is not None else experiment_object_specs(cfg)
     root = Path(root or cfg.data.rendered_dir).resolve()
@@ -209,7 +307,7 @@ def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str
     params = slurm_parameters(cfg.launcher, name=job_name(cfg, "render"), nodes=1, tasks_per_node=1, gpus_per_node=0)
     executor = make_executor(log_root, params, int(cfg.launcher.max_requeues))
     render_yaml = OmegaConf.to_yaml(cfg.data.render, resolve=True)
-    jobs = executor.submit_array([RenderChunkTask(chunk, str(root), render_yaml, entry) for chunk in chunks])
+    jobs = executor.submit_array([RenderChunkTask(chunk, str(root), render_yaml, i) for i, chunk in enumerate(chunks)])
     job_ids = [job.job_id for job in jobs]
     record_jobs(log_root, "render", job_ids, objects=len(specs), chunk_size=len(chunks[0]))
     _announce("render", job_ids, log_root, f"\n[corr3d]   {len(specs)} objects in {len(chunks)} tasks -> {root}")

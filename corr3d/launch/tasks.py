@@ -25,7 +25,6 @@ log = logging.getLogger("corr3d.launch")
 TRAIN_ENTRY = "corr3d.train:train"
 EVAL_PART_ENTRY = "corr3d.eval.run:run_eval_part"
 EVAL_GATHER_ENTRY = "corr3d.eval.run:gather_eval"
-RENDER_ENTRY = "corr3d.render.batch:ensure_rendered"
 ATTEMPTS_FILE = "attempts.jsonl"
 
 
@@ -103,52 +102,91 @@ class TrainTask:
 
 
 class EvalPartTask:
-    """One benchmark x model evaluation of an array; writes its result as ``<parts_dir>/<task>__<model>.json``."""
+    """One benchmark x model evaluation of an array; the entry writes ``<parts_dir>/<task>__<model>.json``."""
 
     def __init__(self, cfg_yaml: str, task: str, model: str, parts_dir: str, entry: str = EVAL_PART_ENTRY):
         self.cfg_yaml, self.task, self.model, self.parts_dir, self.entry = cfg_yaml, task, model, str(parts_dir), entry
 
-    @property
-    def part_file(self) -> Path:
-        return Path(self.parts_dir) / part_file_name(self.task, self.model)
-
     def __call__(self) -> dict:
-        result = resolve_entry(self.entry)(cfg_from_yaml(self.cfg_yaml), self.task, self.model)
-        record = {"task": self.task, "model": self.model, "job_id": os.environ.get("SLURM_JOB_ID"),
-                  "result": result}
-        Path(self.parts_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.part_file, json.dumps(record, indent=2, default=str))
-        return result
+        run_part = resolve_entry(self.entry)
+        return run_part(cfg_from_yaml(self.cfg_yaml), self.task, self.model, parts_dir=Path(self.parts_dir))
 
     def checkpoint(self):
         return _requeue_submission(self)  # an evaluation part restarts from scratch after a timeout
 
 
 class GatherTask:
-    """Runs after the evaluation array (``afterany``): merges the parts into metrics.json / report.md."""
+    """Runs after the whole evaluation array (``afterany``): merges the parts into metrics.json / report.md even if
+    some parts failed, and says which are missing."""
 
-    def __init__(self, cfg_yaml: str, parts_dir: str, entry: str = EVAL_GATHER_ENTRY):
-        self.cfg_yaml, self.parts_dir, self.entry = cfg_yaml, str(parts_dir), entry
+    def __init__(self, cfg_yaml: str, parts_dir: str, out_dir: str, expected: list[str],
+                 entry: str = EVAL_GATHER_ENTRY):
+        self.cfg_yaml, self.parts_dir, self.out_dir, self.entry = cfg_yaml, str(parts_dir), str(out_dir), entry
+        self.expected = list(expected)
 
     def __call__(self) -> Any:
-        return resolve_entry(self.entry)(cfg_from_yaml(self.cfg_yaml), Path(self.parts_dir))
+        missing = [name for name in self.expected if not (Path(self.parts_dir) / name).exists()]
+        if missing:
+            log.warning("evaluation parts missing (their array tasks failed; see slurm/ logs): %s", missing)
+            print(f"[corr3d] missing evaluation parts: {', '.join(missing)}", flush=True)
+        gather = resolve_entry(self.entry)
+        return gather(cfg_from_yaml(self.cfg_yaml), Path(self.parts_dir), Path(self.out_dir))
+
+
+class OfflineSuiteTask:
+    """Generates the offline benchmark suite parts the evaluation needs, once, before the array starts: the array's
+    tasks would otherwise generate the same parts concurrently into one directory."""
+
+    def __init__(self, root: str, tasks: list[str], force: bool):
+        self.root, self.tasks, self.force = str(root), list(tasks), bool(force)
+
+    def __call__(self) -> None:
+        from corr3d.benchmarks import ensure_offline_suite
+
+        ensure_offline_suite(self.root, self.tasks, force=self.force)
 
 
 class RenderChunkTask:
-    """Renders one chunk of an object list; after a requeue the objects already rendered are skipped."""
+    """Renders one chunk of an object list, one object at a time (each atomic), skipping finished objects.
 
-    def __init__(self, specs: list[str], root: str, render_cfg_yaml: str, entry: str = RENDER_ENTRY):
-        self.specs, self.root, self.render_cfg_yaml, self.entry = list(specs), str(root), render_cfg_yaml, entry
+    It calls ``render_object`` per object rather than ``render_batch``: array tasks on different nodes share the
+    output directory, and the batch's shared manifest / dead-pid temp cleanup assume a single host. Each chunk writes
+    its own record to ``<root>/slurm/chunks/``; the next ``ensure_rendered`` on the root rebuilds the manifest.
+    """
 
-    def __call__(self) -> list[str]:
+    def __init__(self, specs: list[str], root: str, render_cfg_yaml: str, chunk: int):
+        self.specs, self.root, self.render_cfg_yaml, self.chunk = list(specs), str(root), render_cfg_yaml, chunk
+
+    def __call__(self) -> list[dict]:
+        from corr3d.data.objects import object_dir_name
+        from corr3d.render.batch import is_complete, render_object, render_settings
+
         render_cfg = OmegaConf.create(self.render_cfg_yaml)
-        dirs = resolve_entry(self.entry)(self.specs, Path(self.root), render_cfg)
-        return [str(d) for d in dirs]
+        settings = render_settings(render_cfg)
+        results = []
+        for spec in self.specs:
+            out_dir = Path(self.root) / object_dir_name(spec)
+            if not is_complete(out_dir, settings):
+                results.append(_render_one(spec, out_dir, render_cfg, render_object))
+            else:
+                results.append({"spec": spec, "status": "done", "dir": out_dir.name, "skipped": True})
+        record = Path(self.root) / "slurm" / "chunks" / f"chunk_{self.chunk:05d}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(results, indent=1))
+        return results
 
     def checkpoint(self):
         return _requeue_submission(self)
 
 
+def _render_one(spec: str, out_dir: Path, render_cfg, render_object) -> dict:
+    try:
+        render_object(spec, out_dir, render_cfg)
+        return {"spec": spec, "status": "done", "dir": out_dir.name}
+    except Exception as err:  # one broken mesh must not fail the other objects of the chunk
+        log.warning("rendering %s failed: %s", spec, err)
+        return {"spec": spec, "status": "failed", "dir": out_dir.name, "error": f"{type(err).__name__}: {err}"[:500]}
+
+
 def part_file_name(task: str, model: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{task}__{model}")
-    return f"{safe}.json"
+    return f"{task}__{model}.json"  # the name corr3d.eval.run.run_eval_part writes

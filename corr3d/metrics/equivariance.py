@@ -31,17 +31,16 @@ class EquivarianceMetric(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("hits", default=torch.zeros(len(self.thresholds), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred_xy: torch.Tensor, gt_xy: torch.Tensor, image_size: tuple[int, int]) -> None:
-        errors = normalized_pixel_error(pred_xy.reshape(-1, 2), gt_xy.reshape(-1, 2), image_size)
-        self.update_errors(errors)
-
-    def update_errors(self, errors: torch.Tensor) -> None:
-        """Add already-normalised errors (e.g. computed elsewhere)."""
+    def update(self, errors: torch.Tensor) -> None:
+        """Add normalised errors (see ``normalized_pixel_error``); ``add_points`` takes pixel positions."""
         errors = errors.reshape(-1).to(torch.float64)
         self.error_sum += errors.sum()
         self.count += errors.numel()
         limits = torch.tensor(self.thresholds, dtype=torch.float64, device=errors.device)
         self.hits += (errors[:, None] < limits[None, :]).sum(0)
+
+    def add_points(self, pred_xy: torch.Tensor, gt_xy: torch.Tensor, image_size: tuple[int, int]) -> None:
+        self.update(normalized_pixel_error(pred_xy.reshape(-1, 2), gt_xy.reshape(-1, 2), image_size))
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp(min=1).to(torch.float64)

@@ -98,8 +98,8 @@ class TapVidMetric(Metric):
         self.add_state("counts", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_videos", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks) -> dict[str, np.ndarray]:
-        """Arrays for one video ([n, ...]) or a batch ([b, n, ...]); returns the per-video metrics (fractions)."""
+    def update(self, query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks) -> None:
+        """Arrays for one video ([n, ...]) or a batch ([b, n, ...]) in 256x256 raster coordinates."""
         arrays = [np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
                   for x in (query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks)]
         if arrays[0].ndim == 2:
@@ -111,7 +111,6 @@ class TapVidMetric(Metric):
         self.sums += torch.from_numpy(np.where(finite, stacked, 0.0).sum(1) * 100.0).to(device)
         self.counts += torch.from_numpy(finite.sum(1).astype(np.float64)).to(device)
         self.num_videos += stacked.shape[1]
-        return values
 
     def compute(self) -> dict[str, torch.Tensor]:
         means = self.sums / self.counts.clamp(min=1)

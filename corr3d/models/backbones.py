@@ -140,7 +140,8 @@ def spec_from_model(name: str, model: torch.nn.Module) -> BackboneSpec:
     )
 
 
-def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None) -> tuple[torch.nn.Module, BackboneSpec]:
+def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
+               ) -> tuple[torch.nn.Module, BackboneSpec]:
     """Build the timm ViT with random weights (weights are loaded separately) and return it with its spec.
 
     ``dynamic_img_size`` lets one model run at any input size (position embeddings resampled on the fly);

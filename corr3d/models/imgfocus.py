@@ -156,9 +156,15 @@ _LAYER_RENAMES = (
 )
 
 
+def _as_tensor(value) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())  # copy: arrays from onnx are read-only
+    return torch.as_tensor(value)
+
+
 def dinov2_hf_to_timm(state: dict) -> dict[str, torch.Tensor]:
     """HF ``Dinov2Model`` state dict -> timm ``vit_*_patch14[_reg4]_dinov2`` keys (q, k, v fused into qkv)."""
-    hf = {k: torch.as_tensor(np.array(v)) for k, v in _strip_hf_prefix(state).items()}  # copy: onnx arrays are read-only
+    hf = {k: _as_tensor(v) for k, v in _strip_hf_prefix(state).items()}
     out: dict[str, torch.Tensor] = {}
     pos = hf.pop("embeddings.position_embeddings")
     cls = hf.pop("embeddings.cls_token")

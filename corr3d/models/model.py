@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -168,7 +169,7 @@ class Corr3DModel(nn.Module):
         """Plain timm state dict of the backbone with LoRA folded into qkv (loads into timm with no corr3d code)."""
         return merged_state_dict(self.vit)
 
-    def save_adapter(self, path) -> "Path":
+    def save_adapter(self, path) -> Path:
         from corr3d.models.adapter import save_adapter
 
         return save_adapter(self, path)

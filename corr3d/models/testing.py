@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TINY_DINOV2_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 70}
+# init_values=1: layer scale 1 (not DINOv2's 1e-5) so that random blocks visibly change the tokens in tests
+TINY_DINOV2_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 70, "init_values": 1.0}
 TINY_DINOV2_REG_KWARGS = {**TINY_DINOV2_KWARGS, "reg_tokens": 4}
 
 

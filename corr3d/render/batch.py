@@ -179,7 +179,8 @@ def render_batch(specs: Iterable[str], root, render_cfg=None, workers: int | Non
     for spec in specs:
         name = object_dir_name(spec)
         if is_complete(root / name, settings):
-            manifest.setdefault(spec, {"spec": spec, "status": "done", "dir": name})["status"] = "done"
+            entry = {k: v for k, v in manifest.get(spec, {}).items() if k != "error"}
+            manifest[spec] = entry | {"spec": spec, "status": "done", "dir": name}  # e.g. rendered by a SLURM chunk
         elif not retry_failed and manifest.get(spec, {}).get("status") == "failed":
             continue
         else:

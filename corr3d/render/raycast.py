@@ -83,14 +83,18 @@ class RaycastRenderer:
         self.scene.add_triangles(o3d.core.Tensor(self.vertices.astype(np.float32)),
                                  o3d.core.Tensor(self.faces.astype(np.uint32)))
         self._o3d = o3d
+        self._grid_key, self._grid = None, None
 
-    def _cast_uv(self, K, pose, uv: np.ndarray):
+    def _cast_uv(self, K, pose, uv: np.ndarray, cam_dirs: np.ndarray | None = None):
         """Rays through continuous pixels ``uv`` (N,2): (hit (N,), face ids, barycentrics, face normals, dirs)."""
         R = np.asarray(pose, dtype=np.float64)[:3, :3]
-        dirs = (np.concatenate([uv, np.ones((len(uv), 1))], 1) @ np.linalg.inv(np.asarray(K, np.float64)).T) @ R
-        origin = camera_center(pose)
-        rays = np.concatenate([np.broadcast_to(origin, dirs.shape), dirs], 1).astype(np.float32)
-        out = self.scene.cast_rays(self._o3d.core.Tensor(rays))
+        if cam_dirs is None:
+            cam_dirs = np.concatenate([uv, np.ones((len(uv), 1))], 1) @ np.linalg.inv(np.asarray(K, np.float64)).T
+        dirs = cam_dirs @ R  # camera -> object rotation (R^T) applied to row vectors
+        rays = np.empty((len(dirs), 6), dtype=np.float32)
+        rays[:, :3] = camera_center(pose)
+        rays[:, 3:] = dirs
+        out = self.scene.cast_rays(self._o3d.core.Tensor.from_numpy(rays))
         hit = np.isfinite(out["t_hit"].numpy())
         faces = out["primitive_ids"].numpy()[hit].astype(np.int64)
         bary = out["primitive_uvs"].numpy()[hit].astype(np.float64)
@@ -99,7 +103,12 @@ class RaycastRenderer:
 
     def cast(self, K, pose, width: int, height: int):
         """Per-pixel ray hits: (hit mask (H,W), face ids (N,), barycentrics (N,2), face normals (N,3), dirs (N,3))."""
-        hit, faces, bary, normals, dirs = self._cast_uv(K, pose, pixel_grid(width, height).reshape(-1, 2))
+        key = (np.asarray(K, dtype=np.float64).tobytes(), width, height)
+        if self._grid_key != key:  # per-pixel camera-frame directions are shared by all views of a rig
+            uv = pixel_grid(width, height).reshape(-1, 2)
+            self._grid = np.concatenate([uv, np.ones((len(uv), 1))], 1) @ np.linalg.inv(np.asarray(K, np.float64)).T
+            self._grid_key = key
+        hit, faces, bary, normals, dirs = self._cast_uv(K, pose, None, cam_dirs=self._grid)
         return hit.reshape(height, width), faces, bary, normals, dirs
 
     def surface_points(self, K, pose, uv) -> tuple[np.ndarray, np.ndarray]:

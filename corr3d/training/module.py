@@ -46,6 +46,8 @@ class MultiviewFinetuneModule(L.LightningModule):
         bs = batch["image0"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for key, value in stats.items():
+            if key == "loss":
+                continue
             self.log(f"train/{key}", torch.as_tensor(value, dtype=torch.float32), batch_size=bs)
         self._record_pairs(batch)
         if self._should_log_images():
