@@ -82,7 +82,7 @@ def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) 
 
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                                 save_last=True, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+                                 save_last=True, save_top_k=-1, every_n_train_steps=int(t.checkpoint_every_n_steps))
     return L.Trainer(
         default_root_dir=run, max_steps=int(t.max_steps), max_epochs=-1, accelerator=t.accelerator,
         devices=t.devices, num_nodes=int(t.num_nodes), strategy=t.strategy, precision=t.precision,

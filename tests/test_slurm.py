@@ -172,3 +172,24 @@ def test_eval_array_gathers_parts(cluster, job_env, tmp_path):
     assert "finetuned" in (out / "report.md").read_text()
     record = json.loads((out / "slurm" / "jobs.json").read_text())[-1]
     assert record["gather_job_id"] == gather.job_id and record["suite_job_id"]  # suite generated once, up front
+
+
+@pytest.mark.timeout(300)
+def test_render_array_renders_every_chunk(cluster, job_env, tmp_path):
+    from corr3d.data.rendered import RenderedObject
+    from corr3d.launch.slurm import submit_render
+
+    cfg = tiny_config(tmp_path, "data.render.width=32", "data.render.height=32", "data.render.focal=35.0",
+                      "data.render.icosphere_subdivisions=0")
+    specs = ["procedural:hemisphere", "procedural:sphere_astronaut", "procedural:torus_coffee"]
+    jobs = submit_render(cfg, specs=specs, chunk_size=2)
+    assert len(jobs) == 2
+    root = tmp_path / "data" / "rendered"
+    for job in jobs:
+        state = cluster.wait_for_job(job.job_id, JOB_TIMEOUT)
+        assert state == "COMPLETED", f"{job.job_id} {state}\n{logs_of(root / 'slurm')}"
+    records = [json.loads(p.read_text()) for p in sorted((root / "slurm" / "chunks").glob("chunk_*.json"))]
+    assert [[r["spec"] for r in chunk] for chunk in records] == [specs[:2], specs[2:]]
+    for record in (r for chunk in records for r in chunk):
+        assert record["status"] == "done", record
+        assert RenderedObject.open(root / record["dir"]).num_views == 12  # icosphere level 0

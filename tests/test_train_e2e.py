@@ -63,31 +63,39 @@ def test_ddp_two_cpu_processes_draw_different_pairs_and_save_once(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["train"]["global_step"] == 4
 
 
+def _kill_after_new_checkpoint(cmd: list[str], root: Path, seen: set) -> set:
+    """Start ``cmd``, SIGKILL it as soon as a checkpoint not in ``seen`` appears; return all checkpoints then."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    found: set = set()
+    while time.time() < deadline and proc.poll() is None:
+        found = {p.name for p in (root / "runs").glob("dinov2_single_object/*/checkpoints/step*.ckpt")}
+        if found - seen:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before a new checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return found
+
+
 def _trained_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter.safetensors"))
 
 
 def test_sigkill_then_rerun_resumes_to_the_same_state(tmp_path):
+    # checkpoints every 3 steps, epochs of 4: resumes land both inside epochs and on their boundaries
     steps, epoch = 24, 4
+    args = [f"trainer.max_steps={steps}", f"data.pairs_per_epoch={epoch}", "trainer.checkpoint_every_n_steps=3"]
     reference = tmp_path / "reference"
-    _run_train(reference, f"trainer.max_steps={steps}", f"data.pairs_per_epoch={epoch}")
+    _run_train(reference, *args)
 
     killed = tmp_path / "killed"
-    args = [f"trainer.max_steps={steps}", f"data.pairs_per_epoch={epoch}"]
     cmd = corr3d_command("train", "dinov2_single_object", *tiny_train_overrides(killed), *args)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    ckpt = None
-    while time.time() < deadline and proc.poll() is None:
-        found = sorted((killed / "runs").glob("dinov2_single_object/*/checkpoints/step*.ckpt"))
-        if found:
-            ckpt = found[0]
-            break
-        time.sleep(0.05)
-    assert ckpt is not None, "no checkpoint appeared before the process ended"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    first = _kill_after_new_checkpoint(cmd, killed, seen=set())
     run = _latest(killed)
+    _kill_after_new_checkpoint(cmd, killed, seen=first)   # the resumed run, killed again
+    assert _latest(killed) == run
     assert not (run / "DONE").exists(), "killed too late: the run had already finished"
 
     _run_train(killed, *args)

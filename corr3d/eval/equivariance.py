@@ -49,6 +49,11 @@ class EquivarianceSettings:
                    batch_size=int(eq.batch_size), max_views_per_object=int(eq.max_views_per_object))
 
 
+def _local_metric(settings: EquivarianceSettings, prefix: str = "equivariance/") -> EquivarianceMetric:
+    """This evaluation runs on one process (rank 0 during training): never wait for other ranks."""
+    return EquivarianceMetric(settings.thresholds, prefix=prefix, sync_on_compute=False)
+
+
 def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int, rng: np.random.Generator,
                       max_views: int = 0) -> list[tuple[int, int]]:
     """Ordered pairs (i != j) within the rotation limit, a random subset of at most ``max_pairs``; with
@@ -129,7 +134,7 @@ def nearest_neighbor_matches(model, fmap_src: torch.Tensor, fmap_tgt: torch.Tens
 def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, desc: str = "equivariance",
                      per_object: dict | None = None) -> dict[str, float]:
     """APE/PCDP over all objects; ``per_object`` (if given) receives each object's own metrics."""
-    total = EquivarianceMetric(settings.thresholds)
+    total = _local_metric(settings)
     was_training = model.training
     model.eval()
     objects = list(objects)
@@ -144,7 +149,7 @@ def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, d
         views = sorted({v for pair in pairs for v in pair})
         maps = dict(zip(views, extract_view_features(model, [obj.rgb(v) for v in views], settings.batch_size)))
         size = (obj.height, obj.width)
-        metric = EquivarianceMetric(settings.thresholds)
+        metric = _local_metric(settings)
         for i, j in pairs:
             src, gt = visible_correspondences(obj, i, j, settings.num_source_points, settings.visibility_tol, rng)
             if len(src) == 0:
@@ -185,7 +190,7 @@ def stereo_motorcycle_check(model, settings: EquivarianceSettings, num_points: i
     candidates = pixel_centers(np.ones((h, w), dtype=bool), settings.target_stride)
     pred = nearest_neighbor_matches(model, f_left, f_right, src, candidates, (h, w))
     model.train(was_training)
-    metric = EquivarianceMetric(settings.thresholds, prefix="stereo/")
+    metric = _local_metric(settings, "stereo/")
     metric.add_points(torch.from_numpy(pred), torch.from_numpy(gt), (h, w))
     return _to_floats(metric.compute())
 
@@ -258,7 +263,7 @@ def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings) -> dict[str, f
     objects, skipped = open_objects(dirs, float(cfg.data.mvimgnet_extent_percentile))
     for path, reason in skipped.items():
         log.warning("MVImgNet object %s skipped: %s", path, reason)
-    metric = EquivarianceMetric(settings.thresholds, prefix="mvimgnet/")
+    metric = _local_metric(settings, "mvimgnet/")
     was_training = model.training
     model.eval()
     for obj in tqdm(objects, desc="mvimgnet", leave=False):

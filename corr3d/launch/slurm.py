@@ -161,22 +161,35 @@ def _announce(kind: str, job_ids: Sequence[str], log_root: Path, extra: str = ""
           f"scancel {job_ids[0].split('_')[0]}){extra}", flush=True)
 
 
+def sbatch_script(executor, command: str = "python -u -m submitit.core._submit <folder>") -> str:
+    """The batch script ``executor`` would submit (for ``--dry-run``-style inspection and the tests)."""
+    return executor._executor._make_submission_file_text(command, "preview")
+
+
 # ---- training ------------------------------------------------------------------------------------------------------
+def train_executor(cfg: DictConfig, run: Path):
+    """The executor for ``cfg``'s training job, logging into ``<run>/slurm/<job id>/`` (cfg already aligned)."""
+    tasks = int(cfg.trainer.devices)
+    params = slurm_parameters(cfg.launcher, name=job_name(cfg, "train"), nodes=int(cfg.trainer.num_nodes),
+                              tasks_per_node=tasks, gpus_per_node=gpus_per_task_node(cfg, tasks))
+    return make_executor(Path(run) / "slurm", params, int(cfg.launcher.max_requeues))
+
+
 def submit_train(cfg: DictConfig, entry: str = TRAIN_ENTRY):
-    """Submit ``cfg``'s training as one SLURM job (nodes x gpus_per_node tasks); returns the submitit job."""
+    """Submit ``cfg``'s training as one SLURM job (nodes x gpus_per_node tasks); returns the submitit job.
+
+    The run directory is created here (or reused: same experiment and resolved config, not finished), so the job, its
+    requeues and a later re-submission of the same command all continue one directory.
+    """
     cfg = align_trainer_with_launcher(cfg)
     run = create_run_dir(cfg).resolve()
     log_root = run / "slurm"
     _refuse_if_active(log_root)
-    launcher = cfg.launcher
-    tasks = int(cfg.trainer.devices)
-    params = slurm_parameters(launcher, name=job_name(cfg, "train"), nodes=int(cfg.trainer.num_nodes),
-                              tasks_per_node=tasks, gpus_per_node=gpus_per_task_node(cfg, tasks))
-    executor = make_executor(log_root, params, int(launcher.max_requeues))
-    job = executor.submit(TrainTask(cfg_to_yaml(cfg), str(run), entry))
-    record_jobs(log_root, "train", [job.job_id], run_dir=str(run), nodes=params["nodes"], tasks_per_node=tasks)
+    job = train_executor(cfg, run).submit(TrainTask(cfg_to_yaml(cfg), str(run), entry))
+    record_jobs(log_root, "train", [job.job_id], run_dir=str(run), nodes=int(cfg.trainer.num_nodes),
+                tasks_per_node=int(cfg.trainer.devices))
     _announce("train", [job.job_id], log_root, f"\n[corr3d]   run directory: {run}")
-    if launcher.wait:
+    if cfg.launcher.wait:
         wait_for_jobs([job.job_id])
         print(f"[corr3d] train job {job.job_id} left the queue; results in {run}", flush=True)
     return job
@@ -280,15 +293,18 @@ def chunked(items: Sequence[str], size: int) -> list[list[str]]:
 
 
 def experiment_object_specs(cfg: DictConfig) -> list[str]:
-    """What ``corr3d render EXP`` renders: training objects (with ``data.object_list``, first
-    ``num_train_objects``), validation objects and the equivariance evaluation objects, without duplicates."""
+    """What the experiment trains and evaluates on: training objects (with ``data.object_list``, first
+    ``num_train_objects``), validation objects and the equivariance objects (with ``equivariance.object_list``)."""
     from corr3d.data.datamodule import object_specs
+    from corr3d.data.objaverse import read_object_list
 
     train = object_specs(cfg.data)
     if cfg.data.num_train_objects:
         train = train[: int(cfg.data.num_train_objects)]
-    specs = [*train, *map(str, cfg.data.val_objects), *map(str, cfg.equivariance.objects)]
-    return list(dict.fromkeys(specs))
+    evaluation = [str(s) for s in cfg.equivariance.objects]
+    if cfg.equivariance.get("object_list"):
+        evaluation += read_object_list(cfg.equivariance.object_list)
+    return list(dict.fromkeys([*train, *map(str, cfg.data.val_objects), *evaluation]))
 
 
 def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str | os.PathLike | None = None,
