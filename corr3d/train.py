@@ -59,7 +59,7 @@ def _write_metrics(run: Path, metrics: dict) -> None:
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
 
 
-def _baseline_model_cfg(model_cfg: DictConfig) -> DictConfig:
+def baseline_model_cfg(model_cfg: DictConfig) -> DictConfig:
     """The plain pretrained backbone: no LoRA, no head, nothing unfrozen."""
     cfg = OmegaConf.merge(model_cfg, {"lora": {"blocks": 0}, "head": {"num_layers": 0}, "unfreeze_blocks": 0})
     return cfg
@@ -138,7 +138,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if rank0 and eval_dirs and "pretrained" not in metrics:
-        baseline = build_model(_baseline_model_cfg(cfg.model))
+        baseline = build_model(baseline_model_cfg(cfg.model))
         per_object: dict = {}
         metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object)
         metrics.setdefault("per_object", {})["pretrained"] = per_object
