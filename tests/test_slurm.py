@@ -15,11 +15,8 @@ import pytest
 from slurm_cluster import DEBIAN_PACKAGES, SlurmCluster, missing_programs
 
 pytestmark = pytest.mark.slurm
-TESTS_DIR = Path(__file__).resolve().parent
 JOB_TIMEOUT = 240  # seconds per job; a tiny job takes 15-40 s on a loaded 2-core machine
 
-# stand-ins with the contracts of corr3d.train.train / corr3d.eval.run (see slurm_cluster.py)
-TRAIN_ENTRY = "corr3d.train:train"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,6 @@ def cluster(tmp_path_factory):
 @pytest.fixture
 def job_env(monkeypatch):
     """What the jobs inherit from this process (sbatch exports the submitting environment)."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # the stand-in entry points live next to this file
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
@@ -49,7 +45,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
         "data.render.width=64", "data.render.height=64", "data.render.focal=70.0", "data.num_workers=0",
         "data.pairs.num_points=100", "data.pairs_per_epoch=2", "data.augment.enabled=false",
         "equivariance.objects=[]", "equivariance.stereo_check=false",
-        "trainer.max_steps=6", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+        "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=2", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
         "launcher.name=slurm", "launcher.cpus_per_task=1", "launcher.mem_gb=1", "launcher.time_min=15",
         *overrides])
 
@@ -79,7 +75,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def submit_and_wait_for_checkpoint(cluster, cfg):
     from corr3d.launch.slurm import submit_train
 
-    job = submit_train(cfg, entry=TRAIN_ENTRY)
+    job = submit_train(cfg)
     run = Path(cfg.output_dir).resolve() / cfg.experiment / "latest"
     run = run.resolve()
     try:
@@ -104,7 +100,7 @@ def test_two_task_ddp_training_job(cluster, job_env, tmp_path):
     from corr3d.launch.slurm import submit_train
 
     cfg = tiny_config(tmp_path)
-    job = submit_train(cfg, entry=TRAIN_ENTRY)
+    job = submit_train(cfg)
     run = (tmp_path / "runs" / cfg.experiment / "latest").resolve()
     assert_finished(cluster, job, run, max_steps=6)
     jobs = json.loads((run / "slurm" / "jobs.json").read_text())
@@ -135,8 +131,8 @@ def wait_for_progress(cluster, job, run: Path, starts: int) -> None:
 def test_interrupted_training_resumes_same_run(cluster, job_env, tmp_path):
     """Pre-timeout signal (submitit checkpoints and requeues), then an admin's ``scontrol requeue``: each restart
     continues the same run directory from its last checkpoint and the run ends at max_steps."""
-    max_steps = 40
-    cfg = tiny_config(tmp_path, f"trainer.max_steps={max_steps}")
+    max_steps = 150  # ~15 s of steps on 2 cores: room to interrupt twice
+    cfg = tiny_config(tmp_path, f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=5")
     job, run = submit_and_wait_for_checkpoint(cluster, cfg)
     # what SLURM sends launcher.signal_delay_s before the time limit (submitit's --signal=USR2@<delay>)
     cluster.client("scancel", "--signal=USR2", job.job_id)

@@ -20,7 +20,7 @@ from typing import Iterable
 
 log = logging.getLogger(__name__)
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
 PARTS = ("onepose", "tapvid", "semantic")
 TASK_PARTS = {"pose": ("onepose",), "tracking": ("tapvid",), "semantic": ("semantic",)}
 

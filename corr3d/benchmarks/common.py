@@ -39,12 +39,18 @@ def visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, xyz_map: np.
     return uv, vis
 
 
-def background(height: int, width: int, seed: int) -> np.ndarray:
-    """A deterministic textured background from scikit-image's bundled photos (random crop, resized)."""
+BACKGROUNDS = ("grass", "gravel", "brick", "coffee", "chelsea", "rocket")
+
+
+def background(height: int, width: int, seed: int, exclude: tuple[str, ...] = ()) -> np.ndarray:
+    """A deterministic textured background from scikit-image's bundled photos (random crop, resized).
+
+    ``exclude``: photos not to use (e.g. the object's own texture, which would camouflage it).
+    """
     from PIL import Image
     from skimage import data as skdata
 
-    names = ("grass", "gravel", "brick", "coffee", "chelsea", "rocket")
+    names = tuple(n for n in BACKGROUNDS if n not in exclude) or BACKGROUNDS
     rng = np.random.default_rng(seed)
     img = getattr(skdata, names[int(rng.integers(len(names)))])()
     if img.ndim == 2:
@@ -58,8 +64,38 @@ def background(height: int, width: int, seed: int) -> np.ndarray:
     return (0.6 * out + 0.4 * out.mean()).astype(np.uint8)  # lower contrast than the objects
 
 
+def texture_photos(spec: str) -> tuple[str, ...]:
+    """Background photos that a procedural object's name says it is textured with (``mug_cat`` -> chelsea)."""
+    name = spec.split(":")[1] if spec.startswith("procedural:") else spec
+    aliases = {"cat": "chelsea", "chelsea": "chelsea", "coffee": "coffee", "rocket": "rocket", "gravel": "gravel"}
+    return tuple(sorted({photo for word, photo in aliases.items() if word in name.split("_")}))
+
+
 def composite(rgb: np.ndarray, mask: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return np.where(mask[..., None], rgb, bg).astype(np.uint8)
+
+
+def camera_effects(frames: np.ndarray, seed: int, gains=None, colour_cast=(1.0, 1.0, 1.0), noise_std: float = 2.0,
+                   jpeg_quality: int | None = 85) -> np.ndarray:
+    """Real-camera nuisances on rendered frames (deterministic): per-frame exposure ``gains``, a white-balance
+    ``colour_cast`` (RGB gains), sensor noise and a JPEG round trip. (N, H, W, 3) uint8 -> same."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    gains = np.ones(len(frames)) if gains is None else np.asarray(gains, dtype=np.float64)
+    cast = np.asarray(colour_cast, dtype=np.float32)
+    out = []
+    for frame, gain in zip(frames, gains):
+        img = frame.astype(np.float32) * (gain * cast) + rng.normal(0.0, noise_std, frame.shape)
+        img = np.clip(img, 0, 255).round().astype(np.uint8)
+        if jpeg_quality:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=jpeg_quality)
+            img = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        out.append(img)
+    return np.stack(out)
 
 
 def save_image(path, image: np.ndarray, quality: int = 95) -> None:

@@ -12,15 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from corr3d.benchmarks.common import background, composite, orbit_pose, render, save_image, visibility
+from corr3d.benchmarks.common import background, camera_effects, composite, orbit_pose, render, save_image, texture_photos, visibility
 
-OBJECTS = (("0700-mugcat-others", "procedural:mug_cat"), ("0701-gearastronaut-others", "procedural:gear_astronaut"))
-SIZE = 128
-FOCAL = 190.0
+OBJECTS = (("0700-mugcat-others", "procedural:mug_cat"), ("0701-gearastronaut-others", "procedural:gear_astronaut"),
+           ("0702-vasecoffee-others", "procedural:vase_coffee"), ("0703-house-others", "procedural:house"),
+           ("0704-sphereastronaut-others", "procedural:sphere_astronaut"))
+SIZE = 192
+FOCAL = 285.0
 OBJECT_SIZE_M = 0.2          # unit-extent object -> 20 cm
-REF_VIEWS = 16
-TEST_FRAMES = 60
+REF_VIEWS = 24               # a full loop around the object, alternating two elevations (15 degrees apart in azimuth)
+TEST_FRAMES = 120            # every 10th is a query (eval.pose.query_step): 12 per object
 SFM_POINTS = 3000
+# the two sequences are separate captures (OnePose records them on different days): the test sequence has another
+# exposure and white balance; both carry sensor noise and JPEG-like compression
+CAPTURE = {1: {"gain": 1.0, "cast": (1.0, 1.0, 1.0)}, 2: {"gain": 0.85, "cast": (1.08, 1.0, 0.88)}}
 
 
 def _write_sequence(seq_dir: Path, images, Ks, poses_m, annos=None) -> None:
@@ -64,17 +69,21 @@ def make_object(out: Path, name: str, spec: str, seed: int) -> None:
                                       2.3 + 0.25 * np.sin(k / 11.0)) for k in t])
     points, _ = trimesh.sample.sample_surface(mesh, SFM_POINTS, seed=seed)
     points = np.asarray(points, dtype=np.float64)
-    for seq, poses, with_anno in ((f"{short}-1", ref_poses, True), (f"{short}-2", test_poses, False)):
+    for seq_no, poses, with_anno in ((1, ref_poses, True), (2, test_poses, False)):
+        seq = f"{short}-{seq_no}"
         views = render(mesh, K, poses, SIZE, SIZE)
         images, annos = [], []
         for i in range(len(poses)):
-            bg = background(SIZE, SIZE, seed * 1000 + i)
+            bg = background(SIZE, SIZE, seed * 1000 + 500 * seq_no + i, exclude=texture_photos(spec))
             images.append(composite(views["rgb"][i], views["mask"][i], bg))
             if with_anno:
                 uv, vis = visibility(points, K, poses[i], views["xyz"][i], views["mask"][i], tol=0.01)
                 idx = np.nonzero(vis)[0]
                 kps = (uv[idx] - 0.5).round(3)
                 annos.append({"keypoints2d": kps.tolist(), "assign_matrix": [list(range(len(idx))), idx.tolist()]})
+        capture = CAPTURE[seq_no]
+        images = list(camera_effects(np.stack(images), seed * 10 + seq_no, gains=[capture["gain"]] * len(images),
+                                     colour_cast=capture["cast"]))
         _write_sequence(obj_dir / seq, images, [K] * len(poses), [_to_metres(p) for p in poses],
                         annos if with_anno else None)
     sfm = out / "sfm_output" / "outputs_softmax_loftr_loftr" / name / "anno"

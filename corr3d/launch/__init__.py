@@ -1,1 +1,1 @@
-
+"""Launching on clusters: ``corr3d.launch.slurm`` submits training, evaluation and rendering with submitit."""
