@@ -62,11 +62,11 @@ train: $(STAMP)
 	$(VENV)/bin/corr3d train $(EXP) $(LAUNCH_ARGS) $(ARGS)
 
 eval: $(STAMP)
-	$(VENV)/bin/corr3d eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(if $(CKPT),--ckpt $(CKPT)) \
-	  $(if $(BACKBONE),--backbone $(BACKBONE)) $(LAUNCH_ARGS) $(ARGS)
+	$(VENV)/bin/corr3d eval $(EXP) $(LAUNCH_ARGS) $(ARGS) $(if $(TASKS),--tasks $(TASKS)) \
+	  $(if $(CKPT),--ckpt $(CKPT)) $(if $(BACKBONE),--backbone $(BACKBONE))
 
 render: $(STAMP)
-	$(VENV)/bin/corr3d render $(EXP) $(ARGS)
+	$(VENV)/bin/corr3d render $(EXP) $(LAUNCH_ARGS) $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/corr3d bench $(ARGS)

@@ -42,6 +42,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.overrides)
+    if cfg.launcher.name == "slurm":
+        from corr3d.launch.slurm import submit_render
+
+        submit_render(cfg)
+        return 0
     from corr3d.render.batch import render_experiment_objects
 
     render_experiment_objects(cfg)
