@@ -109,12 +109,12 @@ def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
 
 @torch.no_grad()
 def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int = 4) -> list[torch.Tensor]:
-    """Raw dense feature maps (C, h, w) for each uint8 HxWx3 image, computed in batches."""
-    device = next(model.parameters()).device
+    """Raw (not normalised, as in training) dense maps (C, h, w) for each uint8 HxWx3 image, in batches."""
+    from corr3d.eval.features import model_device, to_tensor
+
     maps: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
-        chunk = np.stack(images[start:start + batch_size])
-        batch = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2).float() / 255.0
+        batch = to_tensor(images[start:start + batch_size], model_device(model))
         maps.extend(model(batch).float().cpu())
     return maps
 
