@@ -1,0 +1,171 @@
+"""LightningDataModule serving training pairs from rendered objects or MVImgNet, built from the ``data:`` config.
+
+Objects: ``data.train_objects`` plus the specs of ``data.object_list`` (a file written by
+``data_prep/download_objaverse.py``), the first ``data.num_train_objects`` of them (1 for the single-object
+experiment, 10k for the paper's). Validation objects are ``data.val_objects`` or, when that is empty, a seeded
+``data.val_fraction`` of the training objects; train and validation never share an object.
+
+Randomness: see ``corr3d.data.pairs``: sample = f(seed, rank, epoch, index), so runs are reproducible, every DDP
+rank draws its own pairs, the stream does not depend on ``num_workers`` and a resumed run continues it.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from corr3d.data.augment import ViewAugmenter
+from corr3d.data.pairs import (TRAIN_STREAM, VAL_STREAM, MVImgNetPairDataset, PairSampler,
+                               RenderedPairDataset)
+
+log = logging.getLogger(__name__)
+
+
+def object_specs(data_cfg: DictConfig) -> list[str]:
+    """Training candidates in order: ``train_objects`` then the list file's specs, duplicates dropped."""
+    specs = [str(s) for s in data_cfg.train_objects]
+    if data_cfg.get("object_list"):
+        from corr3d.data.objaverse import read_object_list
+
+        specs += read_object_list(data_cfg.object_list)
+    return list(dict.fromkeys(specs))
+
+
+def split_objects(items: list[str], val_items: list[str], val_fraction: float, num_train: int | None,
+                  seed: int) -> tuple[list[str], list[str]]:
+    """(train, val) object lists, disjoint; ``num_train`` keeps the first k training objects."""
+    overlap = sorted(set(items) & set(val_items))
+    if overlap:
+        raise ValueError(f"objects in both the training and the validation set: {overlap[:5]}")
+    if not val_items and val_fraction > 0 and len(items) > 1:
+        count = min(len(items) - 1, max(1, round(val_fraction * len(items))))
+        val_items = sorted(random.Random(seed).sample(items, count))
+        items = [s for s in items if s not in set(val_items)]
+    if num_train is not None:
+        items = items[: int(num_train)]
+    if not items:
+        raise ValueError("no training objects (check data.train_objects / object_list / num_train_objects)")
+    return items, list(val_items)
+
+
+class MultiviewDataModule(L.LightningDataModule):
+    """Pairs of views of 3D objects (``data.kind``: rendered | mvimgnet) with per-rank reproducible streams."""
+
+    def __init__(self, data_cfg: DictConfig, seed: int = 0, rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        self.cfg = data_cfg
+        self.seed = int(seed)
+        self._rank, self._world_size = rank, world_size
+        self.skipped: dict[str, str] = {}  # object -> reason it is not used
+        self.train_objects, self.val_objects = self._split()
+        self.train_dataset = self.val_dataset = None
+
+    # -- objects ----------------------------------------------------------------------------------------------
+    def _split(self) -> tuple[list[str], list[str]]:
+        cfg = self.cfg
+        num_train = None if cfg.num_train_objects is None else int(cfg.num_train_objects)
+        if cfg.kind == "rendered":
+            return split_objects(object_specs(cfg), [str(s) for s in cfg.val_objects],
+                                 float(cfg.val_fraction), num_train, self.seed)
+        if cfg.kind == "mvimgnet":
+            from corr3d.data.mvimgnet import discover_objects, structural_problem
+
+            found = []
+            for path in map(str, discover_objects(cfg.mvimgnet_dir)):
+                problem = structural_problem(path)  # cheap; unreadable models are caught later by the dataset
+                if problem:
+                    self.skipped[path] = problem
+                else:
+                    found.append(path)
+            if self.skipped:
+                log.warning("MVImgNet: skipping %d objects (see datamodule.skipped), e.g. %s",
+                            len(self.skipped), next(iter(self.skipped.items())))
+            if not found:
+                raise FileNotFoundError(f"no usable MVImgNet objects under {cfg.mvimgnet_dir}")
+            return split_objects(found, [], float(cfg.val_fraction), num_train, self.seed)
+        raise ValueError(f"unknown data.kind {cfg.kind!r} (rendered | mvimgnet)")
+
+    def _render(self, specs: list[str]) -> list[Path]:
+        from corr3d.render import ensure_rendered
+
+        return [Path(p) for p in ensure_rendered(specs, Path(self.cfg.rendered_dir), self.cfg.render)] if specs \
+            else []
+
+    def prepare_data(self) -> None:
+        """Render whatever is missing (once per node, before ``setup``)."""
+        if self.cfg.kind == "rendered":
+            self._render(self.train_objects + self.val_objects)
+
+    # -- datasets ---------------------------------------------------------------------------------------------
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self._rank is not None:
+            return int(self._rank), int(self._world_size or 1)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        self.train_dataset = self.build_dataset(self.train_objects, TRAIN_STREAM, int(self.cfg.pairs_per_epoch))
+        if self.val_objects:
+            self.val_dataset = self.build_dataset(self.val_objects, VAL_STREAM, int(self.cfg.val_pairs),
+                                                  augment=False)
+
+    def build_dataset(self, objects: list[str], stream: int, num_samples: int, augment: bool = True):
+        cfg = self.cfg
+        augmenter = ViewAugmenter.from_config(cfg.augment) if augment else None
+        common = dict(num_points=int(cfg.pairs.num_points), max_rotation_deg=float(cfg.pairs.max_rotation_deg),
+                      augmenter=augmenter, num_samples=num_samples, seed=self.seed, stream=stream)
+        if cfg.kind == "rendered":
+            return RenderedPairDataset(self._render(objects), **common)
+        return MVImgNetPairDataset(objects, min_matches=int(cfg.mvimgnet_min_matches),
+                                   long_side=cfg.mvimgnet_long_side,
+                                   extent_percentile=float(cfg.mvimgnet_extent_percentile), **common)
+
+    # -- loaders ----------------------------------------------------------------------------------------------
+    def _loader(self, dataset, sampler: PairSampler) -> DataLoader:
+        workers = int(self.cfg.num_workers)
+        return DataLoader(dataset, batch_size=int(self.cfg.batch_size), sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        rank, world = self._rank_and_world()
+        sampler = PairSampler(len(self.train_dataset), rank, world)
+        self._continue_interrupted_epoch(sampler)
+        return self._loader(self.train_dataset, sampler)
+
+    def _continue_interrupted_epoch(self, sampler: PairSampler) -> None:
+        """Resuming from a mid-epoch checkpoint (e.g. a SLURM pre-timeout save): skip the pairs already trained on.
+
+        Lightning restores the loop progress before it asks for the dataloader; ``processed`` counts the batches of
+        the interrupted epoch that went through a training step (checkpoints saved at epoch end give 0 or all).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.fit_loop.restarting:
+            return
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        consumed = done * int(self.cfg.batch_size)
+        if 0 < consumed < len(sampler):
+            epoch = int(trainer.fit_loop.epoch_progress.current.processed)
+            sampler.resume_within_epoch(epoch, consumed)
+            log.info("resuming epoch %d after its first %d pairs", epoch, consumed)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        rank, world = self._rank_and_world()
+        return self._loader(self.val_dataset, PairSampler(len(self.val_dataset), rank, world, fixed_epoch=0))
+
+
+def build_datamodule(cfg: DictConfig, rank: int | None = None, world_size: int | None = None) -> MultiviewDataModule:
+    """The DataModule of a full experiment config (``data:`` section and ``seed``)."""
+    return MultiviewDataModule(cfg.data, seed=int(cfg.seed), rank=rank, world_size=world_size)

@@ -1,0 +1,154 @@
+"""Objaverse (1.0) objects through the official ``objaverse`` package: select uids, download GLBs, list them as specs.
+
+The package keeps its cache under ``objaverse._VERSIONED_PATH`` (``~/.objaverse/hf-objaverse-v1``): an object present
+there is returned without any network access, so re-running a download only fetches what is missing. Every
+function here reads the module globals at call time, so pointing ``objaverse._VERSIONED_PATH`` elsewhere (tests,
+``--cache-dir``) redirects all of them.
+
+The resulting list file has one object per line, ``objaverse:<uid><TAB><local glb path>``; the first column is the
+object spec the rest of corr3d understands (``data.train_objects`` / ``data.object_list``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+SPEC_PREFIX = "objaverse:"
+
+
+def set_cache_dir(versioned_path: str | os.PathLike) -> None:
+    """Use ``versioned_path`` (the ``hf-objaverse-v1`` folder) as the objaverse cache for this process."""
+    import objaverse
+
+    objaverse._VERSIONED_PATH = str(versioned_path)
+    objaverse.BASE_PATH = str(Path(versioned_path).parent)
+
+
+def cache_dir() -> Path:
+    import objaverse
+
+    return Path(objaverse._VERSIONED_PATH)
+
+
+def parse_uid(entry: str) -> str:
+    """A uid from any of the forms seen in lists: ``uid``, ``uid.glb``, ``000-123/uid`` (authors' 10k.txt), specs."""
+    entry = entry.strip()
+    if entry.startswith(SPEC_PREFIX):
+        entry = entry[len(SPEC_PREFIX):]
+    entry = entry.split("\t")[0].rsplit("/", 1)[-1]
+    return entry[:-4] if entry.endswith(".glb") else entry
+
+
+def read_uid_file(path: str | os.PathLike) -> list[str]:
+    """Uids from a text file, one per line; blank lines and ``#`` comments skipped, order kept, duplicates dropped."""
+    lines = Path(path).read_text().splitlines()
+    uids = [parse_uid(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return list(dict.fromkeys(uids))
+
+
+def lvis_uids(categories: Iterable[str]) -> list[str]:
+    """Uids annotated with any of the LVIS ``categories`` (Objaverse-LVIS), in annotation order."""
+    import objaverse
+
+    annotations = objaverse.load_lvis_annotations()
+    unknown = [c for c in categories if c not in annotations]
+    if unknown:
+        raise KeyError(f"unknown LVIS categories {unknown}; e.g. {sorted(annotations)[:5]}")
+    return list(dict.fromkeys(uid for c in categories for uid in annotations[c]))
+
+
+def select_uids(uid_file: str | os.PathLike | None = None, lvis_categories: Sequence[str] = (),
+                count: int | None = None, seed: int = 0) -> list[str]:
+    """The uids to fetch: from a list file and/or LVIS categories, else all of Objaverse; ``count`` draws a subset.
+
+    The subset is a seeded random sample (not the first ``count``) so it is not biased to the first shard folders;
+    sorting before sampling makes it independent of the order of the package's JSON.
+    """
+    import objaverse
+
+    candidates: list[str] = []
+    if uid_file is not None:
+        candidates += read_uid_file(uid_file)
+    if lvis_categories:
+        candidates += lvis_uids(lvis_categories)
+    if uid_file is None and not lvis_categories:
+        candidates = objaverse.load_uids()
+    candidates = list(dict.fromkeys(candidates))
+    if count is None or count >= len(candidates):
+        return candidates
+    if uid_file is not None and not lvis_categories:
+        return candidates[:count]  # an explicit list is already the user's order of preference
+    return random.Random(seed).sample(sorted(candidates), count)
+
+
+def download_objects(uids: Sequence[str], processes: int = 1) -> dict[str, Path]:
+    """Local GLB paths for ``uids``, downloading missing ones with ``processes`` parallel workers.
+
+    Uids unknown to Objaverse are skipped (the package warns). Already-cached objects cost no network access.
+    """
+    import objaverse
+
+    paths = objaverse.load_objects(list(uids), download_processes=max(1, int(processes)))
+    return {uid: Path(paths[uid]) for uid in uids if uid in paths}
+
+
+def cached_object_path(uid: str) -> Path:
+    """Path of an already-downloaded object, without network access (FileNotFoundError if it is not cached)."""
+    import gzip
+
+    index = cache_dir() / "object-paths.json.gz"
+    if not index.exists():
+        raise FileNotFoundError(f"no objaverse index at {index}; run data_prep/download_objaverse.py first")
+    with gzip.open(index, "rt") as fh:
+        relative = json.load(fh).get(parse_uid(uid))
+    path = cache_dir() / relative if relative else None
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"objaverse object {uid} is not in the cache {cache_dir()}")
+    return path
+
+
+def object_metadata(uids: Sequence[str]) -> dict[str, dict]:
+    """Name, license and url of each uid from the package's per-shard metadata (downloaded if missing)."""
+    import objaverse
+
+    keep = ("name", "license", "uri", "viewerUrl")
+    annotations = objaverse.load_annotations(list(uids))
+    return {uid: {k: meta.get(k) for k in keep if k in meta} for uid, meta in annotations.items()}
+
+
+def write_object_list(paths: dict[str, Path], out: str | os.PathLike,
+                      metadata: dict[str, dict] | None = None) -> Path:
+    """Write ``objaverse:<uid>\\t<path>`` lines (atomically) and, if given, ``<out>.meta.json`` with metadata."""
+    from corr3d.utils.run_dir import atomic_write_text
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "".join(f"{SPEC_PREFIX}{uid}\t{path}\n" for uid, path in paths.items()))
+    if metadata is not None:
+        atomic_write_text(out.with_name(out.name + ".meta.json"), json.dumps(metadata, indent=1, sort_keys=True))
+    return out
+
+
+def read_object_list(path: str | os.PathLike) -> list[str]:
+    """Object specs from a list file: the first tab-separated column of each non-empty, non-comment line."""
+    specs = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            specs.append(line.split("\t")[0].strip())
+    return specs
+
+
+def fetch_objaverse(uid_file: str | os.PathLike | None = None, lvis_categories: Sequence[str] = (),
+                    count: int | None = None, seed: int = 0, processes: int = 1,
+                    out: str | os.PathLike = "data/objaverse_objects.txt", with_metadata: bool = True) -> dict:
+    """Select, download (or reuse) and list Objaverse objects; returns a summary dict for the CLI."""
+    uids = select_uids(uid_file, lvis_categories, count, seed)
+    paths = download_objects(uids, processes)
+    metadata = object_metadata(list(paths)) if with_metadata and paths else None
+    write_object_list(paths, out, metadata)
+    missing = [uid for uid in uids if uid not in paths]
+    return {"requested": len(uids), "available": len(paths), "missing": missing, "list": str(out),
+            "cache": str(cache_dir())}

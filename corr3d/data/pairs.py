@@ -1,0 +1,290 @@
+"""Training pairs: two views of one object with corresponding points and their object-space 3D positions.
+
+Every sample is a pure function of its key ``(rank, epoch, index)`` and the seed: its generator is
+``np.random.default_rng([seed, stream, rank, epoch, index])``. So the stream is reproducible, independent of the
+number of dataloader workers (workers receive different indices, hence different samples), different on every DDP
+rank (the authors' code drew identical pairs on all ranks), and a run resumed at epoch e continues exactly where an
+uninterrupted run would be. ``PairSampler`` produces the keys; plain integer indices mean rank 0, epoch 0.
+
+Output (conventions file): ``image0/1`` float32 (3,H,W) in [0,1]; ``points0/1`` float32 (N,2) continuous pixel
+coordinates; ``xyz0/1`` float32 (N,3); ``valid0/1`` bool (N,); ``object_id``; ``view0/1``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from corr3d.data.augment import ViewAugmenter
+
+log = logging.getLogger(__name__)
+TRAIN_STREAM, VAL_STREAM = 0, 1
+MAX_DRAWS = 50  # redraws when an object/pair yields nothing usable, before giving up loudly
+
+
+def sample_rng(seed: int, stream: int, rank: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(stream), int(rank), int(epoch), int(index)])
+
+
+def decode_key(key) -> tuple[int, int, int]:
+    """(rank, epoch, index) from a sampler key or a plain integer index."""
+    if isinstance(key, (tuple, list)):
+        rank, epoch, index = (int(k) for k in key)
+        return rank, epoch, index
+    return 0, 0, int(key)
+
+
+def sample_pixels(mask: np.ndarray, num_points: int, rng: np.random.Generator):
+    """``num_points`` distinct foreground pixels (rows, cols) and a valid flag; padded (invalid) when too few.
+
+    Without replacement: duplicated points would create duplicate positives in the loss (the authors' bug,
+    paper.md §8.3.7). Padding points are marked invalid instead of re-drawing existing ones.
+    """
+    foreground = np.flatnonzero(mask.ravel())
+    take = min(num_points, len(foreground))
+    chosen = foreground[rng.choice(len(foreground), size=take, replace=False)] if take else foreground[:0]
+    flat = np.zeros(num_points, dtype=np.int64)
+    flat[:take] = chosen
+    valid = np.zeros(num_points, dtype=bool)
+    valid[:take] = True
+    rows, cols = np.divmod(flat, mask.shape[1])
+    return rows, cols, valid
+
+
+def pixel_centres(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float32)
+
+
+def allowed_view_pairs(poses: np.ndarray, max_rotation_deg: float) -> np.ndarray:
+    """(P,2) ordered view pairs i != j whose relative camera rotation is at most ``max_rotation_deg``."""
+    from corr3d.geometry import relative_rotation_matrix_deg
+
+    angles = relative_rotation_matrix_deg(poses)
+    ok = (angles <= max_rotation_deg + 1e-6) & ~np.eye(len(poses), dtype=bool)
+    return np.argwhere(ok)
+
+
+def to_tensor_image(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float32 (3,H,W) in [0,1]. In numpy: multi-threaded torch elementwise ops on a busy machine
+    (dataloader main process) were measured 50x slower than this."""
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    return torch.from_numpy(np.multiply(chw, np.float32(1.0 / 255.0), dtype=np.float32))
+
+
+def view_sample(rgb, points, xyz, valid, suffix: str) -> dict:
+    xyz = np.where(valid[:, None], xyz, 0.0).astype(np.float32)
+    points = np.where(valid[:, None], points, 0.0).astype(np.float32)
+    return {f"image{suffix}": to_tensor_image(rgb), f"points{suffix}": torch.from_numpy(points),
+            f"xyz{suffix}": torch.from_numpy(xyz), f"valid{suffix}": torch.from_numpy(valid.copy())}
+
+
+class PairDataset(Dataset):
+    """Base: ``num_samples`` keys per epoch, each sample drawn with its own generator (see module docstring)."""
+
+    def __init__(self, num_samples: int, seed: int = 0, stream: int = TRAIN_STREAM):
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.skipped: dict[str, str] = {}  # object -> reason (per process; also logged)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, key) -> dict:
+        rank, epoch, index = decode_key(key)
+        return self.sample(sample_rng(self.seed, self.stream, rank, epoch, index))
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        raise NotImplementedError
+
+    def _skip(self, name: str, reason: str) -> None:
+        if name not in self.skipped:
+            log.warning("skipping %s: %s", name, reason)
+        self.skipped[name] = reason
+
+
+class RenderedPairDataset(PairDataset):
+    """Pairs of rendered views (``RenderedObject`` directories) with dense exact correspondences.
+
+    An object is drawn uniformly, then an ordered view pair uniformly among those within ``max_rotation_deg``
+    (the authors' rejection sampling has the same distribution), then ``num_points`` foreground pixels per view.
+    """
+
+    def __init__(self, objects: Sequence, num_points: int = 3000, max_rotation_deg: float = 120.0,
+                 augmenter: ViewAugmenter | None = None, num_samples: int = 100, seed: int = 0,
+                 stream: int = TRAIN_STREAM):
+        """``objects``: render directories, or objects with the ``RenderedObject`` interface (in-memory)."""
+        super().__init__(num_samples, seed, stream)
+        if not len(objects):
+            raise ValueError("RenderedPairDataset needs at least one rendered object")
+        self.objects = [Path(o) if isinstance(o, str) else o for o in objects]
+        self.num_points = int(num_points)
+        self.max_rotation_deg = float(max_rotation_deg)
+        self.augmenter = augmenter
+        self._objects: dict[int, tuple[object, np.ndarray]] = {}
+
+    def _object(self, k: int):
+        """The opened object and its allowed view pairs (cached per worker process)."""
+        if k not in self._objects:
+            from corr3d.data.rendered import RenderedObject
+
+            source = self.objects[k]
+            obj = RenderedObject.open(source) if isinstance(source, Path) else source
+            self._objects[k] = (obj, allowed_view_pairs(np.asarray(obj.poses), self.max_rotation_deg))
+        return self._objects[k]
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        for _ in range(MAX_DRAWS):
+            k = int(rng.integers(len(self.objects)))
+            obj, pairs = self._object(k)
+            if len(pairs) == 0:
+                self._skip(str(obj.object_id), f"no view pair within {self.max_rotation_deg} deg")
+                continue
+            i, j = (int(v) for v in pairs[rng.integers(len(pairs))])
+            view0, view1 = self._view(obj, i, rng, "0"), self._view(obj, j, rng, "1")
+            if view0["valid0"].any() and view1["valid1"].any():
+                return {**view0, **view1, "object_id": str(obj.object_id), "view0": i, "view1": j}
+        raise RuntimeError(f"no usable pair after {MAX_DRAWS} draws (empty masks?) in {self.objects[:3]}...")
+
+    def _view(self, obj, i: int, rng: np.random.Generator, suffix: str) -> dict:
+        mask = np.asarray(obj.mask(i), dtype=bool)
+        rows, cols, valid = sample_pixels(mask, self.num_points, rng)
+        xyz = np.asarray(obj.xyz(i))[rows, cols]
+        points = pixel_centres(rows, cols)
+        rgb = np.asarray(obj.rgb(i))
+        if self.augmenter is not None:
+            out = self.augmenter(rgb, points, valid, rng, mask=mask)
+            rgb, points, valid = out.rgb, out.points, out.valid
+        return view_sample(rgb, points, xyz, valid, suffix)
+
+
+class MVImgNetPairDataset(PairDataset):
+    """Pairs of MVImgNet frames with sparse correspondences from shared COLMAP tracks.
+
+    Both views get the same ``num_points`` matches (drawn without replacement), so point k of view 0 corresponds
+    to point k of view 1 and ``xyz0 == xyz1`` (normalised to the object's unit extent). Frames are resized so the
+    long side is ``long_side`` (None: camera resolution). Unusable objects are skipped with a recorded reason.
+    """
+
+    def __init__(self, object_dirs: Sequence[str | Path], num_points: int = 3000, max_rotation_deg: float = 120.0,
+                 min_matches: int = 16, long_side: int | None = 512, extent_percentile: float = 1.0,
+                 augmenter: ViewAugmenter | None = None, num_samples: int = 100, seed: int = 0,
+                 stream: int = TRAIN_STREAM):
+        super().__init__(num_samples, seed, stream)
+        if not object_dirs:
+            raise ValueError("MVImgNetPairDataset needs at least one object directory")
+        self.object_dirs = [Path(d) for d in object_dirs]
+        self.num_points = int(num_points)
+        self.max_rotation_deg = float(max_rotation_deg)
+        self.min_matches = int(min_matches)
+        self.long_side = long_side
+        self.extent_percentile = float(extent_percentile)
+        self.augmenter = augmenter
+        self._objects: dict[int, tuple[object, np.ndarray] | None] = {}
+
+    def _object(self, k: int):
+        """(object, allowed pairs) or None when the object is unusable (reason recorded)."""
+        if k not in self._objects:
+            from corr3d.data.mvimgnet import MVImgNetObject, MVImgNetSkip
+
+            try:
+                obj = MVImgNetObject.open(self.object_dirs[k], self.extent_percentile)
+            except MVImgNetSkip as exc:
+                self._skip(str(self.object_dirs[k]), str(exc))
+                self._objects[k] = None
+                return None
+            pairs = allowed_view_pairs(obj.poses, self.max_rotation_deg)
+            pairs = pairs[obj.shared_counts()[pairs[:, 0], pairs[:, 1]] >= self.min_matches]
+            if len(pairs) == 0:
+                self._skip(str(self.object_dirs[k]), f"no frame pair with >= {self.min_matches} shared 3D points "
+                                                     f"within {self.max_rotation_deg} deg")
+            self._objects[k] = (obj, pairs) if len(pairs) else None
+        return self._objects[k]
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        for _ in range(MAX_DRAWS):
+            entry = self._object(int(rng.integers(len(self.object_dirs))))
+            if entry is None:
+                continue
+            obj, pairs = entry
+            i, j = (int(v) for v in pairs[rng.integers(len(pairs))])
+            uv0, uv1, xyz = obj.correspondences(i, j)
+            take = min(self.num_points, len(xyz))
+            chosen = rng.choice(len(xyz), size=take, replace=False)
+            valid = np.zeros(self.num_points, dtype=bool)
+            valid[:take] = True
+            points_xyz = _pad(xyz[chosen], self.num_points)
+            view0 = self._view(obj, i, _pad(uv0[chosen], self.num_points), valid, points_xyz, rng, "0")
+            view1 = self._view(obj, j, _pad(uv1[chosen], self.num_points), valid, points_xyz, rng, "1")
+            return {**view0, **view1, "object_id": obj.object_id, "view0": i, "view1": j}
+        raise RuntimeError(f"no usable MVImgNet object after {MAX_DRAWS} draws; skipped: {self.skipped}")
+
+    def _view(self, obj, i, points, valid, xyz, rng, suffix) -> dict:
+        rgb = obj.rgb(i)
+        cam_w, cam_h = obj.sizes[i]
+        # keypoints live at the camera's resolution; the stored frame may be a rescaled copy
+        points = points * np.array([rgb.shape[1] / cam_w, rgb.shape[0] / cam_h], dtype=np.float32)
+        rgb, points = _resize_long_side(rgb, points, self.long_side)
+        if self.augmenter is not None:
+            out = self.augmenter(rgb, points, valid, rng, mask=None)
+            rgb, points, valid = out.rgb, out.points, out.valid
+        return view_sample(rgb, points, xyz, valid, suffix)
+
+
+def _pad(values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, values.shape[1]), dtype=np.float32)
+    out[: len(values)] = values
+    return out
+
+
+def _resize_long_side(rgb: np.ndarray, points: np.ndarray, long_side: int | None):
+    """Resize so max(H, W) == long_side; points scale exactly under the corner-at-0 pixel convention."""
+    if not long_side or max(rgb.shape[:2]) == long_side:
+        return rgb, points
+    import cv2
+
+    h, w = rgb.shape[:2]
+    factor = long_side / max(h, w)
+    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return resized, points * np.array([new_w / w, new_h / h], dtype=np.float32)
+
+
+class PairSampler(DistributedSampler):
+    """Yields ``(rank, epoch, index)`` keys, ``num_samples`` per epoch on every rank.
+
+    A ``DistributedSampler`` subclass so Lightning keeps it under DDP instead of wrapping it, and calls
+    ``set_epoch`` on it at every epoch start (with the restored epoch after a resume).
+    """
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, fixed_epoch: int | None = None):
+        # deliberately not calling DistributedSampler.__init__: it needs a dataset and an initialised process group
+        self.num_samples = int(num_samples)
+        self.rank = int(rank)
+        self.num_replicas = int(world_size)
+        self.epoch = 0
+        self.fixed_epoch = fixed_epoch  # validation: the same pairs at every evaluation
+        self.shuffle = False
+        self.drop_last = False
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_within_epoch(self, epoch: int, consumed: int) -> None:
+        """After a mid-epoch checkpoint: the next pass over ``epoch`` starts after its first ``consumed`` keys."""
+        self._resume = (int(epoch), int(consumed))
+
+    def __iter__(self):
+        epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
+        start = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            start, self._resume = self._resume[1], None
+        return iter([(self.rank, epoch, i) for i in range(start, self.num_samples)])
+
+    def __len__(self) -> int:
+        return self.num_samples

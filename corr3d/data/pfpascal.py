@@ -1,0 +1,142 @@
+"""PF-PASCAL reader (CSV pair lists as shipped by 3DCorrEnhance / NCNet).
+
+::
+
+    <root>/                                  e.g. data/PF-dataset-PASCAL
+        test_pairs_pf_different_views.csv    source_image,target_image,class,XA,YA,XB,YB
+        test_pairs_pf_same_views.csv         (XA etc.: ';'-separated coordinates, 1-based MATLAB pixels)
+        JPEGImages/<name>.jpg                (CSV paths such as PF-dataset-PASCAL/JPEGImages/x.jpg are relative
+                                              to <root>/..)
+        Annotations/<class>/<name>.mat       optional; ``bbox`` [x1 y1 x2 y2] for bbox-relative PCK
+        class_names.txt                      optional; one name per class id (default: the 20 VOC classes)
+
+Keypoints are converted to continuous pixel coordinates (1-based pixel index i -> i - 0.5). Negative coordinates mark
+missing keypoints. Without an annotation file the target bounding box falls back to the extent of its keypoints.
+
+Get the data: PF-PASCAL from https://www.di.ens.fr/willow/research/proposalflow/ (``PF-dataset-PASCAL``) and the two
+pair lists from 3DCorrEnhance's ``data/`` folder (github.com/qq456cvb/3DCorrEnhance).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PASCAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+                  "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+                  "tvmonitor"]
+PIXEL_OFFSET = -0.5  # 1-based pixel index -> continuous
+DOWNLOAD_HINT = ("PF-PASCAL: download PF-dataset-PASCAL from https://www.di.ens.fr/willow/research/proposalflow/ to "
+                 "{path} and copy test_pairs_pf_different_views.csv / test_pairs_pf_same_views.csv from "
+                 "github.com/qq456cvb/3DCorrEnhance (data/) into it")
+
+
+@dataclass
+class SemanticPair:
+    """An image pair with corresponding keypoints (continuous px) for semantic correspondence."""
+
+    pair_id: str
+    src_path: Path
+    trg_path: Path
+    category: str
+    src_kps: np.ndarray           # (N, 2)
+    trg_kps: np.ndarray           # (N, 2)
+    valid: np.ndarray             # (N,) bool
+    src_bbox: np.ndarray | None = None   # (4,) x1 y1 x2 y2 continuous
+    trg_bbox: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def class_names(root: Path) -> list[str]:
+    names_file = root / "class_names.txt"
+    if names_file.exists():
+        return [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    return list(PASCAL_CLASSES)
+
+
+def _coords(text: str) -> np.ndarray:
+    text = str(text).strip()
+    return np.array([float(v) for v in text.split(";") if v.strip()], dtype=np.float64) if text else np.zeros(0)
+
+
+def _resolve(root: Path, rel: str) -> Path:
+    for cand in (root.parent / rel, root / rel, root / "JPEGImages" / Path(rel).name):
+        if cand.exists():
+            return cand
+    return root.parent / rel
+
+
+def _mat_bbox(root: Path, category: str, image: Path) -> np.ndarray | None:
+    ann = root / "Annotations" / category / f"{image.stem}.mat"
+    if not ann.exists():
+        return None
+    from scipy.io import loadmat
+
+    data = loadmat(ann)
+    if "bbox" not in data:
+        return None
+    box = np.asarray(data["bbox"], dtype=np.float64).reshape(-1)[:4]
+    return np.array([box[0] - 1.0, box[1] - 1.0, box[2], box[3]])  # 1-based inclusive -> continuous
+
+
+def keypoint_bbox(kps: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    pts = kps[valid] if valid.any() else kps
+    return np.array([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
+
+
+def pairs_file(root: str | Path, views: str = "different", split: str = "test") -> Path:
+    return Path(root) / f"{split}_pairs_pf_{views}_views.csv"
+
+
+def load_pairs(root: str | Path, views: str = "different", split: str = "test",
+               max_pairs: int | None = None) -> list[SemanticPair]:
+    root = Path(root)
+    names = class_names(root)
+    pairs = []
+    with open(pairs_file(root, views, split), newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if not header or header[0].strip().lower() not in ("source_image", "imagea", "source"):
+            raise ValueError(f"{f.name}: unexpected header {header}")
+        for i, row in enumerate(reader):
+            if max_pairs is not None and len(pairs) >= max_pairs:
+                break
+            src, trg, cls = row[0], row[1], int(float(row[2]))
+            xa, ya, xb, yb = (_coords(v) for v in row[3:7])
+            n = min(len(xa), len(ya), len(xb), len(yb))
+            src_kps = np.stack([xa[:n], ya[:n]], 1)
+            trg_kps = np.stack([xb[:n], yb[:n]], 1)
+            valid = (src_kps >= 0).all(1) & (trg_kps >= 0).all(1)
+            category = names[cls - 1]
+            src_path, trg_path = _resolve(root, src), _resolve(root, trg)
+            src_kps, trg_kps = src_kps + PIXEL_OFFSET, trg_kps + PIXEL_OFFSET
+            trg_bbox = _mat_bbox(root, category, trg_path)
+            src_bbox = _mat_bbox(root, category, src_path)
+            meta = {"views": views, "bbox_source": "annotation" if trg_bbox is not None else "keypoints"}
+            if trg_bbox is None:
+                trg_bbox = keypoint_bbox(trg_kps, valid)
+            if src_bbox is None:
+                src_bbox = keypoint_bbox(src_kps, valid)
+            pairs.append(SemanticPair(f"{views}:{i}", src_path, trg_path, category, src_kps, trg_kps, valid,
+                                      src_bbox, trg_bbox, meta))
+    return pairs
+
+
+def data_present(root: str | Path) -> bool:
+    root = Path(root)
+    return any(pairs_file(root, v).exists() for v in ("different", "same"))
+
+
+def write_pairs_csv(path: str | Path, rows: list[tuple[str, str, int, np.ndarray, np.ndarray]]) -> Path:
+    """rows: (source rel path, target rel path, class id (1-based), src kps (N,2) continuous, trg kps) -> CSV."""
+    from corr3d.utils.report import write_text
+
+    lines = ["source_image,target_image,class,XA,YA,XB,YB"]
+    for src, trg, cls, a, b in rows:
+        a = np.asarray(a) - PIXEL_OFFSET
+        b = np.asarray(b) - PIXEL_OFFSET
+        fmt = lambda v: ";".join(f"{x:.3f}" for x in v)  # noqa: E731
+        lines.append(f"{src},{trg},{cls},{fmt(a[:, 0])},{fmt(a[:, 1])},{fmt(b[:, 0])},{fmt(b[:, 1])}")
+    return write_text(path, "\n".join(lines) + "\n")
