@@ -150,16 +150,30 @@ def _write_manifest(root: Path, objects: dict) -> None:
     atomic_write_text(root / MANIFEST, json.dumps({"version": 1, "objects": objects}, indent=1, sort_keys=True))
 
 
+def _process_alive(pid: int) -> bool:
+    """True for a running process; a killed worker nobody has reaped yet (a zombie) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def _clean_stale_temps(root: Path) -> None:
     """Remove temp directories left by killed processes (their pid is gone); live writers keep theirs."""
     for tmp in list(root.glob(".tmp-*")) + list(root.glob(".old-*")):
         try:
             pid = int(tmp.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
+        except (ValueError, IndexError):
             continue
+        if not _process_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def render_batch(specs: Iterable[str], root, render_cfg=None, workers: int | None = None, progress: bool = True,
