@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -186,18 +185,11 @@ def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) 
     return out
 
 
-def equivariance_available() -> bool:
-    return importlib.util.find_spec("corr3d.eval.equivariance") is not None
-
-
 def selected_tasks(cfg: DictConfig) -> list[str]:
     tasks = [str(t) for t in cfg.eval.tasks] if cfg.eval.tasks else list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown eval task(s) {unknown}; known: {', '.join(TASKS)}")
-    if "equivariance" in tasks and not equivariance_available():
-        _say("equivariance: corr3d.eval.equivariance not available; skipped")
-        tasks.remove("equivariance")
     return tasks
 
 
