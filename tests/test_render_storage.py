@@ -12,7 +12,7 @@ import pytest
 
 from corr3d.data.objects import load_object
 from corr3d.data.rendered import RenderedObject, detect_pose_convention, write_blenderproc_layout
-from corr3d.geometry import IcosphereCameras, project
+from corr3d.geometry import IcosphereCameras
 from corr3d.render import ensure_rendered, render_object, render_views
 from corr3d.render.batch import read_manifest, render_batch, render_settings
 

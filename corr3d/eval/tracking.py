@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from corr3d.eval.features import extract_maps, model_device, token_centres
+from corr3d.eval.features import extract_maps, token_centres
 from corr3d.metrics.tapvid import TapVidMetric, compute_tapvid_metrics
 
 log = logging.getLogger(__name__)

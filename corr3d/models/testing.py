@@ -68,7 +68,6 @@ def synthetic_imgfocus_onnx(state: dict[str, torch.Tensor], depth: int) -> bytes
     ``/backbone/embeddings/Concat_6``) and [1,N,C] (``/backbone/embeddings/Reshape_1``), plus decoder tensors that
     must be ignored. Only the structure matters: the graph is parsed, not executed.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     named, matmuls = _hf_dinov2_tensors(state, depth)

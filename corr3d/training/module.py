@@ -1,6 +1,8 @@
 """LightningModule for multiview-equivariance finetuning: network and loss are injected (lightning-hydra style)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -64,9 +66,6 @@ class MultiviewFinetuneModule(L.LightningModule):
         """Append which object views each rank trained on (audits data streams across ranks and resumes)."""
         if not self.pair_log_dir or "object_id" not in batch:
             return
-        import json
-        from pathlib import Path
-
         views = zip(batch["object_id"], batch["view0"].tolist(), batch["view1"].tolist())
         line = json.dumps({"step": int(self.global_step), "rank": int(self.global_rank),
                            "pairs": [[o, v0, v1] for o, v0, v1 in views]})
