@@ -14,7 +14,7 @@ def _train(args: argparse.Namespace) -> int:
 
         submit_train(cfg)
         return 0
-    from corr3d.train import train
+    from corr3d.training.run import train
 
     train(cfg)
     return 0
@@ -54,7 +54,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from corr3d.bench import run_benchmarks
+    from corr3d.perf import run_benchmarks
 
     run_benchmarks(only=args.only, quick=args.quick, out=args.out)
     return 0

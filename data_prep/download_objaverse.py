@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout without installing
 
-from corr3d.data.objaverse import fetch_objaverse, set_cache_dir  # noqa: E402
+from corr3d.assets.objaverse import fetch_objaverse, set_cache_dir  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from corr3d.benchmarks import PARTS, generate_part, is_complete, suite_paths
+from corr3d.eval.offline_suite import PARTS, generate_part, is_complete, suite_paths
 
 
 def main(argv=None) -> int:

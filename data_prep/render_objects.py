@@ -6,7 +6,7 @@ Examples:
   python data_prep/render_objects.py procedural:hemisphere objaverse:<uid> model.glb --set width=256 height=256
 
 Re-running the same command skips finished objects; see corr3d/render/batch.py for the atomicity guarantees and
-corr3d/data/rendered.py for the output format.
+corr3d/render/store.py for the output format.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from corr3d.data.meshes import MESH_SUFFIXES
-from corr3d.data.objects import PROCEDURAL_OBJECTS, procedural_split
+from corr3d.assets.meshes import MESH_SUFFIXES
+from corr3d.assets.objects import PROCEDURAL_OBJECTS, procedural_split
 from corr3d.render.batch import render_batch
 
 

@@ -20,8 +20,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from corr3d.data.augment import ViewAugmenter
-from corr3d.data.pairs import (TRAIN_STREAM, VAL_STREAM, MVImgNetPairDataset, PairSampler,
-                               RenderedPairDataset)
+from corr3d.data.pairs import TRAIN_STREAM, VAL_STREAM, MVImgNetPairDataset, PairSampler, RenderedPairDataset
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def object_specs(data_cfg: DictConfig) -> list[str]:
     """Training candidates in order: ``train_objects`` then the list file's specs, duplicates dropped."""
     specs = [str(s) for s in data_cfg.train_objects]
     if data_cfg.get("object_list"):
-        from corr3d.data.objaverse import read_object_list
+        from corr3d.assets.objaverse import read_object_list
 
         specs += read_object_list(data_cfg.object_list)
     return list(dict.fromkeys(specs))

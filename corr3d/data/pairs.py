@@ -130,7 +130,7 @@ class RenderedPairDataset(PairDataset):
     def _object(self, k: int):
         """The opened object and its allowed view pairs (cached per worker process)."""
         if k not in self._objects:
-            from corr3d.data.rendered import RenderedObject
+            from corr3d.render.store import RenderedObject
 
             source = self.objects[k]
             obj = RenderedObject.open(source) if isinstance(source, Path) else source

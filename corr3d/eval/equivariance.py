@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 from corr3d.geometry import project
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
-from corr3d.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def stereo_motorcycle_check(model, settings: EquivarianceSettings, num_points: i
 
 
 def open_rendered_objects(paths: Iterable[Path]):
-    from corr3d.data.rendered import RenderedObject
+    from corr3d.render.store import RenderedObject
 
     return [RenderedObject.open(p) for p in paths]
 
@@ -204,7 +204,7 @@ def open_rendered_objects(paths: Iterable[Path]):
 def evaluation_object_specs(cfg) -> list[str]:
     specs = [str(s) for s in cfg.equivariance.objects]
     if cfg.equivariance.object_list:
-        from corr3d.data.objaverse import read_object_list
+        from corr3d.assets.objaverse import read_object_list
 
         specs += read_object_list(cfg.equivariance.object_list)
     return specs

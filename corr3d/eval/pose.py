@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
-from corr3d.metrics.pose import PoseAccuracyMetric, pose_errors, threshold_key
+from corr3d.eval.metrics.pose import PoseAccuracyMetric, pose_errors, threshold_key
 
 log = logging.getLogger(__name__)
 

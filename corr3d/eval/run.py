@@ -83,23 +83,15 @@ def eval_device(cfg: DictConfig) -> torch.device:
 
 
 def load_eval_model(cfg: DictConfig, name: str):
-    """"pretrained": the backbone (no LoRA; head per ``eval.pretrained_head``); "finetuned": with the adapter."""
-    from corr3d.models import model as models
+    """Compared model ``name`` (:func:`corr3d.models.compared_model`): every model of one evaluation shares the
+    finetuned adapter's resolution, layer and norm (or the experiment's when there is no adapter)."""
+    from corr3d.models import compared_model
 
-    weights = str(cfg.model.weights)
-    if name == "pretrained":
-        backbone = cfg.eval.backbone or cfg.model.backbone
-        overrides: dict[str, Any] = {"lora_blocks": 0, "layer": int(cfg.model.layer)}
-        if cfg.eval.pretrained_head == "none":
-            overrides["head_layers"] = 0
-        model = models.load_model(backbone, weights=weights, **overrides)
-    elif name == "finetuned":
-        adapter = resolve_adapter(cfg)
-        if adapter is None:
-            raise FileNotFoundError("no adapter to evaluate as 'finetuned'")
-        model = models.load_model(None, weights=weights, adapter=adapter)
-    else:
-        raise ValueError(f"unknown eval model {name!r} (pretrained | finetuned)")
+    adapter = resolve_adapter(cfg)
+    if name == "finetuned" and adapter is None:
+        raise FileNotFoundError("no adapter to evaluate as 'finetuned'")
+    model = compared_model(name, cfg.model, adapter=adapter, seed=int(cfg.seed),
+                           backbone=None if adapter is not None else cfg.eval.backbone)
     return model.to(eval_device(cfg)).eval()
 
 
@@ -130,14 +122,14 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def _suite(cfg: DictConfig, task: str) -> dict[str, Path]:
-    from corr3d.benchmarks import ensure_offline_suite
+    from corr3d.eval.offline_suite import ensure_offline_suite
 
     return ensure_offline_suite(cfg.eval.offline.dir, [task], force=bool(cfg.eval.offline.regenerate))
 
 
 def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) -> list[dict]:
     """[{name, prefix, source, ...paths}] for a task: the real dataset when present, the offline suite if enabled."""
-    from corr3d.data import onepose, pfpascal, spair, tapvid
+    from corr3d.eval.datasets import onepose, pfpascal, spair, tapvid
 
     messages = messages if messages is not None else []
     out: list[dict] = []
@@ -197,14 +189,14 @@ def selected_tasks(cfg: DictConfig) -> list[str]:
 def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tuple[dict, dict]:
     offline = ds["source"] == "offline"
     if task == "pose":
-        from corr3d.data.onepose import list_objects
+        from corr3d.eval.datasets.onepose import list_objects
         from corr3d.eval.pose import PoseSettings, evaluate_objects
 
         objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(cfg.eval.pose.objects) or None,
                                cfg.eval.pose.ref_seq, cfg.eval.pose.test_seq)
         return evaluate_objects(model, objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
     if task == "tracking":
-        from corr3d.data.tapvid import iter_videos
+        from corr3d.eval.datasets.tapvid import iter_videos
         from corr3d.eval.tracking import TrackingSettings, evaluate_videos
 
         t = cfg.eval.tracking
@@ -217,7 +209,12 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
                              t.frames_dir, None if t.max_videos is None else int(t.max_videos))
         return evaluate_videos(model, videos, settings, ds["prefix"], desc)
     if task == "semantic":
-        from corr3d.eval.semantic import SemanticMatcher, SemanticSettings, evaluate_pfpascal, evaluate_spair
+        from corr3d.eval.semantic import (
+            SemanticMatcher,
+            SemanticSettings,
+            evaluate_pfpascal,
+            evaluate_spair,
+        )
 
         settings = SemanticSettings.from_config(cfg)
         if offline:

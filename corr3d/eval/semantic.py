@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from corr3d.eval.features import FeatureCache, extract_maps, sample, snap_to_patch
-from corr3d.metrics.pck import PCKMetric
+from corr3d.eval.metrics.semantic import PCKMetric
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _pck_row(pair, out, alphas, size) -> dict:
 def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str] = ("different", "same"),
                       prefix: str = "semantic/", desc: str = "pf-pascal") -> tuple[dict[str, float], dict[str, list]]:
     """PF-PASCAL PCK for each view list; ``views[0]`` is the headline (keys ``{prefix}pck@a``)."""
-    from corr3d.data import pfpascal
+    from corr3d.eval.datasets import pfpascal
 
     s = matcher.settings
     metrics: dict[str, float] = {}
@@ -208,7 +208,7 @@ def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str]
 def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", prefix: str = "semantic/spair/",
                    desc: str = "spair") -> tuple[dict[str, float], dict[str, list]]:
     """SPair-71k PCK (bbox-relative) per keypoint and per image, overall and by viewpoint variation 0/1/2."""
-    from corr3d.data import spair
+    from corr3d.eval.datasets import spair
 
     s = matcher.settings
     pairs = spair.load_pairs(root, split, max_pairs=s.max_pairs)

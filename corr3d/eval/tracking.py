@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from corr3d.eval.features import extract_maps, token_centres
-from corr3d.metrics.tapvid import TapVidMetric, compute_tapvid_metrics
+from corr3d.eval.metrics.tracking import TapVidMetric, compute_tapvid_metrics
 
 log = logging.getLogger(__name__)
 

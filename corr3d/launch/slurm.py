@@ -21,8 +21,18 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import ConfigError
-from corr3d.launch.tasks import (EVAL_GATHER_ENTRY, EVAL_PART_ENTRY, TRAIN_ENTRY, EvalPartTask, GatherTask,
-                                 OfflineSuiteTask, RenderChunkTask, TrainTask, cfg_to_yaml, part_file_name)
+from corr3d.launch.tasks import (
+    EVAL_GATHER_ENTRY,
+    EVAL_PART_ENTRY,
+    TRAIN_ENTRY,
+    EvalPartTask,
+    GatherTask,
+    OfflineSuiteTask,
+    RenderChunkTask,
+    TrainTask,
+    cfg_to_yaml,
+    part_file_name,
+)
 from corr3d.utils.run_dir import atomic_write_text, create_run_dir
 
 log = logging.getLogger("corr3d.launch")
@@ -224,7 +234,7 @@ def missing_offline_parts(cfg: DictConfig, tasks: Iterable[str]) -> list[str]:
     """Offline-suite parts the tasks need that are not generated yet (all of them with eval.offline.regenerate)."""
     if not cfg.eval.offline.enabled:
         return []
-    from corr3d.benchmarks import TASK_PARTS, is_complete
+    from corr3d.eval.offline_suite import TASK_PARTS, is_complete
 
     needed = list(dict.fromkeys(part for task in tasks for part in TASK_PARTS.get(task, ())))
     force = bool(cfg.eval.offline.regenerate)
@@ -295,8 +305,8 @@ def chunked(items: Sequence[str], size: int) -> list[list[str]]:
 def experiment_object_specs(cfg: DictConfig) -> list[str]:
     """What the experiment trains and evaluates on: training objects (with ``data.object_list``, first
     ``num_train_objects``), validation objects and the equivariance objects (with ``equivariance.object_list``)."""
+    from corr3d.assets.objaverse import read_object_list
     from corr3d.data.datamodule import object_specs
-    from corr3d.data.objaverse import read_object_list
 
     train = object_specs(cfg.data)
     if cfg.data.num_train_objects:

@@ -22,7 +22,7 @@ from corr3d.utils.run_dir import atomic_write_text
 
 log = logging.getLogger("corr3d.launch")
 
-TRAIN_ENTRY = "corr3d.train:train"
+TRAIN_ENTRY = "corr3d.training.run:train"
 EVAL_PART_ENTRY = "corr3d.eval.run:run_eval_part"
 EVAL_GATHER_ENTRY = "corr3d.eval.run:gather_eval"
 ATTEMPTS_FILE = "attempts.jsonl"
@@ -141,7 +141,7 @@ class OfflineSuiteTask:
         self.root, self.tasks, self.force = str(root), list(tasks), bool(force)
 
     def __call__(self) -> None:
-        from corr3d.benchmarks import ensure_offline_suite
+        from corr3d.eval.offline_suite import ensure_offline_suite
 
         ensure_offline_suite(self.root, self.tasks, force=self.force)
 
@@ -158,7 +158,7 @@ class RenderChunkTask:
         self.specs, self.root, self.render_cfg_yaml, self.chunk = list(specs), str(root), render_cfg_yaml, chunk
 
     def __call__(self) -> list[dict]:
-        from corr3d.data.objects import object_dir_name
+        from corr3d.assets.objects import object_dir_name
         from corr3d.render.batch import is_complete, render_object, render_settings
 
         render_cfg = OmegaConf.create(self.render_cfg_yaml)

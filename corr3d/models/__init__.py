@@ -6,15 +6,49 @@
     feats = model.sample_points(fmap, points_xy, images.shape[-2:])   # (B, N, C) at pixel coordinates
 """
 from corr3d.models.adapter import read_adapter, save_adapter
-from corr3d.models.backbones import BACKBONES, BackboneSpec, create_vit, register_backbone, resolve_backbone
-from corr3d.models.features import paper_input_size, pixel_centres, sample_feature_map, token_grid, vit_tokens
+from corr3d.models.backbones import (
+                                   BACKBONES,
+                                   BackboneSpec,
+                                   create_vit,
+                                   register_backbone,
+                                   resolve_backbone,
+)
+from corr3d.models.factory import (
+                                   COMPARED_MODELS,
+                                   build_model,
+                                   compared_model,
+                                   compared_model_config,
+                                   create_model,
+                                   load_model,
+                                   load_with_adapter,
+                                   reference_model_config,
+)
+from corr3d.models.features import (
+                                   paper_input_size,
+                                   pixel_centres,
+                                   sample_feature_map,
+                                   token_grid,
+                                   vit_tokens,
+)
 from corr3d.models.head import ConvHead
-from corr3d.models.imgfocus import IMGFOCUS_LABEL, convert_imgfocus_onnx, dinov2_hf_to_timm, imgfocus_weights_path
-from corr3d.models.lora import LoRAQKV, apply_lora, merge_lora, merged_state_dict, unfreeze_last_blocks
-from corr3d.models.model import Corr3DModel, build_model, create_model, load_model, model_config
+from corr3d.models.imgfocus import (
+                                   IMGFOCUS_LABEL,
+                                   convert_imgfocus_onnx,
+                                   dinov2_hf_to_timm,
+                                   imgfocus_weights_path,
+)
+from corr3d.models.lora import (
+                                   LoRAQKV,
+                                   apply_lora,
+                                   merge_lora,
+                                   merged_state_dict,
+                                   unfreeze_last_blocks,
+)
+from corr3d.models.model import Corr3DModel, model_config
 from corr3d.models.weights import WeightsInfo, WeightsUnavailableError, load_weights
 
 __all__ = [
+    "COMPARED_MODELS", "compared_model", "compared_model_config", "load_with_adapter", "reference_model_config",
     "BACKBONES", "BackboneSpec", "ConvHead", "Corr3DModel", "IMGFOCUS_LABEL", "LoRAQKV", "WeightsInfo",
     "WeightsUnavailableError", "apply_lora", "build_model", "convert_imgfocus_onnx", "create_model", "create_vit",
     "dinov2_hf_to_timm", "imgfocus_weights_path", "load_model", "load_weights", "merge_lora", "merged_state_dict",

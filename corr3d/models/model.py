@@ -10,11 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corr3d.models.backbones import BackboneSpec, create_vit
-from corr3d.models.features import paper_input_size, pixel_centres, sample_feature_map, tokens_to_map, vit_tokens
+from corr3d.models.adapter import save_adapter
+from corr3d.models.backbones import BackboneSpec
+from corr3d.models.features import (
+    paper_input_size,
+    pixel_centres,
+    sample_feature_map,
+    tokens_to_map,
+    vit_tokens,
+)
 from corr3d.models.head import ConvHead
-from corr3d.models.lora import LoRAQKV, apply_lora, merged_state_dict, unfreeze_last_blocks
-from corr3d.models.weights import WeightsInfo, load_weights
+from corr3d.models.lora import (
+    LoRAQKV,
+    apply_lora,
+    merged_state_dict,
+    unfreeze_last_blocks,
+)
+from corr3d.models.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +182,6 @@ class Corr3DModel(nn.Module):
         return merged_state_dict(self.vit)
 
     def save_adapter(self, path) -> Path:
-        from corr3d.models.adapter import save_adapter
-
         return save_adapter(self, path)
 
     def describe(self) -> str:
@@ -182,42 +192,3 @@ class Corr3DModel(nn.Module):
                 f"weights: {self.weights_info.source} - {self.weights_info.label}; LoRA blocks {lora}, "
                 f"unfrozen blocks {self.config['unfreeze_blocks']}, head {self.head.num_layers}x3x3 "
                 f"({self.head.init}); trainable {trainable:,} / {total:,} parameters")
-
-
-def create_model(backbone: str = "dinov2_s14", weights: str = "auto", **overrides) -> Corr3DModel:
-    """Build the backbone, load ``weights``, add LoRA/unfreezing and the head (no adapter)."""
-    cfg = model_config(backbone=backbone, weights=weights, **overrides)
-    vit, spec = create_vit(cfg["backbone"], cfg["timm_kwargs"])
-    info = load_weights(vit, spec, cfg["weights"])
-    model = Corr3DModel(vit, spec, cfg, info)
-    log.info("corr3d model: %s", model.describe())
-    return model
-
-
-def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapter=None, **overrides) -> Corr3DModel:
-    """A ready feature model: ``load_model("dinov2_s14")``, ``load_model("clip_b16", weights="hf")``,
-    ``load_model("dinov2_s14", adapter="runs/x/latest/adapter.safetensors")``.
-
-    ``weights``: auto | hf | imgfocus | random[:seed] | path to .pth/.safetensors. ``overrides``: keys of the
-    ``model:`` config section (nested dicts or flat aliases such as ``head_layers=0``). With an adapter, its
-    backbone and structure are used; ``backbone=None`` means "whatever the adapter was trained on".
-    """
-    if adapter is not None:
-        from corr3d.models.adapter import load_with_adapter
-
-        return load_with_adapter(adapter, backbone=backbone, weights=weights, **overrides)
-    return create_model(backbone or DEFAULT_MODEL_CONFIG["backbone"], weights, **overrides)
-
-
-def build_model(model_cfg) -> Corr3DModel:
-    """From the ``model:` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(model_cfg, DictConfig):
-            model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency; hubconf users may lack it
-        pass
-    cfg = dict(model_cfg)
-    adapter = cfg.pop("adapter", None)
-    return load_model(cfg.pop("backbone", "dinov2_s14"), cfg.pop("weights", "auto"), adapter=adapter, **cfg)

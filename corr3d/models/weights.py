@@ -15,8 +15,13 @@ from urllib.parse import urlparse
 import torch
 
 from corr3d.models.backbones import BackboneSpec
-from corr3d.models.imgfocus import IMGFOCUS_ARCH, IMGFOCUS_LABEL, dinov2_hf_to_timm, imgfocus_weights_path, \
-    is_hf_dinov2_state
+from corr3d.models.imgfocus import (
+    IMGFOCUS_ARCH,
+    IMGFOCUS_LABEL,
+    dinov2_hf_to_timm,
+    imgfocus_weights_path,
+    is_hf_dinov2_state,
+)
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from corr3d.data.objects import load_object, object_dir_name
-from corr3d.data.rendered import FORMAT, FORMAT_VERSION
+from corr3d.assets.objects import load_object, object_dir_name
 from corr3d.geometry import IcosphereCameras
 from corr3d.render.raycast import PAPER_LIGHTS, Lighting, RaycastRenderer
+from corr3d.render.store import FORMAT, FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 

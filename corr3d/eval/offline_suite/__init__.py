@@ -1,0 +1,99 @@
+"""The offline benchmark suite: synthetic data written in each real dataset's on-disk format.
+
+Generated deterministically from the procedural objects and the ray-casting renderer (no downloads), so that
+``make eval`` and the tests run anywhere, through the same loaders that read the real datasets:
+
+- ``<root>/onepose/``  OnePose-LowTexture layout (``lowtexture_test_data`` + ``sfm_output``) — :mod:`.onepose`;
+- ``<root>/tapvid/tapvid_davis.pkl`` official TAP-Vid DAVIS pickle — :mod:`.tapvid`;
+- ``<root>/semantic/PF-dataset-PASCAL`` and ``<root>/semantic/SPair-71k`` — :mod:`.semantic`.
+
+Each part is written to a temporary directory and renamed into place with a ``.complete`` marker holding the
+generator version; :func:`ensure_offline_suite` regenerates parts that are missing or outdated.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+SUITE_VERSION = 2   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
+PARTS = ("onepose", "tapvid", "semantic")
+TASK_PARTS = {"pose": ("onepose",), "tracking": ("tapvid",), "semantic": ("semantic",)}
+
+
+def suite_paths(root: str | Path) -> dict[str, Path]:
+    root = Path(root)
+    return {
+        "onepose_data": root / "onepose" / "lowtexture_test_data",
+        "onepose_sfm": root / "onepose" / "sfm_output" / "outputs_softmax_loftr_loftr",
+        "tapvid": root / "tapvid" / "tapvid_davis.pkl",
+        "pfpascal": root / "semantic" / "PF-dataset-PASCAL",
+        "spair": root / "semantic" / "SPair-71k",
+    }
+
+
+def _marker(root: Path, part: str) -> Path:
+    return root / part / ".complete"
+
+
+def is_complete(root: str | Path, part: str) -> bool:
+    marker = _marker(Path(root), part)
+    if not marker.exists():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("version") == SUITE_VERSION
+    except (ValueError, OSError):
+        return False
+
+
+def generate_part(root: str | Path, part: str) -> Path:
+    """(Re)generate one part atomically: build in ``<root>/.<part>.tmp``, then swap it in."""
+    from corr3d.utils.report import write_json
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{part}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if part == "onepose":
+        from corr3d.eval.offline_suite.onepose import generate
+    elif part == "tapvid":
+        from corr3d.eval.offline_suite.tapvid import generate
+    elif part == "semantic":
+        from corr3d.eval.offline_suite.semantic import generate
+    else:
+        raise ValueError(f"unknown suite part {part!r}; known: {PARTS}")
+    info = generate(tmp)
+    write_json(tmp / ".complete", {"version": SUITE_VERSION, **(info or {})})
+    final = root / part
+    if final.exists():
+        old = root / f".{part}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def ensure_offline_suite(root: str | Path, tasks: Iterable[str] | None = None, force: bool = False) -> dict[str, Path]:
+    """Generate the parts needed by ``tasks`` (default: all) that are missing; returns :func:`suite_paths`."""
+    root = Path(root)
+    parts: list[str] = []
+    for task in (tasks if tasks is not None else TASK_PARTS):
+        for part in TASK_PARTS.get(task, ()):
+            if part not in parts:
+                parts.append(part)
+    for part in parts:
+        if force or not is_complete(root, part):
+            log.info("generating offline benchmark part %s in %s", part, root)
+            print(f"[corr3d] generating offline benchmark suite part '{part}' in {root} ...", flush=True)
+            generate_part(root, part)
+    return suite_paths(root)

