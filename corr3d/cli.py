@@ -53,10 +53,35 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from corr3d.training.sweep import run_sweep, split_values
+
+    # key=v1,v2 (a comma outside brackets) is an axis; key=[a,b] or key=v is a plain override
+    axes = [a for a in args.overrides if "=" in a and len(split_values(a.partition("=")[2])) > 1]
+    plain = [a for a in args.overrides if a not in axes]
+    axes += [f"{a.partition('=')[0]}={a.partition('=')[2]}" for a in args.axis or []]
+    print(f"[corr3d] sweep results: {run_sweep(args.experiment, axes, plain, args.name)}", flush=True)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from corr3d.perf import run_benchmarks
 
     run_benchmarks(only=args.only, quick=args.quick, out=args.out)
+    return 0
+
+
+def _import_checkpoint(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from corr3d.models.checkpoints import import_checkpoint
+
+    out = args.out or str(Path(args.path).with_suffix("")) + "_corr3d"
+    saved = import_checkpoint(args.path, args.backbone, out, base_weights=args.base_weights,
+                              timm_kwargs=json.loads(args.timm_kwargs) if args.timm_kwargs else None,
+                              trust_pickle=args.trust_pickle)
+    print(f"wrote {saved}; evaluate with: corr3d eval EXP --ckpt {saved}")
     return 0
 
 
@@ -76,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ckpt", default=None, help="adapter file or run directory to evaluate")
             p.add_argument("--backbone", default=None, help="backbone to evaluate instead of the experiment's")
         p.set_defaults(func=fn)
+    p = sub.add_parser("sweep", help="train a grid of configurations (key=v1,v2 ...) and gather results.csv")
+    p.add_argument("experiment", help="experiment name or YAML path (its sweep.axes are the default grid)")
+    p.add_argument("overrides", nargs="*", help="key=v1,v2 adds a sweep axis (seed=0,1,2); key=value overrides")
+    p.add_argument("--axis", action="append", help="a one-value axis or a value with commas (key=[a,b]) as an axis")
+    p.add_argument("--name", default=None, help="sweep name: runs/<experiment>/sweeps/<name>/")
+    p.set_defaults(func=_sweep)
+    p = sub.add_parser("import-checkpoint", help="convert a 3DCorrEnhance (authors') .ckpt into a corr3d adapter")
+    p.add_argument("path", help="the authors' Lightning checkpoint, e.g. dinov2_base.ckpt")
+    p.add_argument("--backbone", required=True, help="corr3d backbone it was trained on, e.g. dinov2_b14")
+    p.add_argument("--out", default=None, help="adapter directory (default: <path without .ckpt>_corr3d)")
+    p.add_argument("--base-weights", default="hf", help="backbone weights the adapter is loaded on (default hf)")
+    p.add_argument("--timm-kwargs", default=None, help="JSON timm kwargs (only for non-standard model sizes)")
+    p.add_argument("--trust-pickle", action="store_true", help="torch.load(weights_only=False): trusted files only")
+    p.set_defaults(func=_import_checkpoint)
     p = sub.add_parser("bench", help="throughput / memory benchmarks")
     p.add_argument("--only", default=None, help="comma-separated benchmark groups")
     p.add_argument("--quick", action="store_true", help="smaller sizes")

@@ -1,0 +1,168 @@
+"""Importing the 3DCorrEnhance authors' Lightning checkpoints (their exact layout, written here) and exporting back."""
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import corr3d
+from corr3d.models.checkpoints import (
+    export_checkpoint,
+    import_checkpoint,
+    read_authors_checkpoint,
+)
+from tests.helpers.models import TINY_DINOV2_KWARGS, tiny_model
+
+TINY4 = {**TINY_DINOV2_KWARGS, "depth": 4}   # the authors adapt the last 4 blocks -> w_a_000 ... w_a_007
+
+
+class AuthorsLoRAqkv(nn.Module):
+    """The authors' ``_LoRA_qkv`` math (utils/model.py of qq456cvb/3DCorrEnhance), restated for the reference."""
+
+    def __init__(self, qkv, a_q, b_q, a_v, b_v):
+        super().__init__()
+        self.qkv, self.a_q, self.b_q, self.a_v, self.b_v = qkv, a_q, b_q, a_v, b_v
+        self.dim = qkv.in_features
+
+    def forward(self, x):
+        qkv = self.qkv(x)
+        qkv[:, :, : self.dim] += self.b_q(self.a_q(x))
+        qkv[:, :, -self.dim:] += self.b_v(self.a_v(x))
+        return qkv
+
+
+def _authors_module(dim: int, r: int = 4, seed: int = 0):
+    """What their FinetuneDINO holds: w_As / w_Bs Linear layers (q then v per block, last 4 blocks) and refine_conv,
+    with B made non-zero (as after training)."""
+    torch.manual_seed(seed)
+    w_as, w_bs = [], []
+    for _ in range(4):
+        for _target in ("q", "v"):
+            a, b = nn.Linear(dim, r, bias=False), nn.Linear(r, dim, bias=False)
+            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            nn.init.normal_(b.weight, std=0.2)
+            w_as.append(a)
+            w_bs.append(b)
+    conv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1)
+    return w_as, w_bs, conv
+
+
+def _lightning_checkpoint(w_as, w_bs, conv) -> dict:
+    """A checkpoint dict as Lightning + their on_save_checkpoint write it (Parameters, OrderedDict conv state)."""
+    ckpt = {"epoch": 99, "global_step": 10000, "pytorch-lightning_version": "2.1.3",
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 100}}}},
+            "callbacks": {"ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0, "
+                          "'every_n_epochs': 10, 'train_time_interval': None}":
+                          {"best_model_score": None, "best_model_path": "", "dirpath": "checkpoints/x",
+                           "kth_best_map": {}, "last_model_path": "checkpoints/x/last.ckpt"}},
+            "optimizer_states": [torch.optim.AdamW([a.weight for a in w_as], lr=1e-5).state_dict()],
+            "lr_schedulers": []}
+    # their on_save_checkpoint
+    ckpt["state_dict"] = {"refine_conv": conv.state_dict()}
+    ckpt.update({f"w_a_{i:03d}": w_as[i].weight for i in range(len(w_as))})
+    ckpt.update({f"w_b_{i:03d}": w_bs[i].weight for i in range(len(w_bs))})
+    return ckpt
+
+
+def _reference_map(base_vit, w_as, w_bs, conv, x):
+    """Their forward: LoRA-wrapped qkv of the last 4 blocks, final-norm patch tokens -> refine_conv."""
+    vit = copy.deepcopy(base_vit)
+    for i, blk in enumerate(vit.blocks[-4:]):
+        blk.attn.qkv = AuthorsLoRAqkv(blk.attn.qkv, w_as[2 * i], w_bs[2 * i], w_as[2 * i + 1], w_bs[2 * i + 1])
+    tokens = vit.forward_features(x)[:, vit.num_prefix_tokens:]
+    h, w = x.shape[-2] // 14, x.shape[-1] // 14
+    return conv(tokens.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2))
+
+
+def test_authors_checkpoint_imports_to_the_same_features(tmp_path):
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"}, weights="random:0")
+    w_as, w_bs, conv = _authors_module(base.embed_dim)
+    path = tmp_path / "dinov2_small.ckpt"
+    torch.save(_lightning_checkpoint(w_as, w_bs, conv), path)
+    assert set(read_authors_checkpoint(path)) >= {"state_dict", "w_a_007", "w_b_007"}  # weights_only load
+
+    saved = import_checkpoint(path, "dinov2_s14", tmp_path / "imported", base_weights="random:0", timm_kwargs=TINY4)
+    model = corr3d.load_model(None, adapter=saved).eval()
+    assert model.config["lora"] == {"rank": 4, "blocks": 4, "alpha": None} and model.head.num_layers == 1
+    assert model.adapted_blocks == [0, 1, 2, 3]
+
+    images = torch.rand(2, 3, 70, 70)
+    x = (images - torch.tensor(model.spec.mean).view(1, 3, 1, 1)) / torch.tensor(model.spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = model(images, input_size=(70, 70))
+        ref = _reference_map(base.vit, w_as, w_bs, conv, x)
+        plain = base(images, input_size=(70, 70))
+    assert ours.shape == ref.shape == (2, model.embed_dim, 5, 5)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain, ref[:, :plain.shape[1]], atol=1e-2)  # the import changed something
+
+
+def test_q_v_order_is_not_swapped(tmp_path):
+    """Swapping q and v (or A and B) must change the features: the test above would catch a wrong order."""
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"}, weights="random:0")
+    w_as, w_bs, conv = _authors_module(base.embed_dim, seed=1)
+    ckpt = _lightning_checkpoint(w_as, w_bs, conv)
+    swapped = dict(ckpt)
+    for i in range(0, 8, 2):
+        swapped[f"w_a_{i:03d}"], swapped[f"w_a_{i + 1:03d}"] = ckpt[f"w_a_{i + 1:03d}"], ckpt[f"w_a_{i:03d}"]
+        swapped[f"w_b_{i:03d}"], swapped[f"w_b_{i + 1:03d}"] = ckpt[f"w_b_{i + 1:03d}"], ckpt[f"w_b_{i:03d}"]
+    torch.save(ckpt, tmp_path / "a.ckpt")
+    torch.save(swapped, tmp_path / "b.ckpt")
+    images = torch.rand(1, 3, 70, 70)
+    maps = []
+    for name in ("a", "b"):
+        saved = import_checkpoint(tmp_path / f"{name}.ckpt", "dinov2_s14", tmp_path / name, base_weights="random:0",
+                                  timm_kwargs=TINY4)
+        with torch.no_grad():
+            maps.append(corr3d.load_model(None, adapter=saved)(images, input_size=(70, 70)))
+    assert not torch.allclose(maps[0], maps[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [None, 8.0])
+def test_round_trip_adapter_authors_adapter(tmp_path, alpha):
+    model = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 4, "rank": 4, "alpha": alpha},
+                       head={"num_layers": 1, "init": "default"}, weights="random:0")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    first = model.save_adapter(tmp_path / "ours")
+    ckpt_path = export_checkpoint(first, tmp_path / "theirs.ckpt")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert sorted(k for k in ckpt if k.startswith("w_")) == [f"w_{x}_{i:03d}" for x in "ab" for i in range(8)]
+    assert set(ckpt["state_dict"]) == {"refine_conv"} and ckpt["w_a_000"].shape == (4, model.embed_dim)
+    again = import_checkpoint(ckpt_path, "dinov2_s14", tmp_path / "back", base_weights="random:0", timm_kwargs=TINY4,
+                             target_res=64)
+    images = torch.rand(1, 3, 70, 84)
+    with torch.no_grad():
+        torch.testing.assert_close(corr3d.load_model(None, adapter=again).dense_features(images),
+                                   model.eval().dense_features(images), rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_backbone_and_foreign_files_fail_clearly(tmp_path):
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"})
+    torch.save(_lightning_checkpoint(*_authors_module(base.embed_dim)), tmp_path / "x.ckpt")
+    with pytest.raises(ValueError, match="width"):
+        import_checkpoint(tmp_path / "x.ckpt", "test_vit", tmp_path / "o", base_weights="random:0")
+    torch.save({"state_dict": OrderedDict(w=torch.zeros(1))}, tmp_path / "y.ckpt")
+    with pytest.raises(ValueError, match="not a 3DCorrEnhance checkpoint"):
+        import_checkpoint(tmp_path / "y.ckpt", "dinov2_s14", tmp_path / "o", timm_kwargs=TINY4)
+
+
+def test_cli_import_checkpoint(tmp_path):
+    from corr3d.cli import main
+
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"})
+    torch.save(_lightning_checkpoint(*_authors_module(base.embed_dim)), tmp_path / "dinov2_small.ckpt")
+    rc = main(["import-checkpoint", str(tmp_path / "dinov2_small.ckpt"), "--backbone", "dinov2_s14",
+               "--out", str(tmp_path / "cli"), "--base-weights", "random:0",
+               "--timm-kwargs", '{"embed_dim": 32, "depth": 4, "num_heads": 2, "img_size": 70, "init_values": 1.0}'])
+    assert rc == 0 and (tmp_path / "cli" / "adapter.safetensors").is_file()
