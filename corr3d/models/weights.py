@@ -115,10 +115,23 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    import argparse
+
+    # FiT3D's training checkpoints ({'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}) pickle an
+    # argparse.Namespace; allow just that class, everything else stays weights_only
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    return strip_wrapper_prefix(state)
+
+
+def strip_wrapper_prefix(state: dict) -> dict:
+    """Drop a prefix every key shares from DDP / torch.compile wrappers (``module.``, ``_orig_mod.``)."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(str(k).startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 

@@ -166,3 +166,53 @@ def test_cli_import_checkpoint(tmp_path):
                "--out", str(tmp_path / "cli"), "--base-weights", "random:0",
                "--timm-kwargs", '{"embed_dim": 32, "depth": 4, "num_heads": 2, "img_size": 70, "init_values": 1.0}'])
     assert rc == 0 and (tmp_path / "cli" / "adapter.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------------- FiT3D weights
+def _fit3d_like_timm_model(seed: int = 5):
+    """FiT3D's model: ``timm.create_model(name, num_classes=0, dynamic_img_size=True, dynamic_img_pad=False)`` (their
+    hubconf.py / utils/model_utils.py), here the tiny DINOv2 architecture, 'finetuned' = perturbed weights."""
+    import timm
+
+    torch.manual_seed(seed)
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True,
+                            dynamic_img_pad=False, **TINY_DINOV2_KWARGS)
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return vit.eval()
+
+
+@pytest.mark.parametrize("layout", ["released", "training"])
+def test_fit3d_state_dict_loads_as_weights(tmp_path, layout):
+    """Released files are the plain timm state dict (loaded strictly by their hubconf); training checkpoints wrap
+    it as {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args': argparse.Namespace} (their finetune.py)."""
+    import argparse
+
+    vit = _fit3d_like_timm_model()
+    state = vit.state_dict()
+    assert "pos_embed" in state and not any(k.startswith("head.") for k in state)
+    path = tmp_path / "dinov2_small_finetuned.pth"
+    if layout == "released":
+        torch.save(state, path)
+    else:
+        torch.save({"model": state, "optimizer": {}, "lr_scheduler": {}, "epoch": 0,
+                    "args": argparse.Namespace(lr=1e-5, model_name="dinov2_small")}, path)
+    model = corr3d.load_model("dinov2_s14", weights=str(path), timm_kwargs=TINY_DINOV2_KWARGS, lora_blocks=0,
+                              head_layers=0, target_res=64).eval()
+    assert model.weights_info.source == "file"
+    for key, value in state.items():
+        torch.testing.assert_close(model.vit.state_dict()[key], value)
+    images = torch.rand(1, 3, 70, 70)
+    x = (images - torch.tensor(model.spec.mean).view(1, 3, 1, 1)) / torch.tensor(model.spec.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = vit.forward_features(x)[:, vit.num_prefix_tokens:].reshape(1, 5, 5, -1).permute(0, 3, 1, 2)
+        torch.testing.assert_close(model(images, input_size=(70, 70)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ddp_prefixed_state_dict(tmp_path):
+    vit = _fit3d_like_timm_model()
+    torch.save({f"module.{k}": v for k, v in vit.state_dict().items()}, tmp_path / "ddp.pth")
+    model = corr3d.load_model("dinov2_s14", weights=str(tmp_path / "ddp.pth"), timm_kwargs=TINY_DINOV2_KWARGS,
+                              lora_blocks=0, head_layers=0)
+    torch.testing.assert_close(model.vit.state_dict()["norm.weight"], vit.state_dict()["norm.weight"])
