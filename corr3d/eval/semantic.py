@@ -9,6 +9,10 @@ Because bilinear upsampling is linear, ``<f_src, up(F_trg)(p)> = up(<f_src, F_tr
 feature resolution (N x h x w) and upsample the N similarity maps instead of the C-channel feature map
 (``similarity: upsample_similarity``, default; ``upsample_features`` is the authors' order, kept for checks/bench).
 
+Maps: ``normalize_maps`` false (default, the authors' code): the raw map of the model (conv head output) - source
+keypoint features are sampled from it and L2-normalised, the target map is used as is (plain dot product, paper.md
+section 4.3); true: per-token L2-normalised maps on both sides. Every compared model uses the same choice.
+
 PCK: error < alpha * image_size (relative to the padded image, as the paper) and < alpha * max(bbox w, h) of the
 target (literature). PF-PASCAL reports per class and the pair-weighted class mean; SPair-71k PCK@0.1 per keypoint and
 per image, by viewpoint variation.
@@ -25,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from corr3d.eval.features import FeatureCache, extract_maps, sample, snap_to_patch
+from corr3d.eval.features import FeatureCache, extract_maps, model_device, sample, snap_to_patch, to_tensor
 from corr3d.eval.metrics.semantic import PCKMetric
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ class SemanticSettings:
     cache_size: int = 256
     max_pairs: int | None = None
     batch_size: int = 2
+    normalize_maps: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "SemanticSettings":
@@ -48,7 +53,8 @@ class SemanticSettings:
         return cls(image_size=int(s.image_size), alphas=tuple(float(a) for a in s.alphas),
                    spair_alphas=tuple(float(a) for a in s.spair_alphas), similarity=str(s.similarity),
                    pixel_chunk=int(s.pixel_chunk), cache_size=int(cfg.eval.feature_cache_size),
-                   max_pairs=None if s.max_pairs is None else int(s.max_pairs), batch_size=int(cfg.eval.batch_size))
+                   max_pairs=None if s.max_pairs is None else int(s.max_pairs), batch_size=int(cfg.eval.batch_size),
+                   normalize_maps=bool(s.normalize_maps))
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,8 +133,12 @@ class SemanticMatcher:
         def compute():
             image = np.asarray(Image.open(path).convert("RGB"))
             square, scale, offset = letterbox(image, self.size)
-            fmap = extract_maps(self.model, [square], self.input_size, batch_size=1)[0]
-            return fmap, scale, offset
+            if self.settings.normalize_maps:
+                fmap = extract_maps(self.model, [square], self.input_size, batch_size=1)[0]
+            else:   # the model's raw map (not normalised per token), as in the authors' transfer
+                with torch.no_grad():
+                    fmap = self.model(to_tensor([square], model_device(self.model)), input_size=self.input_size)[0]
+            return fmap.float(), scale, offset
         return self.cache.get(str(path), compute)
 
     def transfer(self, pair) -> dict:
@@ -158,6 +168,49 @@ def _pck_row(pair, out, alphas, size) -> dict:
     return row
 
 
+class GroundTruthMatcher:
+    """The oracle "matcher": transfers every keypoint to its true target position, snapped to the pixel centre the
+    argmax over the letterboxed square would return (so the ceiling keeps the protocol's pixel quantisation)."""
+
+    def __init__(self, settings: SemanticSettings):
+        self.settings = settings
+        self.size = int(settings.image_size)
+
+    def transfer(self, pair) -> dict:
+        with Image.open(pair.trg_path) as img:
+            w, h = img.size
+        scale_t, off_t = letterbox_geometry(h, w, self.size)
+        trg = pair.trg_kps * scale_t + off_t
+        pred = np.clip(np.floor(trg), 0, self.size - 1) + 0.5
+        box = pair.trg_bbox * np.concatenate([scale_t, scale_t])
+        bbox_ref = float(max(box[2] - box[0], box[3] - box[1]))
+        return {"pred": pred.astype(np.float64), "gt": trg, "valid": pair.valid, "bbox_ref": bbox_ref}
+
+
+def letterbox_geometry(h: int, w: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) that :func:`letterbox` applies to an (h, w) image, without resizing it."""
+    if h <= w:
+        new_w, new_h = size, int(np.around(size * h / w))
+    else:
+        new_w, new_h = int(np.around(size * w / h)), size
+    return np.array([new_w / w, new_h / h]), np.array([(size - new_w) // 2, (size - new_h) // 2], dtype=np.float64)
+
+
+def _pair_hits(out: dict, alphas, size: float) -> tuple[int, dict[str, int]]:
+    """(valid keypoints, {"img@a" / "bbox@a": hits}) of one transferred pair (the tests PCKMetric applies)."""
+    valid = np.asarray(out["valid"], dtype=bool)
+    err = np.linalg.norm(np.asarray(out["pred"]) - np.asarray(out["gt"]), axis=1)[valid]
+    hits = {}
+    for a in alphas:
+        hits[f"img@{a:.2f}"] = int(np.sum(err < a * size))
+        hits[f"bbox@{a:.2f}"] = int(np.sum(err < a * out["bbox_ref"]))
+    return int(valid.sum()), hits
+
+
+def _item_id(pair) -> str:
+    return f"{pair.pair_id}:{Path(pair.src_path).name}>{Path(pair.trg_path).name}"
+
+
 def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str] = ("different", "same"),
                       prefix: str = "semantic/", desc: str = "pf-pascal") -> tuple[dict[str, float], dict[str, list]]:
     """PF-PASCAL PCK for each view list; ``views[0]`` is the headline (keys ``{prefix}pck@a``)."""
@@ -175,9 +228,10 @@ def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str]
                       if c in pfpascal.class_names(root) else 999)
         m_img = PCKMetric(s.alphas, cats)
         m_box = PCKMetric(s.alphas, cats)
-        rows = []
+        rows, pair_hits = [], []
         for pair in tqdm(pairs, desc=f"{desc} ({view})", leave=False):
             out = matcher.transfer(pair)
+            pair_hits.append((pair, *_pair_hits(out, s.alphas, float(matcher.size))))
             valid = torch.from_numpy(out["valid"])
             m_img.update(torch.from_numpy(out["pred"]), torch.from_numpy(out["gt"]), float(matcher.size),
                          pair.category, valid)
@@ -202,7 +256,30 @@ def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str]
             per_class.append(row)
         tables[f"pfpascal_{view}_pairs"] = rows
         tables[f"pfpascal_{view}_classes"] = per_class
+        tables.setdefault("items", []).extend(_pfpascal_items(pair_hits, s.alphas, p))
     return metrics, tables
+
+
+def _pfpascal_items(pair_hits: list, alphas, p: str) -> list[dict]:
+    """One item per image pair (unit = the pair) reproducing the class-weighted PCK: pair i of class c with n_i
+    valid keypoints has value 100 hits_i / n_i and weight pairs_c n_i / keypoints_c, so sum(w v) / sum(w) =
+    sum_c pairs_c PCK_c / sum_c pairs_c over the classes with keypoints (as PCKMetric's pck_weighted)."""
+    pairs_c: dict[str, int] = {}
+    kps_c: dict[str, int] = {}
+    for pair, n, _ in pair_hits:
+        pairs_c[pair.category] = pairs_c.get(pair.category, 0) + 1
+        kps_c[pair.category] = kps_c.get(pair.category, 0) + n
+    items = []
+    for pair, n, hits in pair_hits:
+        c = pair.category
+        item = {"id": _item_id(pair), "unit": _item_id(pair), "category": c,
+                "weight": pairs_c[c] * n / kps_c[c] if kps_c[c] else 0.0}
+        for a in alphas:
+            t = f"{a:.2f}"
+            item[f"{p}pck@{t}"] = 100.0 * hits[f"img@{t}"] / n if n else 0.0
+            item[f"{p}pck_bbox@{t}"] = 100.0 * hits[f"bbox@{t}"] / n if n else 0.0
+        items.append(item)
+    return items
 
 
 def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", prefix: str = "semantic/spair/",
@@ -215,9 +292,10 @@ def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", pr
     cats = sorted({p.category for p in pairs})
     m_cat = PCKMetric(s.spair_alphas, cats)
     m_vp = PCKMetric(s.spair_alphas, ["0", "1", "2"])
-    rows = []
+    rows, items = [], []
     for pair in tqdm(pairs, desc=desc, leave=False):
         out = matcher.transfer(pair)
+        items += _spair_items(pair, *_pair_hits(out, s.spair_alphas, float(matcher.size)), s.spair_alphas, prefix)
         valid = torch.from_numpy(out["valid"])
         pred, gt = torch.from_numpy(out["pred"]), torch.from_numpy(out["gt"])
         m_cat.update(pred, gt, out["bbox_ref"], pair.category, valid)
@@ -237,4 +315,32 @@ def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", pr
             metrics[f"{prefix}vp{r['category']}/pck_img@{t}"] = r[f"pck_img@{t}"]
     metrics[f"{prefix}num_pairs"] = cat_vals["num_pairs"]
     return metrics, {"spair_pairs": rows, "spair_categories": m_cat.per_category(),
-                     "spair_viewpoints": m_vp.per_category()}
+                     "spair_viewpoints": m_vp.per_category(), "items": items}
+
+
+def _spair_items(pair, n: int, hits: dict, alphas, prefix: str) -> list[dict]:
+    """Two items per image pair, both with unit = the pair: ``<id>`` (weight 1; only pairs with a valid keypoint carry
+    the key) holds the per-image PCK ``pck_img@a`` (a mean over pairs); ``<id>#kp`` (weight n = valid keypoints)
+    holds the per-keypoint PCK ``pck@a`` (pooled over keypoints). SPair PCK is bbox-relative."""
+    per_image = {"id": _item_id(pair), "unit": _item_id(pair), "weight": 1.0, "category": pair.category}
+    per_kp = {"id": f"{_item_id(pair)}#kp", "unit": _item_id(pair), "weight": float(n), "category": pair.category}
+    for a in alphas:
+        t = f"{a:.2f}"
+        if n:
+            per_image[f"{prefix}pck_img@{t}"] = 100.0 * hits[f"bbox@{t}"] / n
+        per_kp[f"{prefix}pck@{t}"] = 100.0 * hits[f"bbox@{t}"] / n if n else 0.0
+    return [per_image, per_kp]
+
+
+def evaluate_oracle_pfpascal(root: Path, settings: SemanticSettings, views: Sequence[str] = ("different", "same"),
+                             prefix: str = "semantic/", desc: str = "pf-pascal oracle"
+                             ) -> tuple[dict[str, float], dict[str, list]]:
+    """:func:`evaluate_pfpascal` with the ground-truth keypoints as the transfer (the protocol's ceiling)."""
+    return evaluate_pfpascal(GroundTruthMatcher(settings), root, views, prefix, desc)
+
+
+def evaluate_oracle_spair(root: Path, settings: SemanticSettings, split: str = "test",
+                          prefix: str = "semantic/spair/", desc: str = "spair oracle"
+                          ) -> tuple[dict[str, float], dict[str, list]]:
+    """:func:`evaluate_spair` with the ground-truth keypoints as the transfer (the protocol's ceiling)."""
+    return evaluate_spair(GroundTruthMatcher(settings), root, split, prefix, desc)

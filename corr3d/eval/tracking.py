@@ -12,9 +12,14 @@ threshold is the largest over anchor frames t of median_a d[a, t]; a frame is oc
 or its cosine is < ``occlusion_cos`` (0.6). Medians are torch's lower medians, as in the original.
 
 Everything is batched over queries and frames (chunks of ``query_chunk`` queries).
+
+Features: ``final_norm`` (``eval.tracking.final_norm``) picks the ViT tokens before (false: DINOv2's ``x_prenorm``,
+what the authors' tracking code feeds its head, paper.md §4.4) or after the final LayerNorm (true: the tokens the model
+uses everywhere else); every compared model is evaluated with the same choice.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Iterable
@@ -42,6 +47,7 @@ class TrackingSettings:
     resolution: int = 256
     query_chunk: int = 64
     batch_size: int = 4
+    final_norm: bool | None = False                    # None: the model's own setting
 
     @classmethod
     def from_config(cls, cfg, frame_size=None, argmax_radius=None) -> "TrackingSettings":
@@ -52,7 +58,23 @@ class TrackingSettings:
                    argmax_radius=float(argmax_radius if argmax_radius is not None else t.argmax_radius),
                    softmax_temperature=float(t.softmax_temperature), anchor_cos=float(t.anchor_cos),
                    occlusion_cos=float(t.occlusion_cos), resolution=int(t.resolution),
-                   query_chunk=int(t.query_chunk), batch_size=int(cfg.eval.batch_size))
+                   query_chunk=int(t.query_chunk), batch_size=int(cfg.eval.batch_size),
+                   final_norm=None if t.final_norm is None else bool(t.final_norm))
+
+
+@contextlib.contextmanager
+def token_norm(model, final_norm: bool | None):
+    """Temporarily run ``model`` with ``final_norm`` (None: unchanged); restores the model's setting on exit."""
+    config = getattr(model, "config", None)
+    if final_norm is None or config is None or "final_norm" not in config:
+        yield model
+        return
+    before = config["final_norm"]
+    config["final_norm"] = bool(final_norm)
+    try:
+        yield model
+    finally:
+        config["final_norm"] = before
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -71,7 +93,8 @@ class DinoTracker:
         self.frames = resize_frames(frames, settings.frame_size)
         self.image_size = tuple(self.frames.shape[1:3])
         self.input_size = self.image_size
-        maps = extract_maps(model, list(self.frames), self.input_size, settings.stride, settings.batch_size)
+        with token_norm(model, settings.final_norm):
+            maps = extract_maps(model, list(self.frames), self.input_size, settings.stride, settings.batch_size)
         self.fmaps = torch.stack(maps)                                       # (T, C, h, w), unit norm
         self.T, self.C, self.h, self.w = self.fmaps.shape
         self.flat = self.fmaps.flatten(2)                                    # (T, C, N)
@@ -139,37 +162,61 @@ class DinoTracker:
         return (median > threshold) | (cos < self.settings.occlusion_cos)
 
 
-def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
-                    desc: str = "tracking") -> tuple[dict[str, float], dict[str, list]]:
-    """TAP-Vid metrics (mean over videos, percent) and one row per video."""
+def _evaluate_tracks(videos: Iterable, settings: TrackingSettings, prefix: str, desc: str, predict
+                     ) -> tuple[dict[str, float], dict[str, list]]:
+    """Shared loop: ``predict(video)`` -> (tracks (Q, T, 2) in 256-raster px, predicted occlusion (Q, T))."""
     metric = None
-    rows = []
-    was_training = model.training
-    model.eval()
+    rows, items = [], []
+    res = settings.resolution
     for video in tqdm(list(videos) if not isinstance(videos, list) else videos, desc=desc, leave=False):
         if metric is None:
             metric = TapVidMetric(video.query_mode, prefix=prefix)
-        tracker = DinoTracker(model, video.frames, settings)
-        h0, w0 = video.size
-        h1, w1 = tracker.image_size
-        scale = np.array([w1 / w0, h1 / h0])
-        tracks, occ, _ = tracker.track(video.query_t, video.query_xy * scale)
-        res = settings.resolution
-        pred_256 = tracks * np.array([res / w1, res / h1])
+        pred_256, occ = predict(video)
         args = (video.query_points_256(res)[None], video.occluded[None], video.target_256(res)[None], occ[None],
                 pred_256[None])
         metric.update(*args)
         values = compute_tapvid_metrics(*args, query_mode=video.query_mode)
         row = {"video": video.name, "queries": int(len(video.query_t)), "frames": video.num_frames}
+        # one item per video (the unit TAP-Vid averages over): the headline is the plain mean of the items
+        item = {"id": video.name, "unit": video.name, "weight": 1.0}
         for key, short in (("average_jaccard", "aj"), ("average_pts_within_thresh", "delta_avg"),
                            ("occlusion_accuracy", "oa")):
             row[short] = float(100 * np.asarray(values[key]).reshape(-1)[0])
+            if np.isfinite(row[short]):   # TapVidMetric leaves a video with an undefined value out of that mean
+                item[f"{prefix}{short}"] = row[short]
         for t in (1, 2, 4, 8, 16):
             row[f"jaccard_{t}"] = float(100 * np.asarray(values[f"jaccard_{t}"]).reshape(-1)[0])
             row[f"pts_within_{t}"] = float(100 * np.asarray(values[f"pts_within_{t}"]).reshape(-1)[0])
         rows.append(row)
-        del tracker
-    model.train(was_training)
+        items.append(item)
     if metric is None:
-        return {}, {"tracking_videos": []}
-    return {k: float(v) for k, v in metric.compute().items()}, {"tracking_videos": rows}
+        return {}, {"tracking_videos": [], "items": []}
+    return {k: float(v) for k, v in metric.compute().items()}, {"tracking_videos": rows, "items": items}
+
+
+def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
+                    desc: str = "tracking") -> tuple[dict[str, float], dict[str, list]]:
+    """TAP-Vid metrics (mean over videos, percent), one row per video, and ``items`` (one per video)."""
+    was_training = model.training
+    model.eval()
+
+    def predict(video):
+        tracker = DinoTracker(model, video.frames, settings)
+        h0, w0 = video.size
+        h1, w1 = tracker.image_size
+        tracks, occ, _ = tracker.track(video.query_t, video.query_xy * np.array([w1 / w0, h1 / h0]))
+        res = settings.resolution
+        return tracks * np.array([res / w1, res / h1]), occ
+
+    try:
+        return _evaluate_tracks(videos, settings, prefix, desc, predict)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_oracle_tracking(videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
+                             desc: str = "tracking oracle") -> tuple[dict[str, float], dict[str, list]]:
+    """The ceiling: ground-truth tracks and occlusion as the prediction (AJ = delta_avg = OA = 100 when the metric
+    code and the data agree)."""
+    return _evaluate_tracks(videos, settings, prefix, desc,
+                            lambda v: (v.target_256(settings.resolution), np.asarray(v.occluded, dtype=bool)))
