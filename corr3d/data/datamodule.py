@@ -122,8 +122,9 @@ class MultiviewDataModule(L.LightningDataModule):
         augmenter = ViewAugmenter.from_config(cfg.augment) if augment else None
         common = dict(num_points=int(cfg.pairs.num_points), max_rotation_deg=float(cfg.pairs.max_rotation_deg),
                       augmenter=augmenter, num_samples=num_samples, seed=self.seed, stream=stream)
-        if cfg.kind == "rendered":
-            return RenderedPairDataset(self._render(objects), **common)
+        if cfg.kind == "rendered":  # denser positives (data.pairs.true_fraction) only on training pairs
+            true_fraction = float(cfg.pairs.get("true_fraction", 0.0)) if stream == TRAIN_STREAM else 0.0
+            return RenderedPairDataset(self._render(objects), true_fraction=true_fraction, **common)
         return MVImgNetPairDataset(objects, min_matches=int(cfg.mvimgnet_min_matches),
                                    long_side=cfg.mvimgnet_long_side,
                                    extent_percentile=float(cfg.mvimgnet_extent_percentile), **common)

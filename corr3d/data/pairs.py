@@ -55,6 +55,51 @@ def sample_pixels(mask: np.ndarray, num_points: int, rng: np.random.Generator):
     return rows, cols, valid
 
 
+def true_correspondence_pixels(obj, j: int, xyz: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of view j's pixels that see the 3D points ``xyz`` (N,3), in the order of ``xyz``, for the
+    points visible there, without repeats (two points can land on one pixel).
+
+    Visible as in the evaluation (corr3d/eval/equivariance.py ``visible_correspondences``): in front of camera j,
+    inside the image, on the foreground, and view j's own surface point at that pixel within ``tol`` + two pixel
+    footprints of the point (nothing occludes it).
+    """
+    from corr3d.geometry import project
+
+    if len(xyz) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    uv, z = project(np.asarray(xyz, dtype=np.float64), obj.K, obj.poses[j])
+    h, w = obj.height, obj.width
+    cols, rows = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
+    inside = (z > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    idx = np.nonzero(inside)[0]
+    mask_j, xyz_j = np.asarray(obj.mask(j), dtype=bool), np.asarray(obj.xyz(j))
+    r, c = rows[idx], cols[idx]
+    footprint = z[idx] / float(obj.K[0, 0])
+    ok = mask_j[r, c] & (np.linalg.norm(xyz_j[r, c] - xyz[idx], axis=1) < tol + 2.0 * footprint)
+    r, c = r[ok], c[ok]
+    _, first = np.unique(r * w + c, return_index=True)
+    first = np.sort(first)
+    return r[first], c[first]
+
+
+def sample_pixels_with(mask: np.ndarray, num_points: int, rng: np.random.Generator, fixed_rows: np.ndarray,
+                       fixed_cols: np.ndarray):
+    """Like ``sample_pixels`` but the given (distinct, foreground) pixels come first; the rest are drawn without
+    replacement from the other foreground pixels."""
+    fixed = (np.asarray(fixed_rows, dtype=np.int64) * mask.shape[1] + np.asarray(fixed_cols, dtype=np.int64))
+    fixed = fixed[:num_points]
+    foreground = np.setdiff1d(np.flatnonzero(mask.ravel()), fixed, assume_unique=False)
+    take = min(num_points - len(fixed), len(foreground))
+    chosen = foreground[rng.choice(len(foreground), size=take, replace=False)] if take > 0 else foreground[:0]
+    flat = np.zeros(num_points, dtype=np.int64)
+    flat[:len(fixed)] = fixed
+    flat[len(fixed):len(fixed) + take] = chosen
+    valid = np.zeros(num_points, dtype=bool)
+    valid[:len(fixed) + take] = True
+    rows, cols = np.divmod(flat, mask.shape[1])
+    return rows, cols, valid
+
+
 def pixel_centres(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float32)
 
@@ -116,9 +161,19 @@ class RenderedPairDataset(PairDataset):
 
     def __init__(self, objects: Sequence, num_points: int = 3000, max_rotation_deg: float = 120.0,
                  augmenter: ViewAugmenter | None = None, num_samples: int = 100, seed: int = 0,
-                 stream: int = TRAIN_STREAM):
-        """``objects``: render directories, or objects with the ``RenderedObject`` interface (in-memory)."""
+                 stream: int = TRAIN_STREAM, true_fraction: float = 0.0, visibility_tol: float = 0.02):
+        """``objects``: render directories, or objects with the ``RenderedObject`` interface (in-memory).
+
+        ``true_fraction`` > 0 ("denser positives", ``data.pairs.true_fraction``): that fraction of view 1's points is
+        placed at the pixels where view 0's sampled points are visible in view 1 (see ``true_correspondence_pixels``),
+        the rest drawn at random as usual. With 3000 random points per view only a few dozen pairs fall within the
+        0.005 positive radius; this guarantees positives. 0 keeps the paper's independent sampling.
+        """
         super().__init__(num_samples, seed, stream)
+        if not 0.0 <= float(true_fraction) <= 1.0:
+            raise ValueError(f"true_fraction must be in [0, 1], got {true_fraction}")
+        self.true_fraction = float(true_fraction)
+        self.visibility_tol = float(visibility_tol)
         if not len(objects):
             raise ValueError("RenderedPairDataset needs at least one rendered object")
         self.objects = [Path(o) if isinstance(o, str) else o for o in objects]
@@ -145,14 +200,32 @@ class RenderedPairDataset(PairDataset):
                 self._skip(str(obj.object_id), f"no view pair within {self.max_rotation_deg} deg")
                 continue
             i, j = (int(v) for v in pairs[rng.integers(len(pairs))])
-            view0, view1 = self._view(obj, i, rng, "0"), self._view(obj, j, rng, "1")
+            if self.true_fraction > 0:
+                view0, view1 = self._dense_pair(obj, i, j, rng)
+            else:
+                view0, view1 = self._view(obj, i, rng, "0"), self._view(obj, j, rng, "1")
             if view0["valid0"].any() and view1["valid1"].any():
                 return {**view0, **view1, "object_id": str(obj.object_id), "view0": i, "view1": j}
         raise RuntimeError(f"no usable pair after {MAX_DRAWS} draws (empty masks?) in {self.objects[:3]}...")
 
+    def _dense_pair(self, obj, i: int, j: int, rng: np.random.Generator) -> tuple[dict, dict]:
+        """View 0 sampled as usual; view 1 gets ``true_fraction`` of its points at view 0's true correspondences."""
+        mask0 = np.asarray(obj.mask(i), dtype=bool)
+        rows0, cols0, valid0 = sample_pixels(mask0, self.num_points, rng)
+        xyz0 = np.asarray(obj.xyz(i))[rows0, cols0]
+        mask1 = np.asarray(obj.mask(j), dtype=bool)
+        true_rows, true_cols = true_correspondence_pixels(obj, j, xyz0[valid0], self.visibility_tol)
+        take = min(len(true_rows), int(round(self.true_fraction * self.num_points)))
+        rows1, cols1, valid1 = sample_pixels_with(mask1, self.num_points, rng, true_rows[:take], true_cols[:take])
+        view0 = self._finish_view(obj, i, rows0, cols0, valid0, mask0, rng, "0")
+        return view0, self._finish_view(obj, j, rows1, cols1, valid1, mask1, rng, "1")
+
     def _view(self, obj, i: int, rng: np.random.Generator, suffix: str) -> dict:
         mask = np.asarray(obj.mask(i), dtype=bool)
         rows, cols, valid = sample_pixels(mask, self.num_points, rng)
+        return self._finish_view(obj, i, rows, cols, valid, mask, rng, suffix)
+
+    def _finish_view(self, obj, i, rows, cols, valid, mask, rng, suffix: str) -> dict:
         xyz = np.asarray(obj.xyz(i))[rows, cols]
         points = pixel_centres(rows, cols)
         rgb = np.asarray(obj.rgb(i))

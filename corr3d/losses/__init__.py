@@ -1,15 +1,26 @@
-"""Training losses. ``smooth_ap_loss`` is the paper's objective (paper.md §3.2)."""
+"""Training losses. ``smooth_ap_loss`` is the paper's objective (paper.md §3.2); ``infonce_loss`` and
+``diff_procrustes_loss`` are the Table 4 alternatives (definitions in their modules). ``build_loss`` picks one by
+``loss.name``; training uses it (corr3d/training/run.py ``build_module``)."""
 from __future__ import annotations
 
 import functools
 
+from corr3d.losses.infonce import infonce_loss
+from corr3d.losses.procrustes import diff_procrustes_loss
 from corr3d.losses.smooth_ap import smooth_ap_loss, smooth_sigmoid
 
-LOSSES = {"smooth_ap": smooth_ap_loss}
+LOSSES = {"smooth_ap": smooth_ap_loss, "infonce": infonce_loss, "diff_procrustes": diff_procrustes_loss}
 
 
 def build_loss(loss_cfg):
     """``loss(feat0, feat1, xyz0, xyz1, valid0, valid1) -> (loss, stats)`` from the config's ``loss:`` section."""
+    try:  # an OmegaConf section: plain values (functools.partial must not hold DictConfig nodes)
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(loss_cfg, DictConfig):
+            loss_cfg = OmegaConf.to_container(loss_cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
     cfg = dict(loss_cfg)
     name = cfg.pop("name", "smooth_ap")
     if name not in LOSSES:
@@ -17,4 +28,4 @@ def build_loss(loss_cfg):
     return functools.partial(LOSSES[name], **cfg)
 
 
-__all__ = ["LOSSES", "build_loss", "smooth_ap_loss", "smooth_sigmoid"]
+__all__ = ["LOSSES", "build_loss", "diff_procrustes_loss", "infonce_loss", "smooth_ap_loss", "smooth_sigmoid"]

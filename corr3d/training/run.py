@@ -93,13 +93,10 @@ def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) 
 
 
 def build_module(cfg: DictConfig, model):
-    from functools import partial
-
-    from corr3d.losses import smooth_ap_loss
+    from corr3d.losses import build_loss
     from corr3d.training.module import MultiviewFinetuneModule
 
-    loss_fn = partial(smooth_ap_loss, pos_radius=float(cfg.loss.pos_radius), neg_radius=float(cfg.loss.neg_radius),
-                      temperature=float(cfg.loss.temperature), symmetric=bool(cfg.loss.symmetric))
+    loss_fn = build_loss(cfg.loss)  # loss.name: smooth_ap (paper) | infonce | diff_procrustes
     return MultiviewFinetuneModule(model, loss_fn, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
                                    image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps))
 
