@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,19 +34,47 @@ def cache_dir() -> Path:
     return Path(objaverse._VERSIONED_PATH)
 
 
+UID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # Objaverse 1.0 uids are 32 hex digits
+
+
+def validate_uid(uid: str) -> str:
+    """``uid`` if it is a plain Objaverse uid (letters, digits, ``_``, ``-``); it names a directory under the render
+    root, so anything else (``..``, ``/``, absolute paths) raises :class:`corr3d.errors.UnsafePathError`."""
+    from corr3d.utils.paths import safe_name
+
+    return safe_name(uid, "objaverse uid", pattern=UID_PATTERN,
+                     fix="an Objaverse uid is 32 hex digits, e.g. objaverse:8476c4170df24cf5bbe6967222d1a42d")
+
+
 def parse_uid(entry: str) -> str:
-    """A uid from any of the forms seen in lists: ``uid``, ``uid.glb``, ``000-123/uid`` (authors' 10k.txt), specs."""
+    """A uid from any of the forms seen in lists: ``uid``, ``uid.glb``, ``000-123/uid`` (authors' 10k.txt), specs.
+
+    Only a ``<shard>/`` folder of plain digits and dashes may precede the uid; the uid itself is validated
+    (:func:`validate_uid`), so ``../../victim/important`` is refused rather than silently shortened.
+    """
     entry = entry.strip()
     if entry.startswith(SPEC_PREFIX):
         entry = entry[len(SPEC_PREFIX):]
-    entry = entry.split("\t")[0].rsplit("/", 1)[-1]
-    return entry[:-4] if entry.endswith(".glb") else entry
+    entry = entry.split("\t")[0]
+    if "/" in entry:
+        shard, _, rest = entry.rpartition("/")
+        if re.fullmatch(r"(glbs/)?[0-9-]+", shard):
+            entry = rest
+    entry = entry[:-4] if entry.endswith(".glb") else entry
+    return validate_uid(entry)
 
 
 def read_uid_file(path: str | os.PathLike) -> list[str]:
     """Uids from a text file, one per line; blank lines and ``#`` comments skipped, order kept, duplicates dropped."""
-    lines = Path(path).read_text().splitlines()
-    uids = [parse_uid(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    from corr3d.errors import UnsafePathError
+
+    uids = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                uids.append(parse_uid(line))
+            except UnsafePathError as err:
+                raise UnsafePathError(f"line {number}: {err.message}", path=path, fix=err.fix) from None
     return list(dict.fromkeys(uids))
 
 
@@ -105,6 +134,10 @@ def cached_object_path(uid: str) -> Path:
     with gzip.open(index, "rt") as fh:
         relative = json.load(fh).get(parse_uid(uid))
     path = cache_dir() / relative if relative else None
+    if path is not None:
+        from corr3d.utils.paths import ensure_within
+
+        ensure_within(cache_dir(), path, "objaverse index entry")
     if path is None or not path.exists():
         raise FileNotFoundError(f"objaverse object {uid} is not in the cache {cache_dir()}")
     return path

@@ -346,14 +346,29 @@ def procedural_object(name: str, seed: int = 0) -> trimesh.Trimesh:
 
 # ----------------------------------------------------------------------------------------------- specs
 def parse_spec(spec: str) -> tuple[str, str, int]:
-    """``(kind, value, seed)`` with kind in {procedural, objaverse, file}."""
+    """``(kind, value, seed)`` with kind in {procedural, objaverse, file}.
+
+    Procedural names and Objaverse uids become directory names (:func:`object_dir_name`), so they are validated
+    here (:class:`corr3d.errors.UnsafePathError` for ``..``, separators, absolute paths): a spec from a config or an
+    object list can never address a directory outside the render root.
+    """
+    from corr3d.assets.objaverse import validate_uid
+    from corr3d.errors import Corr3dUserError
+    from corr3d.utils.paths import safe_name
+
     spec = str(spec)
     if spec.startswith("procedural:"):
         rest = spec.split(":", 1)[1]
         name, _, seed = rest.partition(":")
-        return "procedural", name, int(seed) if seed else 0
+        safe_name(name, "procedural object name", fix=f"use one of: {', '.join(PROCEDURAL_OBJECTS)}")
+        try:
+            seed_value = int(seed) if seed else 0
+        except ValueError:
+            raise Corr3dUserError(f"object spec {spec!r}: seed {seed!r} is not an integer",
+                                  fix="write procedural:<name> or procedural:<name>:<integer seed>") from None
+        return "procedural", name, seed_value
     if spec.startswith("objaverse:"):
-        return "objaverse", spec.split(":", 1)[1], 0
+        return "objaverse", validate_uid(spec.split(":", 1)[1]), 0
     return "file", spec, 0
 
 
@@ -370,7 +385,9 @@ def objaverse_path(uid: str) -> Path:
         with gzip.open(index, "rt") as f:
             rel = json.load(f).get(uid)
         if rel and (base / rel).is_file():
-            return base / rel
+            from corr3d.utils.paths import ensure_within
+
+            return ensure_within(base, base / rel, "objaverse index entry")
     hits = list((base / "glbs").glob(f"*/{uid}.glb"))
     if hits:
         return hits[0]

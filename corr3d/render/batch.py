@@ -1,10 +1,21 @@
 """Render objects to disk: one object (atomic), many objects in parallel (resumable, with a manifest).
 
-Atomicity: an object is rendered into ``<root>/.tmp-<name>-<pid>-<rand>/`` and renamed to ``<root>/<name>/`` when
-complete (meta.json written last). A directory counts as done iff its meta.json parses and was produced with the
-same render settings (hash), so a killed batch leaves no half-written object, and changing e.g. the resolution
-re-renders instead of silently reusing stale views. ``<root>/manifest.json`` (written atomically by the parent
-process) records per spec: status (done | failed), directory, error, seconds.
+Atomicity: an object is rendered into ``<root>/.tmp-<name>@<host>@<pid>@<rand>/`` and renamed to ``<root>/<name>/``
+when complete (meta.json written last). A directory counts as done iff its meta.json parses, was produced with the
+same render settings (hash), and every image/depth file it lists is present with its recorded size (a truncated PNG
+is not complete; ``verify="decode"`` also checks the PNG checksums). Every PNG is decoded back before meta.json is
+written, so a view that does not decode is never counted. A killed batch leaves no half-written object, and
+changing e.g. the resolution re-renders instead of silently reusing stale views. ``<root>/manifest.json`` (written
+atomically, under ``<root>/.manifest.lock``, merging with what other processes recorded) records per spec: status
+(done | failed), directory, error, seconds.
+
+Shared filesystems: temp directories carry host and pid; a batch removes only temps of dead processes on its own
+host (temps of other hosts only once older than ``FOREIGN_TEMP_MAX_AGE_S``), so a render on another node never
+deletes a live renderer's files. Object directory names come from validated specs and are joined under the root
+with :func:`corr3d.utils.paths.safe_join` (``..``, absolute paths and symlinks out of the root are refused).
+
+Workers die with their parent: each pool worker sets ``PR_SET_PDEATHSIG`` (Linux) and runs a thread that exits
+when its parent pid changes, so a SIGKILLed ``corr3d render`` leaves no orphaned renderers.
 """
 from __future__ import annotations
 
@@ -12,7 +23,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,18 +42,21 @@ from corr3d.assets.objects import load_object, object_dir_name
 from corr3d.geometry import IcosphereCameras
 from corr3d.render.raycast import PAPER_LIGHTS, Lighting, RaycastRenderer
 from corr3d.render.store import FORMAT, FORMAT_VERSION
+from corr3d.errors import Corr3dUserError
+from corr3d.utils.paths import safe_join
 
 log = logging.getLogger(__name__)
 
 RENDERER = "open3d-raycast"
 RENDERER_VERSION = "1"
 MANIFEST = "manifest.json"
+FOREIGN_TEMP_MAX_AGE_S = 2 * 24 * 3600  # another host's temp dir this old is abandoned (no render takes 2 days)
 # defaults identical to experiments/base.yaml data.render (used when a key is missing or no config is given)
 DEFAULT_RENDER = {"width": 512, "height": 512, "focal": 560.0, "distance": 2.0, "icosphere_subdivisions": 1,
                   "background": [0, 0, 0], "up": [0.0, 1.0, 0.0], "lights": [list(x) for x in PAPER_LIGHTS],
-                  "ambient": 0.3, "diffuse": 0.5, "shading": "lambert", "workers": 2, "png_compression": 1}
+                  "lights_follow_camera": True, "ambient": 0.3, "diffuse": 0.5, "shading": "lambert", "workers": 2, "png_compression": 1}
 _OUTPUT_KEYS = ("width", "height", "focal", "distance", "icosphere_subdivisions", "background", "up", "lights",
-                "ambient", "diffuse", "shading")  # settings that change the rendered output
+                "lights_follow_camera", "ambient", "diffuse", "shading")  # settings that change the rendered output
 
 
 def render_settings(render_cfg=None) -> dict:
@@ -62,12 +79,57 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def is_complete(obj_dir: Path, settings: dict) -> bool:
+def is_complete(obj_dir: Path, settings: dict, verify: str = "size") -> bool:
+    """Done with these settings: meta.json matches and the files it lists are intact.
+
+    ``verify="size"`` (default, a stat per file) compares each listed file's size with the one recorded at render
+    time, which catches truncated copies; ``"decode"`` also checks every PNG's chunk checksums (PIL ``verify``).
+    Renders from before file lists were recorded are checked for presence and, with ``"decode"``, checksums.
+    """
+    obj_dir = Path(obj_dir)
     try:
-        meta = json.loads((Path(obj_dir) / "meta.json").read_text())
+        meta = json.loads((obj_dir / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("format") == FORMAT and meta.get("settings_hash") == settings_hash(settings)
+    if meta.get("format") != FORMAT or meta.get("settings_hash") != settings_hash(settings):
+        return False
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        n = int(meta.get("num_views", 0))
+        files = {f"{kind}_{i:03d}.png": None for i in range(n) for kind in ("rgb", "mask")} | {"depth.npz": None}
+    for name, size in files.items():
+        path = obj_dir / name
+        try:
+            if size is not None and path.stat().st_size != int(size):
+                return False
+            if size is None and not path.is_file():
+                return False
+        except OSError:
+            return False
+        if verify == "decode" and name.endswith(".png") and not png_intact(path):
+            return False
+    return True
+
+
+def png_intact(path: Path) -> bool:
+    """True when ``path`` is a PNG whose chunks and checksums are intact (no full decode)."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # noqa: BLE001 - PIL raises OSError/SyntaxError/ValueError for broken files
+        return False
+
+
+def _check_decodes(path: Path, shape: tuple[int, ...]) -> None:
+    """Decode a just-written image back: a view counts only if it reads back whole (full disk, broken FS...)."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img)
+    except Exception as err:  # noqa: BLE001
+        raise OSError(f"{path} does not decode after writing: {err}") from err
+    if array.shape[:2] != shape[:2]:
+        raise OSError(f"{path} decodes to shape {array.shape}, expected {shape}")
 
 
 # --------------------------------------------------------------------------------------------- one object
@@ -76,7 +138,7 @@ def render_object(spec: str, out_dir, render_cfg=None) -> Path:
     settings = render_settings(render_cfg)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp = out_dir.parent / _temp_name("tmp", out_dir.name)
     tmp.mkdir()
     try:
         _render_into(spec, tmp, out_dir.name, settings)
@@ -96,11 +158,16 @@ def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> 
     level = int(settings.get("png_compression", 1))
     for i, pose in enumerate(cameras.poses):
         view = renderer.render(cameras.K, pose, cameras.width, cameras.height, tuple(settings["background"]))
+        if not np.isfinite(view["depth"]).all():
+            raise ValueError(f"view {i}: the renderer returned non-finite depth (NaN/inf geometry in the mesh?)")
         Image.fromarray(view["rgb"]).save(directory / f"rgb_{i:03d}.png", compress_level=level)
         Image.fromarray(view["mask"].astype(np.uint8) * 255).save(directory / f"mask_{i:03d}.png",
                                                                   compress_level=level)
+        for kind in ("rgb", "mask"):
+            _check_decodes(directory / f"{kind}_{i:03d}.png", view["rgb"].shape)
         depths[f"view_{i:03d}"] = view["depth"]
     np.savez_compressed(directory / "depth.npz", **depths)
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.suffix in (".png", ".npz")}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "renderer": RENDERER,
             "renderer_version": RENDERER_VERSION, "object_id": object_id, "spec": str(spec),
             "width": cameras.width, "height": cameras.height, "K": cameras.K.tolist(),
@@ -109,7 +176,8 @@ def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> 
             "mesh": {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
                      "visual": type(mesh.visual).__name__},
             "render_settings": {k: settings[k] for k in _OUTPUT_KEYS}, "settings_hash": settings_hash(settings),
-            "render_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "render_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "files": files}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks the directory complete
 
 
@@ -118,22 +186,55 @@ def _publish(tmp: Path, out_dir: Path, settings: dict) -> None:
     if out_dir.exists():
         if is_complete(out_dir, settings):  # someone else finished the same object meanwhile
             return
-        old = out_dir.parent / f".old-{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        old = out_dir.parent / _temp_name("old", out_dir.name)
         os.rename(out_dir, old)
         shutil.rmtree(old, ignore_errors=True)
     os.rename(tmp, out_dir)
 
 
 # --------------------------------------------------------------------------------------------- many objects
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Pool-worker initializer: end this process when ``parent_pid`` dies (even by SIGKILL).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` — the kernel kills the worker when its parent exits. Everywhere
+    (and as a backstop for the race where the parent died before prctl ran): a daemon thread that exits the process
+    once the parent pid changes (re-parented to init/a subreaper).
+    """
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the watcher thread still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="corr3d-parent-watch", daemon=True).start()
+
+
 def _render_task(spec: str, root: str, settings: dict) -> dict:
     """Worker entry point: never raises for a bad object, reports it instead."""
     start = time.perf_counter()
-    name = object_dir_name(spec)
     try:
-        render_object(spec, Path(root) / name, settings)
+        name = object_dir_name(spec)
+        render_object(spec, safe_join(root, name, what="object directory"), settings)
         return {"spec": spec, "status": "done", "dir": name, "seconds": round(time.perf_counter() - start, 3)}
     except Exception as err:  # any failure of one object (corrupt/empty mesh...) must not stop the batch
-        return {"spec": spec, "status": "failed", "dir": name, "error": f"{type(err).__name__}: {err}"[:500],
+        return {"spec": spec, "status": "failed", "dir": locals().get("name"), "error": f"{type(err).__name__}: {err}"[:500],
                 "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -145,34 +246,64 @@ def read_manifest(root) -> dict:
 
 
 def _write_manifest(root: Path, objects: dict) -> None:
-    from corr3d.utils.run_dir import atomic_write_text
+    """Merge ``objects`` into the manifest on disk under a file lock: concurrent batches on one root (SLURM chunks,
+    two shells) each add their objects instead of overwriting each other's records."""
+    from corr3d.utils.run_dir import RunLock, atomic_write_text
 
-    atomic_write_text(root / MANIFEST, json.dumps({"version": 1, "objects": objects}, indent=1, sort_keys=True))
+    lock = RunLock(root, ".manifest.lock", "render root").acquire(blocking=True, record=False)
+    try:
+        merged = read_manifest(root)
+        merged.update(objects)
+        atomic_write_text(root / MANIFEST, json.dumps({"version": 1, "objects": merged}, indent=1, sort_keys=True))
+    finally:
+        lock.release(clear=False)
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _temp_name(kind: str, name: str) -> str:
+    """``.<kind>-<name>@<host>@<pid>@<rand>``: '@' never occurs in object names or sanitised host names."""
+    return f".{kind}-{name}@{_host_tag()}@{os.getpid()}@{uuid.uuid4().hex[:6]}"
 
 
 def _process_alive(pid: int) -> bool:
-    """True for a running process; a killed worker nobody has reaped yet (a zombie) counts as dead."""
+    from corr3d.utils.run_dir import process_alive
+
+    return process_alive(pid)
+
+
+def _temp_owner(tmp: Path) -> tuple[str | None, int | None]:
+    """(host, pid) of a temp directory name; (None, pid) for the old ``.tmp-<name>-<pid>-<rand>`` names."""
+    parts = tmp.name.rsplit("@", 3)
+    if len(parts) == 4:
+        try:
+            return parts[1], int(parts[2])
+        except ValueError:
+            return None, None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return None, int(tmp.name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return None, None
 
 
 def _clean_stale_temps(root: Path) -> None:
-    """Remove temp directories left by killed processes (their pid is gone); live writers keep theirs."""
+    """Remove temp directories of dead processes on this host; other hosts' (and host-less old) temps only when
+    older than FOREIGN_TEMP_MAX_AGE_S, since their pids mean nothing here."""
+    now = time.time()
     for tmp in list(root.glob(".tmp-*")) + list(root.glob(".old-*")):
-        try:
-            pid = int(tmp.name.rsplit("-", 2)[-2])
-        except (ValueError, IndexError):
+        host, pid = _temp_owner(tmp)
+        if pid is None or tmp.is_symlink():
             continue
-        if not _process_alive(pid):
+        if host == _host_tag():
+            stale = not _process_alive(pid)
+        else:
+            try:
+                stale = now - tmp.stat().st_mtime > FOREIGN_TEMP_MAX_AGE_S
+            except OSError:
+                continue
+        if stale:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -191,7 +322,13 @@ def render_batch(specs: Iterable[str], root, render_cfg=None, workers: int | Non
     manifest = read_manifest(root)
     todo = []
     for spec in specs:
-        name = object_dir_name(spec)
+        try:
+            name = object_dir_name(spec)
+            safe_join(root, name, what="object directory")
+        except Corr3dUserError as err:  # a spec that would address a path outside root: refused, nothing written
+            manifest[spec] = {"spec": spec, "status": "failed", "dir": None, "error": f"invalid spec: {err}"}
+            log.warning("render: refusing object spec %r: %s", spec, err)
+            continue
         if is_complete(root / name, settings):
             entry = {k: v for k, v in manifest.get(spec, {}).items() if k != "error"}
             manifest[spec] = entry | {"spec": spec, "status": "done", "dir": name}  # e.g. rendered by a SLURM chunk
@@ -236,7 +373,8 @@ def _render_parallel(todo: list[str], root: Path, settings: dict, workers: int, 
     pending = list(todo)
     for attempt in range(attempts):
         crashed = []
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_render_task, spec, str(root), settings): spec for spec in pending}
             for future in as_completed(futures):
                 try:
@@ -259,7 +397,8 @@ def ensure_rendered(specs: Iterable[str], root, render_cfg=None, workers: int | 
     if not specs:
         return []
     entries = render_batch(specs, root, render_cfg, workers=workers, progress=progress)
-    dirs = [Path(root) / entries[s]["dir"] for s in map(str, specs) if entries.get(s, {}).get("status") == "done"]
+    dirs = [safe_join(root, entries[s]["dir"], what="object directory") for s in map(str, specs)
+            if entries.get(s, {}).get("status") == "done"]
     if not dirs:
         errors = "; ".join(f"{s}: {entries.get(str(s), {}).get('error')}" for s in specs[:5])
         raise RuntimeError(f"none of the {len(specs)} objects could be rendered ({errors})")

@@ -112,6 +112,15 @@ class RenderedObject:
     def num_views(self) -> int:
         return len(self.poses)
 
+    def __post_init__(self) -> None:
+        # NaN geometry would silently turn into "no foreground" (NaN > 0 is False) and a loss/APE over nothing
+        for name in ("K", "poses"):
+            if not np.isfinite(np.asarray(getattr(self, name), dtype=np.float64)).all():
+                from corr3d.errors import DataFileError
+
+                raise DataFileError(f"non-finite values (NaN/inf) in the camera {name}", path=self.path,
+                                    fix="re-render this object (delete the directory and run `corr3d render`)")
+
     @classmethod
     def open(cls, path, poses=None, K=None, convention: str = "auto") -> "RenderedObject":
         """Open a corr3d render directory or a BlenderProc one (``poses``/``K``/``convention`` for the latter)."""
@@ -177,7 +186,13 @@ class RenderedObject:
             depth = self._blenderproc_depth(i)
             return np.where(_mask_from_png(_read_png(self._files["mask"][i])), depth, 0.0).astype(np.float32)
         with np.load(self._files["depth"]) as arrays:
-            return arrays[f"view_{i:03d}"].astype(np.float32)
+            depth = arrays[f"view_{i:03d}"].astype(np.float32)
+        if not np.isfinite(depth).all():
+            from corr3d.errors import DataFileError
+
+            raise DataFileError(f"view {i}: non-finite depth values (NaN/inf)", path=self._files["depth"],
+                                fix="re-render this object (delete the directory and run `corr3d render`)")
+        return depth
 
     def xyz(self, i: int) -> np.ndarray:
         """(H,W,3) float32 object-space point of each pixel centre, 0 on the background."""

@@ -1,0 +1,44 @@
+"""User-facing errors: the family the ``corr3d`` command prints as one message (file + fix) instead of a traceback.
+
+``corr3d.cli.main`` is the error boundary: it catches :class:`Corr3dUserError` (and ``corr3d.config.ConfigError``,
+``FileNotFoundError``), prints ``corr3d: error: <message>`` plus the ``fix`` line, and exits non-zero; ``--debug``
+re-raises so the traceback is shown.
+"""
+from __future__ import annotations
+
+import os
+
+
+class Corr3dUserError(Exception):
+    """An error the user can fix: bad input file, unsafe identifier, locked run. ``path`` and ``fix`` are shown."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None, fix: str | None = None):
+        self.message = str(message)
+        self.path = None if path is None else str(path)
+        self.fix = fix
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.path and self.path not in text:
+            text = f"{self.path}: {text}"
+        return text
+
+
+class UnsafePathError(Corr3dUserError, ValueError):
+    """An identifier (uid, object spec, experiment name) that would address a path outside its root."""
+
+
+class DataFileError(Corr3dUserError, ValueError):
+    """A data, weights or checkpoint file that exists but cannot be read safely (corrupt, truncated, malformed)."""
+
+
+class RunLockedError(Corr3dUserError, RuntimeError):
+    """Another live process holds the lock of a run directory or render root."""
+
+    exit_code = 3
+
+
+__all__ = ["Corr3dUserError", "UnsafePathError", "DataFileError", "RunLockedError"]
