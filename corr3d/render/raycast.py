@@ -18,9 +18,15 @@ import trimesh
 from corr3d.geometry import camera_center, pixel_grid
 from corr3d.render.appearance import Appearance
 
-# the paper's BlenderProc lights (Blender z-up world) converted to y-up object space: (x, y, z)_blender ->
-# (x, z, -y)_object, because Blender's glTF importer maps +y (glTF up) to +z; energies in W (relative weights here)
-PAPER_LIGHTS = ((1.0, 1.0, 1.0, 200.0), (-1.0, -1.0, 1.0, 200.0), (1.0, 1.0, 0.0, 20.0))
+# The authors' BlenderProc lights (paper.md section 3.1; their data_utils/blenderproc.py): point lights at
+# (1,-1,1) E200, (-1,-1,-1) E200 and (1,0,1) E20 (the 4th light call re-configures the 3rd light). Their camera stays
+# at the world origin with an OpenCV-identity cam2world, and each view MOVES THE OBJECT by its obj_pose, so the world
+# frame is the OpenCV camera frame (x right, y down, z forward; object centre at z = 2): the lights are fixed to
+# the camera. PAPER_LIGHTS are those positions in the camera frame (``follow_camera``, the default).
+PAPER_LIGHTS = ((1.0, -1.0, 1.0, 200.0), (-1.0, -1.0, -1.0, 200.0), (1.0, 0.0, 1.0, 20.0))
+# corr3d's former object-fixed lights (the same numbers read as Blender z-up world -> y-up object space), for
+# ``follow_camera: false``
+OBJECT_LIGHTS = ((1.0, 1.0, 1.0, 200.0), (-1.0, -1.0, 1.0, 200.0), (1.0, 1.0, 0.0, 20.0))
 SMOOTH_NORMAL_MAX_DEG = 45.0  # beyond this from the face normal, interpolated normals are artefacts of sharp edges
 
 
@@ -31,12 +37,15 @@ class Lighting:
     The inverse-square falloff is normalised at the object centre, so a unit-extent object sees light weights of
     about E_k / max(E); ``ambient`` lifts the unlit side (the paper's renders have no light from behind).
     ``mode``: "lambert" or "unlit" (colour = albedo; for tests and flat-colour data).
+    ``follow_camera``: light positions are in the OpenCV camera frame and move with the camera (the authors'
+    renders; distances normalised at the object centre seen from the light); false: fixed in object space.
     """
 
     lights: tuple = PAPER_LIGHTS
     ambient: float = 0.3
     diffuse: float = 0.5
     mode: str = "lambert"
+    follow_camera: bool = True
     positions: np.ndarray = field(init=False, repr=False)
     weights: np.ndarray = field(init=False, repr=False)
 
@@ -51,14 +60,24 @@ class Lighting:
         lights = get("lights", None)
         lights = PAPER_LIGHTS if lights is None else tuple(tuple(float(x) for x in light) for light in lights)
         return cls(lights=lights, ambient=float(get("ambient", 0.3)), diffuse=float(get("diffuse", 0.5)),
-                   mode=str(get("shading", "lambert")))
+                   mode=str(get("shading", "lambert")), follow_camera=bool(get("lights_follow_camera", True)))
 
-    def shade(self, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        """(N,) irradiance factor at object-space ``points`` with unit ``normals``."""
+    def object_positions(self, pose=None) -> np.ndarray:
+        """(L, 3) light positions in object space for a view with object->camera ``pose``."""
+        if not self.follow_camera:
+            return self.positions
+        if pose is None:
+            raise ValueError("camera-fixed lights need the view's pose")
+        pose = np.asarray(pose, dtype=np.float64)
+        return (self.positions - pose[:3, 3]) @ pose[:3, :3]   # R^T (p_cam - t)
+
+    def shade(self, points: np.ndarray, normals: np.ndarray, pose=None) -> np.ndarray:
+        """(N,) irradiance factor at object-space ``points`` with unit ``normals`` (``pose``: the view's
+        object->camera pose, needed for camera-fixed lights)."""
         if self.mode == "unlit":
             return np.ones(len(points))
         total = np.full(len(points), self.ambient)
-        for pos, weight in zip(self.positions, self.weights):
+        for pos, weight in zip(self.object_positions(pose), self.weights):
             to_light = pos - points
             dist2 = np.einsum("ij,ij->i", to_light, to_light)
             cos = np.einsum("ij,ij->i", normals, to_light) / np.sqrt(dist2)
@@ -130,7 +149,7 @@ class RaycastRenderer:
         pose = np.asarray(pose, dtype=np.float64)
         depth = xyz @ pose[2, :3] + pose[2, 3]
         normals = self._shading_normals(corners, weights, face_normals, dirs)
-        color = self.appearance.albedo(faces, bary) * self.lighting.shade(xyz, normals)[:, None]
+        color = self.appearance.albedo(faces, bary) * self.lighting.shade(xyz, normals, pose)[:, None]
         rgb = np.empty((height, width, 3), dtype=np.uint8)
         rgb[:] = np.asarray(background, dtype=np.uint8)
         rgb[hit] = np.clip(np.round(color * 255.0), 0, 255).astype(np.uint8)

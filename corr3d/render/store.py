@@ -21,7 +21,11 @@ BlenderProc layout (the authors' ``data_utils/blenderproc.py`` output), one dire
   camera->object) is detected from the fact that every camera looks at the object centre: an object->camera
   pose puts the origin at (0, 0, +d) in OpenCV and (0, 0, -d) in Blender. Pass ``convention`` to override.
 - intrinsics: ``K.npy`` / ``cam_K.npy`` if present, else the paper's K (f = 560, c = 256 at 512 px) scaled to the
-  image size.
+  image size. These K are in BlenderProc's convention: ``set_intrinsics_from_K_matrix`` puts the optical axis at
+  ``(W - 1) / 2`` for ``cx = (W - 1) / 2``, i.e. pixel CENTRES at integer coordinates; corr3d puts pixel centres at
+  ``x + 0.5`` (continuous coordinates), so the reader adds 0.5 to cx and cy (the paper's c = 256 is 256.5 here; a
+  0.5 px error is ~2 mm at depth 2, against the 5 mm positive radius). A ``K=`` passed to ``open`` is taken as is
+  (corr3d convention); :func:`write_blenderproc_layout` writes ``K.npy`` back in BlenderProc's convention.
 """
 from __future__ import annotations
 
@@ -42,6 +46,22 @@ FORMAT = "corr3d-render"
 FORMAT_VERSION = 1
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips camera y and z axes
 PAPER_FOCAL, PAPER_SIZE = 560.0, 512
+BLENDERPROC_PIXEL_OFFSET = 0.5  # BlenderProc K (pixel centre at integer x) -> corr3d K (pixel centre at x + 0.5)
+
+
+def blenderproc_K_to_corr3d(K) -> np.ndarray:
+    """BlenderProc/OpenCV integer-pixel intrinsics -> corr3d's continuous convention (principal point + 0.5)."""
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3).copy()
+    K[0, 2] += BLENDERPROC_PIXEL_OFFSET
+    K[1, 2] += BLENDERPROC_PIXEL_OFFSET
+    return K
+
+
+def paper_K(width: int, height: int) -> np.ndarray:
+    """The authors' K (f = 560, c = 256 at 512 px, BlenderProc convention) scaled to the image, in corr3d's."""
+    s = width / PAPER_SIZE
+    return blenderproc_K_to_corr3d(intrinsics(PAPER_FOCAL * s, width, height, cx=PAPER_SIZE / 2 * s,
+                                              cy=PAPER_SIZE / 2 * height / PAPER_SIZE))
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -159,9 +179,10 @@ class RenderedObject:
         poses, used = poses_to_opencv(poses[indices], convention)
         height, width = _read_png(colors[0]).shape[:2]
         if K is None:
-            K = next((np.load(p) for p in (path / "K.npy", path / "cam_K.npy") if p.is_file()), None)
+            K = next((blenderproc_K_to_corr3d(np.load(p)) for p in (path / "K.npy", path / "cam_K.npy")
+                      if p.is_file()), None)
         if K is None:
-            K = intrinsics(PAPER_FOCAL * width / PAPER_SIZE, width, height)
+            K = paper_K(width, height)
         files = {"rgb": colors, "mask": [path / f"mask_{i:06d}.png" for i in indices],
                  "depth": [path / f"depth_{i:06d}.png" for i in indices]}
         meta = {"format": "blenderproc", "pose_convention": used, "view_indices": indices}
@@ -232,8 +253,11 @@ def write_blenderproc_layout(obj: RenderedObject, out_dir, convention: str = "op
     if convention.endswith("_c2w"):
         poses = invert_pose(poses)
     np.save(out_dir / "obj_poses.npy", poses)
+    K = np.asarray(obj.K, dtype=np.float64).copy()
+    K[:2, 2] -= BLENDERPROC_PIXEL_OFFSET   # back to BlenderProc's integer-pixel convention
+    np.save(out_dir / "K.npy", K)
     return out_dir
 
 
 __all__ = ["RenderedObject", "write_blenderproc_layout", "poses_to_opencv", "detect_pose_convention", "FORMAT",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "blenderproc_K_to_corr3d", "paper_K"]

@@ -148,7 +148,7 @@ def test_lambert_shading_follows_the_lights():
     mesh = load_object("procedural:hemisphere")  # plain albedo: brightness = shading only
     from corr3d.geometry import look_at_pose
 
-    lit = Lighting(lights=((0.0, 0.0, 3.0, 100.0),), ambient=0.1, diffuse=0.8)
+    lit = Lighting(lights=((0.0, 0.0, 3.0, 100.0),), ambient=0.1, diffuse=0.8, follow_camera=False)  # object-fixed
     front = render_views(mesh, np.array([[60, 0, 32], [0, 60, 32], [0, 0, 1.0]]),
                          np.stack([look_at_pose([0, 0, 2.0]), look_at_pose([0, 0, -2.0])]), 64, 64, lighting=lit)
     b_front = front["rgb"][0][front["mask"][0]].mean()

@@ -49,7 +49,7 @@ def test_blenderproc_layout_round_trip(tmp_path, convention):
     bp = RenderedObject.open(bp_dir)
     assert bp.layout == "blenderproc" and bp.num_views == 12 and bp.meta["pose_convention"] == convention
     np.testing.assert_allclose(bp.poses, obj.poses, atol=1e-12)
-    bp.K = obj.K  # test images are not 512-px paper renders: the default K only holds for the paper's FOV
+    np.testing.assert_allclose(bp.K, obj.K, atol=1e-12)  # K.npy written in BlenderProc's convention, read back
     for i in (0, 6):
         np.testing.assert_array_equal(bp.rgb(i), obj.rgb(i))
         np.testing.assert_array_equal(bp.mask(i), obj.mask(i))
@@ -66,6 +66,79 @@ def test_blenderproc_default_intrinsics_are_the_papers():
     from corr3d.render.store import PAPER_FOCAL, PAPER_SIZE
 
     assert (PAPER_FOCAL, PAPER_SIZE) == (560.0, 512)
+
+
+def _authors_render(root: Path, n_views: int = 3):
+    """A render in exactly the authors' layout and conventions (their data_utils/blenderproc.py): 512 px, their K
+    (f 560, c 256 in BlenderProc's integer-pixel convention, i.e. the optical axis at 256.5 in corr3d's), black
+    background, ``color_%06d.png``, ``mask_%06d.png`` (0/255), ``depth_%06d.png`` (uint16 mm, 0 = background),
+    one shared ``obj_poses.npy`` (object->camera, OpenCV: their world frame is the camera frame) ABOVE the
+    per-object folders. Returns (object dir, ground truth renders)."""
+    from PIL import Image
+
+    from corr3d.geometry import intrinsics, look_at_pose
+
+    mesh = load_object("procedural:blob_noise")
+    K_true = intrinsics(560.0, 512, 512, cx=256.5, cy=256.5)      # where BlenderProc's optical axis really is
+    poses = np.stack([look_at_pose(2.0 * np.array(d) / np.linalg.norm(d))
+                      for d in ([0.3, 0.4, 1.0], [1.0, 0.2, 0.4], [-0.5, 0.8, 0.6])][:n_views])
+    truth = render_views(mesh, K_true, poses, 512, 512)
+    obj_dir = root / "renders" / "000-000" / "someuid"
+    obj_dir.mkdir(parents=True)
+    for i in range(n_views):
+        Image.fromarray(truth["rgb"][i]).save(obj_dir / f"color_{i:06d}.png")
+        Image.fromarray((truth["mask"][i] * 255).astype(np.uint8)).save(obj_dir / f"mask_{i:06d}.png")
+        mm = np.round(truth["depth"][i].astype(np.float64) * 1000.0).astype(np.uint16)
+        Image.fromarray(np.where(truth["mask"][i], mm, 0).astype(np.uint16)).save(obj_dir / f"depth_{i:06d}.png")
+    np.save(obj_dir.parent / "obj_poses.npy", poses)   # data/obj_poses.npy: one level above the object folders
+    return obj_dir, truth, poses
+
+
+def test_blenderproc_authors_layout_reprojects_exactly(tmp_path):
+    from corr3d.geometry import depth_to_xyz, project
+
+    obj_dir, truth, poses = _authors_render(tmp_path)
+    bp = RenderedObject.open(obj_dir)
+    assert bp.meta["pose_convention"] == "opencv" and bp.num_views == 3
+    np.testing.assert_allclose(bp.K, [[560, 0, 256.5], [0, 560, 256.5], [0, 0, 1]])
+    np.testing.assert_allclose(bp.poses, poses, atol=1e-12)
+    for i in range(3):
+        m = truth["mask"][i]
+        np.testing.assert_array_equal(bp.mask(i), m & (truth["depth"][i] > 0))
+        err = np.linalg.norm(bp.xyz(i)[m] - truth["xyz"][i][m], axis=1)
+        assert err.mean() < 4e-4 and err.max() < 1.5e-3        # mm depth quantisation only
+        # reprojection: true surface points land on their own pixel centres through the reader's K and pose
+        rows, cols = np.nonzero(m)
+        uv, _ = project(truth["xyz"][i][m].astype(np.float64), bp.K, bp.poses[i])
+        np.testing.assert_allclose(uv, np.stack([cols + 0.5, rows + 0.5], 1), atol=0.02)
+        # the pre-fix reading (principal point at 256: BlenderProc's number taken as a continuous coordinate)
+        wrong = depth_to_xyz(bp.depth(i), np.array([[560, 0, 256.0], [0, 560, 256.0], [0, 0, 1]]), bp.poses[i])
+        assert np.linalg.norm(wrong[m] - truth["xyz"][i][m], axis=1).mean() > 1.2e-3   # ~0.5 px * 2 / 560
+
+
+def test_camera_fixed_lights_move_with_the_camera():
+    """The authors' lights are fixed to the camera: a sphere's shading pattern is the same from every viewpoint
+    (camera-fixed), whereas object-fixed lights light some views from behind."""
+    from corr3d.geometry import intrinsics, look_at_pose
+    from corr3d.render.raycast import OBJECT_LIGHTS, Lighting
+
+    import trimesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.5)   # plain albedo: brightness = shading only
+    K = intrinsics(70.0, 64, 64)
+    poses = np.stack([look_at_pose(2.0 * np.array(d) / np.linalg.norm(d)) for d in ([0, 0, 1.0], [0, 0, -1.0],
+                                                                                     [1.0, 0.5, 0])])
+    cam = render_views(mesh, K, poses, 64, 64, lighting=Lighting())
+    obj = render_views(mesh, K, poses, 64, 64, lighting=Lighting(lights=OBJECT_LIGHTS, follow_camera=False))
+    m = cam["mask"][0]
+    assert (cam["mask"] == m).all()
+    cam_rgb = cam["rgb"].astype(float)
+    assert np.abs(cam_rgb[1][m] - cam_rgb[0][m]).mean() < 3 and np.abs(cam_rgb[2][m] - cam_rgb[0][m]).mean() < 3
+    obj_rgb = obj["rgb"].astype(float)
+    assert np.abs(obj_rgb[1][m].mean() - obj_rgb[0][m].mean()) > 10
+    # the key light (1, -1, 1) is to the upper right of the camera: the upper-right quadrant is brighter
+    gray = cam_rgb[0].mean(-1)
+    assert gray[16:32, 32:48][m[16:32, 32:48]].mean() > gray[32:48, 16:32][m[32:48, 16:32]].mean() + 10
 
 
 def test_rendering_is_deterministic_by_seed(tmp_path):
