@@ -76,7 +76,8 @@ class RenderConfig:
     icosphere_subdivisions: int = ranged(1, ge=0)
     background: List[int] = _list(0, 0, 0)
     up: List[float] = _list(0.0, 1.0, 0.0)
-    lights: List[List[float]] = _list([1.0, 1.0, 1.0, 200.0], [-1.0, -1.0, 1.0, 200.0], [1.0, 1.0, 0.0, 20.0])
+    lights: List[List[float]] = _list([1.0, -1.0, 1.0, 200.0], [-1.0, -1.0, -1.0, 200.0], [1.0, 0.0, 1.0, 20.0])
+    lights_follow_camera: bool = True
     ambient: float = 0.3
     diffuse: float = 0.5
     shading: str = "lambert"
@@ -185,6 +186,32 @@ class PoseEvalConfig:
     ref_seq: int = 1
     test_seq: int = 2
     frame_order: str = "lexicographic"
+
+
+@dataclass
+class PoseYcbvEvalConfig:
+    test_dir: str = "${data_root}/bop/ycbv/test"
+    models_dir: str = "${data_root}/bop/ycbv/models"
+    targets: Optional[str] = "${data_root}/bop/ycbv/test_targets_bop19.json"
+    use_targets: bool = True
+    scenes: List[int] = _list()
+    ref_step: int = ranged(5, gt=0)
+    query_step: int = ranged(1, gt=0)
+    template_step: int = ranged(4, gt=0)
+    max_templates: int = ranged(120000, gt=0)
+    grid_step: int = ranged(4, gt=0)
+    bbox_margin: float = ranged(0.1, ge=0)
+    min_visib_fract: float = 0.1
+    feature_px: int = ranged(8, gt=0)
+    ransac_reproj_px: float = 8.0
+    ransac_iters: int = ranged(10000, gt=0)
+    min_matches: int = 4
+    min_inliers: int = 6
+    thresholds: List[float] = _list(1.0, 3.0, 5.0)
+    auc_max_mm: float = ranged(100.0, gt=0)
+    add_diameter_frac: float = ranged(0.1, gt=0)
+    max_model_points: int = ranged(2000, gt=0)
+    offline_ref_step: int = ranged(4, gt=0)
 
 
 @dataclass
