@@ -21,11 +21,12 @@ PYTEST_ARGS ?=
 APT_RUNTIME := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libgomp1
 APT_TEST := slurmctld slurmd slurm-client munge
 
-.PHONY: help setup setup-test train eval bench test render clean-venv
+.PHONY: help setup setup-test train eval bench test render sweep clean-venv
 
 help:
 	@echo "make train EXP=dinov2_single_object [ARGS='key=value ...'] [LAUNCHER=slurm NODES=2 GPUS=8 PARTITION=.. TIME=.. ACCOUNT=..]"
 	@echo "make eval  EXP=<experiment> [TASKS=pose,tracking,semantic,equivariance] [CKPT=..] [BACKBONE=..]"
+	@echo "make sweep EXP=ablation_fig12_iterations [ARGS='seed=0,1,2 key=v1,v2'] [NAME=..]"
 	@echo "make test | make bench | make render EXP=<experiment>"
 
 define apt_ensure
@@ -64,6 +65,11 @@ train: $(STAMP)
 eval: $(STAMP)
 	$(VENV)/bin/corr3d eval $(EXP) $(LAUNCH_ARGS) $(ARGS) $(if $(TASKS),--tasks $(TASKS)) \
 	  $(if $(CKPT),--ckpt $(CKPT)) $(if $(BACKBONE),--backbone $(BACKBONE))
+
+# make sweep EXP=ablation_fig12_iterations [ARGS='seed=0,1,2 optim.lr=1e-5'] [NAME=..]: key=v1,v2 is an axis
+NAME ?=
+sweep: $(STAMP)
+	$(VENV)/bin/corr3d sweep $(EXP) $(LAUNCH_ARGS) $(ARGS) $(if $(NAME),--name $(NAME))
 
 render: $(STAMP)
 	$(VENV)/bin/corr3d render $(EXP) $(LAUNCH_ARGS) $(ARGS)

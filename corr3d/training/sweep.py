@@ -1,0 +1,601 @@
+"""Grid sweeps over an experiment: ``corr3d sweep <experiment> key=v1,v2 [key2=...] [--name N]`` (= ``make sweep``).
+
+Every cell of the grid (the cartesian product of the axes, in the order given; seeds are an ordinary axis, e.g.
+``seed=0,1,2``) is one training run, ``corr3d.training.run.train(cfg, run_dir=...)``, in its own directory
+``runs/<experiment>/sweeps/<name>/<cell>/``. Axes come from the experiment's ``sweep.axes`` (the ablation files in
+experiments/ carry theirs) and from the command line (which replaces an axis of the same key).
+
+- Locally the cells run one after another; a cell with a ``DONE`` marker is skipped, an unfinished one resumes from
+  its last checkpoint (``train`` does that for a given run directory), so re-running the command finishes a sweep.
+- ``launcher.name=slurm`` submits one array task per unfinished cell and a gather job (``afterany``), reusing
+  ``corr3d.launch.slurm`` (executor, bookkeeping) and ``corr3d.launch.tasks.TrainTask``.
+- Cells that share everything the baseline rows depend on (model, seed, evaluation and rendering settings) share
+  the pretrained / untrained-head measurements: a finished cell's baseline entries are copied into the next cell's
+  metrics.json (``train`` skips rows already present), so an iteration sweep evaluates the baselines once.
+
+Gathering writes ``results.csv`` (one row per cell: the axis values, each model's metrics with their 95% CI from the
+cell's metrics.json ``"ci"``, and the paired deltas ``finetuned-pretrained_head_init`` / ``finetuned-pretrained``
+from ``"deltas"``), a plot per metric against the first numeric axis (error bars = CI) and ``report.md``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from corr3d.config import ConfigError, load_config
+from corr3d.utils.run_dir import DONE_MARKER, atomic_write_text
+
+log = logging.getLogger("corr3d.training.sweep")
+
+MODELS = ("pretrained", "pretrained_head_init", "finetuned")
+DELTAS = ("finetuned-pretrained_head_init", "finetuned-pretrained")
+# Config sections whose values decide the baseline rows (pretrained, pretrained + untrained head).
+BASELINE_KEYS = ("model", "seed", "equivariance", "data.render", "data.rendered_dir")
+SHARED_ENTRIES = ("pretrained", "pretrained_head_init", "weights")
+RESULTS_FILE = "results.csv"
+
+
+# ---- grid ----------------------------------------------------------------------------------------------------------
+def split_values(text: str) -> list[str]:
+    """``"1,5,[a,b]"`` -> ``["1", "5", "[a,b]"]``: commas split values except inside brackets/braces/quotes."""
+    values, depth, quote, current = [], 0, None, []
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    values.append("".join(current).strip())
+    if any(v == "" for v in values):
+        raise ConfigError(f"empty value in sweep axis values '{text}'")
+    return values
+
+
+def parse_axes(specs: Iterable[str]) -> dict[str, list[str]]:
+    """``["lr=1,2", "seed=0,1"]`` -> ``{"lr": ["1", "2"], "seed": ["0", "1"]}`` (insertion order kept)."""
+    axes: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"sweep axis '{spec}' must look like key=v1,v2,...")
+        axes[key.strip()] = split_values(values)
+    return axes
+
+
+def config_axes(cfg: DictConfig) -> dict[str, list[str]]:
+    """The experiment's ``sweep.axes`` (``{key: [values]}``) as strings, ready to be used as overrides."""
+    axes = OmegaConf.to_container(cfg.sweep.axes, resolve=True) or {}
+    return {str(k): [_override_text(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in axes.items()}
+
+
+def _override_text(value) -> str:
+    """A config value as override text; a mapping value is a bundle of keys under the axis' section
+    (``loss: [{name: infonce, temperature: 0.07}, ...]`` sets both keys together)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_override_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_override_text(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def expand_grid(axes: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    """Cartesian product of the axes (first axis varies slowest); no axes -> one cell with no overrides."""
+    keys = list(axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def cell_name(assignment: Mapping[str, str], short: bool = True) -> str:
+    """A directory name for a cell: ``max_steps-10__init-identity`` (last key component unless ambiguous)."""
+    if not assignment:
+        return "default"
+    parts = []
+    for key, value in assignment.items():
+        label = key.rsplit(".", 1)[-1] if short else key
+        parts.append(f"{_slug(label)}-{_slug(value)}")
+    return "__".join(parts)
+
+
+def cell_names(cells: Sequence[Mapping[str, str]]) -> list[str]:
+    names = [cell_name(c) for c in cells]
+    if len(set(names)) != len(names):  # e.g. model.lora.rank and model.head.rank: fall back to full keys
+        names = [cell_name(c, short=False) for c in cells]
+    if len(set(names)) != len(names):
+        raise ConfigError("sweep cells have identical names (duplicate axis values?)")
+    return names
+
+
+class SweepPlan:
+    """Everything a sweep needs: the base config, the axes, and each cell's (name, overrides, config, run dir)."""
+
+    def __init__(self, experiment: str, axis_specs: Sequence[str] = (), overrides: Sequence[str] = (),
+                 name: str | None = None):
+        self.experiment = experiment
+        self.overrides = list(overrides)
+        self.base = load_config(experiment, self.overrides)
+        axes = config_axes(self.base)
+        axes.update(parse_axes(axis_specs))  # the command line replaces an axis of the same key
+        self.axes = axes
+        self.name = str(name or self.base.sweep.name or "default")
+        self.root = Path(self.base.output_dir) / str(self.base.experiment) / "sweeps" / self.name
+        self.cells = expand_grid(axes)
+        self.names = cell_names(self.cells)
+
+    def cell_config(self, assignment: Mapping[str, str]) -> DictConfig:
+        extra = [f"{k}={v}" for k, v in assignment.items()]
+        cfg = load_config(self.experiment, [*self.overrides, *extra])
+        return cfg
+
+    def run_dir(self, cell: str) -> Path:
+        return self.root / cell
+
+    def write_manifest(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = {"experiment": str(self.base.experiment), "name": self.name, "axes": self.axes,
+                    "overrides": self.overrides, "cells": [{"name": n, "overrides": c}
+                                                          for n, c in zip(self.names, self.cells)]}
+        atomic_write_text(self.root / "sweep.json", json.dumps(manifest, indent=2))
+
+
+def is_done(run: Path) -> bool:
+    return (Path(run) / DONE_MARKER).exists()
+
+
+# ---- baseline sharing -------------------------------------------------------------------------------------------
+def baseline_signature(cfg: DictConfig) -> str:
+    """What the baseline rows depend on, as text: cells with equal signatures have identical baseline rows."""
+    parts = {}
+    for key in BASELINE_KEYS:
+        node = OmegaConf.select(cfg, key)
+        parts[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def share_baselines(source: Path, target: Path) -> bool:
+    """Copy the baseline rows (and their per-item parts) of the finished cell ``source`` into ``target``'s
+    metrics.json, unless ``target`` already has metrics. Returns whether anything was copied."""
+    src_metrics = Path(source) / "metrics.json"
+    if not src_metrics.exists() or (Path(target) / "metrics.json").exists():
+        return False
+    metrics = json.loads(src_metrics.read_text())
+    shared = {k: metrics[k] for k in SHARED_ENTRIES if k in metrics}
+    if "pretrained" not in shared:
+        return False
+    per_object = {k: v for k, v in metrics.get("per_object", {}).items() if k in MODELS[:2]}
+    if per_object:
+        shared["per_object"] = per_object
+    for section in ("ci",):
+        if section in metrics:
+            shared[section] = {k: v for k, v in metrics[section].items() if k in MODELS[:2]}
+    Path(target).mkdir(parents=True, exist_ok=True)
+    parts = Path(source) / "parts"
+    if parts.is_dir():  # per-item lists of the baseline models (their file names carry the model name)
+        for path in parts.rglob("*"):
+            if path.is_file() and _is_baseline_part(path.relative_to(parts)):
+                dest = Path(target) / "parts" / path.relative_to(parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)
+    atomic_write_text(Path(target) / "metrics.json", json.dumps(shared, indent=2, sort_keys=True))
+    return True
+
+
+def _is_baseline_part(rel: Path) -> bool:
+    names = {p.replace(".json", "").split("__")[-1] for p in rel.parts}
+    return bool(names & set(MODELS[:2]))
+
+
+# ---- running ----------------------------------------------------------------------------------------------------
+def run_sweep(experiment: str, axis_specs: Sequence[str] = (), overrides: Sequence[str] = (),
+              name: str | None = None, train_fn=None) -> Path:
+    """Run (or finish) the sweep locally, one cell at a time, then gather; returns the sweep directory."""
+    plan = SweepPlan(experiment, axis_specs, overrides, name)
+    if plan.base.launcher.name == "slurm":
+        submit_sweep(plan)
+        return plan.root
+    if train_fn is None:
+        from corr3d.training.run import train as train_fn
+    plan.write_manifest()
+    finished: dict[str, Path] = {}  # baseline signature -> a finished cell with those baselines
+    for index, (cell, assignment) in enumerate(zip(plan.names, plan.cells)):
+        cfg = plan.cell_config(assignment)
+        run = plan.run_dir(cell)
+        signature = baseline_signature(cfg)
+        if is_done(run):
+            log.info("sweep %s: cell %s already done", plan.name, cell)
+            finished.setdefault(signature, run)
+            continue
+        if bool(plan.base.sweep.share_baselines) and signature in finished:
+            share_baselines(finished[signature], run)
+        log.info("sweep %s: cell %d/%d %s", plan.name, index + 1, len(plan.cells), cell)
+        print(f"[corr3d] sweep {plan.name}: cell {index + 1}/{len(plan.cells)} {cell}", flush=True)
+        train_fn(cfg, run_dir=run)
+        finished.setdefault(signature, run)
+        gather_sweep(plan.root)  # partial results are readable while the sweep runs
+    return gather_sweep(plan.root)
+
+
+def submit_sweep(plan: SweepPlan, entry: str | None = None):
+    """One SLURM array task per unfinished cell (each a ``TrainTask`` in its cell directory), then a gather job.
+
+    Returns (array jobs, gather job). Baselines are not shared between array tasks (they run concurrently).
+    """
+    from corr3d.launch.slurm import (
+        _announce,
+        align_trainer_with_launcher,
+        gpus_per_task_node,
+        job_name,
+        make_executor,
+        record_jobs,
+        slurm_parameters,
+    )
+    from corr3d.launch.tasks import TRAIN_ENTRY, TrainTask, cfg_to_yaml
+
+    plan.write_manifest()
+    root = plan.root.resolve()
+    log_root = root / "slurm"
+    tasks, cells = [], []
+    base = align_trainer_with_launcher(plan.base)
+    for cell, assignment in zip(plan.names, plan.cells):
+        run = root / cell
+        if is_done(run):
+            continue
+        cfg = align_trainer_with_launcher(plan.cell_config(assignment))
+        run.mkdir(parents=True, exist_ok=True)
+        tasks.append(TrainTask(cfg_to_yaml(cfg), str(run), entry or TRAIN_ENTRY))
+        cells.append(cell)
+    launcher = base.launcher
+    gpus = gpus_per_task_node(base, int(base.trainer.devices))
+    array = []
+    dependency = None
+    if tasks:
+        params = slurm_parameters(launcher, name=job_name(base, "sweep"), nodes=int(base.trainer.num_nodes),
+                                  tasks_per_node=int(base.trainer.devices), gpus_per_node=gpus)
+        array = make_executor(log_root, params, int(launcher.max_requeues)).submit_array(tasks)
+        dependency = f"afterany:{array[0].job_id.split('_')[0]}"
+    gather_params = slurm_parameters(launcher, name=job_name(base, "sweep-gather"), nodes=1, tasks_per_node=1,
+                                     gpus_per_node=0, dependency=dependency)
+    gather = make_executor(log_root, gather_params).submit(GatherSweepTask(str(root)))
+    job_ids = [job.job_id for job in array]
+    record_jobs(log_root, "sweep", job_ids, gather_job_id=gather.job_id, cells=cells, sweep_dir=str(root))
+    _announce("sweep", job_ids or [gather.job_id], log_root,
+              f"\n[corr3d]   {len(cells)} cells to run; gather job {gather.job_id} writes {root / RESULTS_FILE}")
+    if launcher.wait:
+        from corr3d.launch.slurm import wait_for_jobs
+
+        wait_for_jobs([*(j.job_id for j in array[:1]), gather.job_id])
+    return array, gather
+
+
+class GatherSweepTask:
+    """SLURM job after the sweep's array (``afterany``): writes results.csv / report.md from the finished cells."""
+
+    def __init__(self, sweep_dir: str):
+        self.sweep_dir = str(sweep_dir)
+
+    def __call__(self) -> str:
+        return str(gather_sweep(Path(self.sweep_dir)))
+
+
+# ---- gathering --------------------------------------------------------------------------------------------------
+def _number(text: str):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text).lower() else value
+
+
+def cell_row(cell: str, assignment: Mapping[str, str], run: Path, keys: Sequence[str]) -> dict:
+    """One results.csv row: axis values, status, per model ``<model>/<key>`` (+ ``_lo``/``_hi``), deltas."""
+    row: dict = {"cell": cell, **{k: _number(v) for k, v in assignment.items()}}
+    path = Path(run) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    row["status"] = "done" if is_done(run) else ("partial" if metrics else "missing")
+    train = metrics.get("train", {})
+    row["steps"] = train.get("global_step")
+    row["wall_seconds"] = train.get("wall_seconds")
+    row["peak_rss_mb"] = train.get("peak_rss_mb")
+    ci = metrics.get("ci") or {}
+    deltas = metrics.get("deltas") or {}
+    if not ci and metrics.get("per_object"):
+        ci, deltas = per_object_intervals(metrics, keys)
+    for model in MODELS:
+        values = metrics.get(model, {})
+        for key in keys:
+            if key not in values:
+                continue
+            row[f"{model}/{key}"] = values[key]
+            lo_hi = ci.get(model, {}).get(key)
+            if lo_hi:
+                row[f"{model}/{key}_lo"], row[f"{model}/{key}_hi"] = lo_hi
+    for name, by_key in deltas.items():
+        if name not in DELTAS:
+            continue
+        for key in keys:
+            d = by_key.get(key)
+            if d:
+                row[f"{name}/{key}"] = d["delta"]
+                row[f"{name}/{key}_lo"], row[f"{name}/{key}_hi"] = d["lo"], d["hi"]
+                row[f"{name}/{key}_significant"] = bool(d["significant"])
+    for model in MODELS[1:]:  # deltas computable without CIs (older metrics.json)
+        for key in keys:
+            ref = "pretrained_head_init" if model == "finetuned" else "pretrained"
+            name = f"{model}-{ref}/{key}"
+            if name not in row and f"{model}/{key}" in row and f"{ref}/{key}" in row:
+                row[name] = row[f"{model}/{key}"] - row[f"{ref}/{key}"]
+    return row
+
+
+def per_object_items(metrics: Mapping, model: str) -> list[dict]:
+    """Items in the ``corr3d.eval.stats`` convention from a run's ``per_object`` block: one item per held-out
+    object (its own unit), weighted by its number of evaluated points, so the weighted mean is the pooled metric."""
+    per = metrics.get("per_object", {}).get(model, {})
+    return [{"id": obj, "unit": obj, "weight": float(vals.get("equivariance/num_points", 1.0)), **vals}
+            for obj, vals in sorted(per.items())]
+
+
+def per_object_intervals(metrics: Mapping, keys: Sequence[str], n_boot: int = 2000, seed: int = 0
+                         ) -> tuple[dict, dict]:
+    """("ci", "deltas") in the metrics.json shape, for runs written before training recorded them: cluster
+    bootstrap over the held-out objects with ``corr3d.eval.stats``. Keys without per-object values get none."""
+    from corr3d.eval.stats import bootstrap_ci, paired_delta
+
+    items = {m: per_object_items(metrics, m) for m in MODELS}
+    ci = {m: {} for m in MODELS if items[m]}
+    for model in ci:
+        for key in keys:
+            if any(key in it for it in items[model]):
+                _, lo, hi = bootstrap_ci(items[model], key, n_boot=n_boot, seed=seed)
+                ci[model][key] = [lo, hi]
+    deltas: dict = {}
+    # a run without a conv head has no separate untrained-head row: its reference is the pretrained model
+    head_ref = "pretrained_head_init" if items["pretrained_head_init"] else "pretrained"
+    for name, (a, b) in {"finetuned-pretrained_head_init": ("finetuned", head_ref),
+                         "finetuned-pretrained": ("finetuned", "pretrained")}.items():
+        if not items[a] or not items[b]:
+            continue
+        for key in keys:
+            if any(key in it for it in items[a]):
+                try:
+                    deltas.setdefault(name, {})[key] = paired_delta(items[a], items[b], key, n_boot=n_boot,
+                                                                    seed=seed)
+                except ValueError as err:  # an object scored for one model only: no paired interval
+                    log.warning("no paired delta %s %s: %s", name, key, err)
+    return ci, deltas
+
+
+def sweep_rows(sweep_dir: Path) -> tuple[dict, list[dict]]:
+    manifest = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    keys = _report_keys(manifest)
+    rows = [cell_row(c["name"], c["overrides"], Path(sweep_dir) / c["name"], keys) for c in manifest["cells"]]
+    return manifest, rows
+
+
+def _report_keys(manifest: dict) -> list[str]:
+    cfg = load_config(manifest["experiment"] if manifest["experiment"] != "base" else "base", manifest["overrides"])
+    return [str(k) for k in cfg.sweep.metrics]
+
+
+def gather_sweep(sweep_dir: str | Path) -> Path:
+    """Write results.csv, plots and report.md for the sweep in ``sweep_dir``; returns the directory."""
+    from corr3d.utils.report import write_csv
+
+    sweep_dir = Path(sweep_dir)
+    manifest, rows = sweep_rows(sweep_dir)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    write_csv(sweep_dir / RESULTS_FILE, rows, columns)
+    try:
+        write_sweep_report(sweep_dir, manifest, rows)
+    except Exception as err:  # the CSV is the product; a plotting problem must not lose it
+        log.warning("sweep report failed: %s", err)
+    return sweep_dir
+
+
+def _fmt_ci(row: dict, key: str, digits: int = 2) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:+.{digits}f}" if "-" in key.split("/")[0] else f"{value:.{digits}f}"
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if lo is not None and hi is not None:
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    if row.get(f"{key}_significant"):
+        text += " *"
+    return text
+
+
+def seed_summary(rows: Sequence[dict], axes: Sequence[str], key: str) -> list[dict]:
+    """Mean and standard deviation over the ``seed`` axis of ``key`` for each setting of the other axes."""
+    import numpy as np
+
+    others = [a for a in axes if a != "seed"]
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row.get(key) is None:
+            continue
+        groups.setdefault(tuple(row.get(a) for a in others), []).append(float(row[key]))
+    out = []
+    for combo, values in groups.items():
+        out.append({**dict(zip(others, combo)), "n_seeds": len(values), f"{key} mean": float(np.mean(values)),
+                    f"{key} sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")})
+    return out
+
+
+def write_sweep_report(sweep_dir: Path, manifest: dict, rows: list[dict]) -> Path:
+    from corr3d.utils.report import markdown_table, write_text
+
+    axes = list(manifest["axes"])
+    keys = _report_keys(manifest)
+    lines = [f"# Sweep `{manifest['name']}` of `{manifest['experiment']}`", "",
+             f"Axes: {', '.join(f'`{k}` = {v}' for k, v in manifest['axes'].items()) or 'none'}; "
+             f"overrides: {' '.join(manifest['overrides']) or 'none'}.", "",
+             "Values are the held-out equivariance metrics (APE % lower is better, PCDP % higher) with their 95% "
+             "bootstrap CI in brackets where the run recorded one; Δ columns are paired deltas "
+             "(`*`: the CI excludes 0). `head_init` = pretrained + untrained head.", ""]
+    for key in keys:
+        table = []
+        for row in rows:
+            entry = {"cell": row["cell"], **{a: row.get(a) for a in axes}, "status": row["status"]}
+            for model, label in (("pretrained", "pretrained"), ("pretrained_head_init", "head_init"),
+                                 ("finetuned", "finetuned")):
+                entry[label] = _fmt_ci(row, f"{model}/{key}")
+            entry["Δ ft−head_init"] = _fmt_ci(row, f"finetuned-pretrained_head_init/{key}")
+            entry["Δ ft−pretrained"] = _fmt_ci(row, f"finetuned-pretrained/{key}")
+            table.append(entry)
+        lines += [f"## `{key}`", "", markdown_table(table), ""]
+        plot = plot_sweep(sweep_dir, axes, rows, key)
+        if plot is not None:
+            lines += [f"![{key}]({plot.name})", ""]
+        if "seed" in axes:
+            summary = seed_summary(rows, axes, f"finetuned/{key}")
+            if summary:
+                lines += ["Across seeds (finetuned):", "", markdown_table(summary), ""]
+    corr = correlation_rows(rows, keys)
+    if corr:
+        lines += ["## Correlation of APE with the other metrics across cells and models", "",
+                  markdown_table(corr, digits=3), ""]
+    return write_text(sweep_dir / "report.md", "\n".join(lines))
+
+
+def _numeric_axis(axes: Sequence[str], rows: Sequence[dict]) -> str | None:
+    for axis in axes:
+        if axis != "seed" and all(isinstance(r.get(axis), (int, float)) for r in rows):
+            return axis
+    return None
+
+
+def plot_sweep(sweep_dir: Path, axes: Sequence[str], rows: Sequence[dict], key: str) -> Path | None:
+    """``key`` against the first numeric axis (or the cells in order), one line per model and per setting of the
+    remaining axes, error bars = 95% CI."""
+    from corr3d.utils.report import _pyplot
+
+    x_axis = _numeric_axis(axes, rows)
+    others = [a for a in axes if a != x_axis]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(a) for a in others), []).append(row)
+    drawn = False
+    for combo, members in groups.items():
+        members = sorted(members, key=lambda r: r.get(x_axis) if x_axis else 0)
+        xs = [r.get(x_axis) for r in members] if x_axis else list(range(len(members)))
+        suffix = ", ".join(f"{a}={v}" for a, v in zip(others, combo))
+        for model, style in (("finetuned", "-o"), ("pretrained_head_init", "--s"), ("pretrained", ":^")):
+            full = f"{model}/{key}"
+            pts = [(x, r) for x, r in zip(xs, members) if r.get(full) is not None]
+            if not pts:
+                continue
+            if model != "finetuned" and len({round(r[full], 6) for _, r in pts}) == 1 and len(groups) > 1:
+                continue  # a constant baseline repeated per group only clutters the plot
+            y = [r[full] for _, r in pts]
+            err = None
+            if all(r.get(f"{full}_lo") is not None for _, r in pts):
+                err = [[v - r[f"{full}_lo"] for v, (_, r) in zip(y, pts)],
+                       [r[f"{full}_hi"] - v for v, (_, r) in zip(y, pts)]]
+            ax.errorbar([x for x, _ in pts], y, yerr=err, fmt=style, capsize=3,
+                        label=f"{model}" + (f" ({suffix})" if suffix else ""))
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    if x_axis and all(isinstance(x, (int, float)) and x > 0 for x in (r.get(x_axis) for r in rows)) \
+            and max(r.get(x_axis) for r in rows) / max(min(r.get(x_axis) for r in rows), 1e-12) >= 50:
+        ax.set_xscale("log")
+    elif x_axis and any(r.get(x_axis) == 0 for r in rows) and max(r.get(x_axis) for r in rows) >= 50:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(x_axis or "cell")
+    if not x_axis:
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["cell"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = Path(sweep_dir) / f"{_slug(key)}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- Fig. 3: correlation of APE with the other metrics ---------------------------------------------------------
+def pearson_spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """(Pearson r, Spearman rho) of paired samples; NaN when fewer than 3 points or a constant series."""
+    from scipy import stats
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan"), float("nan")
+    return float(stats.pearsonr(x, y)[0]), float(stats.spearmanr(x, y)[0])
+
+
+def metric_points(metrics_list: Iterable[Mapping], models: Sequence[str] = MODELS) -> list[dict[str, float]]:
+    """Every (run or evaluation, model) of the given metrics.json dicts as one point {metric: value}."""
+    points = []
+    for metrics in metrics_list:
+        for model, values in metrics.items():
+            if model in models and isinstance(values, Mapping):
+                points.append({k: float(v) for k, v in values.items() if isinstance(v, (int, float))})
+    return points
+
+
+def correlation_table(points: Sequence[Mapping[str, float]], x_key: str = "equivariance/ape",
+                      y_keys: Sequence[str] | None = None) -> list[dict]:
+    """Pearson and Spearman r of ``x_key`` against every other metric present in at least 3 points (Fig. 3)."""
+    y_keys = y_keys or sorted({k for p in points for k in p if k != x_key and not k.endswith(("seconds", "num_points"))})
+    out = []
+    for key in y_keys:
+        pairs = [(p[x_key], p[key]) for p in points if x_key in p and key in p]
+        if len(pairs) < 3:
+            continue
+        r, rho = pearson_spearman([a for a, _ in pairs], [b for _, b in pairs])
+        out.append({"metric": key, "n": len(pairs), "pearson_r": r, "spearman_r": rho})
+    return out
+
+
+def correlation_rows(rows: Sequence[dict], keys: Sequence[str], x_key: str = "equivariance/ape") -> list[dict]:
+    points = []
+    for row in rows:
+        for model in MODELS:
+            point = {k: row[f"{model}/{k}"] for k in keys if row.get(f"{model}/{k}") is not None}
+            if point:
+                points.append(point)
+    return correlation_table(points, x_key, [k for k in keys if k != x_key]) if len(points) >= 3 else []
+
+
+def correlate_metrics_files(paths: Sequence[str | Path], x_key: str = "equivariance/ape",
+                            out: str | Path | None = None) -> list[dict]:
+    """Fig. 3 over checkpoints: each metrics.json (a training run or a ``make eval`` directory) contributes one
+    point per model; writes ``out`` (CSV) if given."""
+    metrics_list = []
+    for path in paths:
+        path = Path(path)
+        path = path / "metrics.json" if path.is_dir() else path
+        metrics_list.append(json.loads(path.read_text()))
+    table = correlation_table(metric_points(metrics_list, models=("pretrained", "pretrained_head_init",
+                                                                  "finetuned", "random")), x_key)
+    if out is not None:
+        from corr3d.utils.report import write_csv
+
+        write_csv(out, table)
+    return table
