@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from corr3d.data.augment import ViewAugmenter
+from corr3d.geometry.pixels import pixel_centres, visible_pixels
 
 log = logging.getLogger(__name__)
 TRAIN_STREAM, VAL_STREAM = 0, 1
@@ -68,16 +69,8 @@ def true_correspondence_pixels(obj, j: int, xyz: np.ndarray, tol: float) -> tupl
     if len(xyz) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     uv, z = project(np.asarray(xyz, dtype=np.float64), obj.K, obj.poses[j])
-    h, w = obj.height, obj.width
-    cols, rows = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
-    inside = (z > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
-    idx = np.nonzero(inside)[0]
-    mask_j, xyz_j = np.asarray(obj.mask(j), dtype=bool), np.asarray(obj.xyz(j))
-    r, c = rows[idx], cols[idx]
-    footprint = z[idx] / float(obj.K[0, 0])
-    ok = mask_j[r, c] & (np.linalg.norm(xyz_j[r, c] - xyz[idx], axis=1) < tol + 2.0 * footprint)
-    r, c = r[ok], c[ok]
-    _, first = np.unique(r * w + c, return_index=True)
+    _, r, c = visible_pixels(uv, z, xyz, obj.mask(j), obj.xyz(j), float(obj.K[0, 0]), tol)
+    _, first = np.unique(r * obj.width + c, return_index=True)
     first = np.sort(first)
     return r[first], c[first]
 
@@ -98,10 +91,6 @@ def sample_pixels_with(mask: np.ndarray, num_points: int, rng: np.random.Generat
     valid[:len(fixed) + take] = True
     rows, cols = np.divmod(flat, mask.shape[1])
     return rows, cols, valid
-
-
-def pixel_centres(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float32)
 
 
 def allowed_view_pairs(poses: np.ndarray, max_rotation_deg: float) -> np.ndarray:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 from corr3d.geometry import project
+from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int
         keep = rng.choice(len(pairs), size=max_pairs, replace=False)
         pairs = [pairs[k] for k in sorted(keep)]
     return pairs
-
-
-def pixel_centers(mask: np.ndarray, stride: int = 1) -> np.ndarray:
-    """(N, 2) continuous (x, y) centres of the foreground pixels on a ``stride`` lattice."""
-    sub = np.zeros_like(mask, dtype=bool)
-    sub[::stride, ::stride] = True
-    rows, cols = np.nonzero(mask & sub)
-    return np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float32)
 
 
 def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,

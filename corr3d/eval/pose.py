@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
 from corr3d.eval.metrics.pose import PoseAccuracyMetric, pose_errors, threshold_key
+from corr3d.geometry.pixels import pixel_grid
 from corr3d.utils.seeding import stable_seed
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,7 @@ class PoseSettings:
 
 def grid_points(height: int, width: int, step: int) -> np.ndarray:
     """(N, 2) pixel centres (x, y) on a ``step``-px lattice starting at the first pixel."""
-    xs = np.arange(0, width, step) + 0.5
-    ys = np.arange(0, height, step) + 0.5
-    gx, gy = np.meshgrid(xs, ys)
-    return np.stack([gx.ravel(), gy.ravel()], 1)
+    return pixel_grid(width, height, step).reshape(-1, 2)
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from corr3d.eval.features import FeatureCache, extract_maps, model_device, sample, snap_to_patch, to_tensor
 from corr3d.eval.metrics.semantic import PCKMetric
+from corr3d.geometry.pixels import pixel_centres, pixel_grid_tensor
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.
 def upsample_to_pixels(model, fmap: torch.Tensor, image_size: tuple[int, int], input_size: tuple[int, int],
                        chunk: int = 65536, stride: int | None = None) -> torch.Tensor:
     """(K, h, w) map -> (K, H*W) values at every pixel centre (row-major), patch-centre aligned bilinear."""
-    h, w = image_size
-    ys = torch.arange(h, device=fmap.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=fmap.device, dtype=torch.float32) + 0.5
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+    pts = pixel_grid_tensor(image_size, device=fmap.device)
     out = [sample(model, fmap, pts[s:s + chunk], image_size, input_size, stride, normalize=False).T
            for s in range(0, len(pts), chunk)]
     return torch.cat(out, dim=1)
@@ -101,10 +98,7 @@ def similarity_argmax(model, src_feats: torch.Tensor, fmap_trg: torch.Tensor, im
     elif method == "upsample_features":
         best = torch.full((len(src),), -float("inf"), device=src.device)
         idx = torch.zeros(len(src), dtype=torch.long, device=src.device)
-        ys = torch.arange(h, device=src.device, dtype=torch.float32) + 0.5
-        xs = torch.arange(w, device=src.device, dtype=torch.float32) + 0.5
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+        pts = pixel_grid_tensor(image_size, device=src.device)
         for s in range(0, len(pts), chunk):
             feats = sample(model, fmap_trg, pts[s:s + chunk], image_size, input_size, normalize=False)  # (n, C)
             sim = src @ feats.T  # (N, n)
@@ -114,7 +108,7 @@ def similarity_argmax(model, src_feats: torch.Tensor, fmap_trg: torch.Tensor, im
             idx = torch.where(better, arg + s, idx)
     else:
         raise ValueError(f"unknown similarity method {method!r}")
-    xy = torch.stack([(idx % w).float() + 0.5, torch.div(idx, w, rounding_mode="floor").float() + 0.5], dim=-1)
+    xy = pixel_centres(torch.div(idx, w, rounding_mode="floor"), idx % w)
     return xy, best
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from corr3d.geometry.pixels import pixel_centres
+
 try:  # torch is optional for this module: every function works on numpy alone
     import torch
 except ImportError:  # pragma: no cover
@@ -135,14 +137,6 @@ def unproject(uv, depth, K, pose):
     return (cam - pose[:3, 3]) @ pose[:3, :3]
 
 
-def pixel_grid(width: int, height: int) -> np.ndarray:
-    """(H, W, 2) continuous (x, y) pixel-centre coordinates."""
-    xs = np.arange(width, dtype=np.float64) + 0.5
-    ys = np.arange(height, dtype=np.float64) + 0.5
-    gx, gy = np.meshgrid(xs, ys)
-    return np.stack([gx, gy], axis=-1)
-
-
 def depth_to_xyz(depth, K, pose, mask=None) -> np.ndarray:
     """(H, W) camera depth -> (H, W, 3) float32 object-space points, 0 where depth <= 0 (or outside ``mask``)."""
     depth = np.asarray(depth)
@@ -150,7 +144,7 @@ def depth_to_xyz(depth, K, pose, mask=None) -> np.ndarray:
     valid = depth > 0 if mask is None else (np.asarray(mask, dtype=bool) & (depth > 0))
     out = np.zeros((h, w, 3), dtype=np.float32)
     rows, cols = np.nonzero(valid)
-    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    uv = pixel_centres(rows, cols, dtype=np.float64)
     out[rows, cols] = unproject(uv, depth[rows, cols], K, pose).astype(np.float32)
     return out
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from corr3d.geometry.pixels import pixel_grid_tensor as pixel_centres  # noqa: F401 - re-exported as models.pixel_centres
+
 
 def paper_input_size(h: int, w: int, patch_size: int, target_res: int = 640, downsample_factor: int = 8
                      ) -> tuple[int, int]:
@@ -73,15 +75,6 @@ def sample_feature_map(fmap: torch.Tensor, points_xy: torch.Tensor, image_size: 
         input_size = (h * patch_size, w * patch_size)
     uv = points_to_grid(points_xy, image_size, input_size, patch_size, stride)
     return sample_grid(fmap, uv, normalize=normalize)
-
-
-def pixel_centres(image_size: tuple[int, int], device=None, step: int = 1) -> torch.Tensor:
-    """(H*W, 2) pixel-centre coordinates (x, y) in row-major order, every ``step``-th pixel."""
-    h, w = image_size
-    ys = torch.arange(0, h, step, device=device, dtype=torch.float32) + 0.5
-    xs = torch.arange(0, w, step, device=device, dtype=torch.float32) + 0.5
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)
 
 
 def tokens_to_map(tokens: torch.Tensor, num_prefix_tokens: int, grid_hw: tuple[int, int]) -> torch.Tensor:

@@ -151,10 +151,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
     if rank0 and eval_dirs and int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
         # the untrained conv head alone changes the features: report it so training is not credited for it
-        per_object = {}
-        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained + untrained head",
-                                                               per_object)
-        metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
+        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained + untrained head")
         _write_metrics(run, metrics)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, model)
