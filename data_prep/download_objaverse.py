@@ -6,6 +6,9 @@ Examples:
   python data_prep/download_objaverse.py --lvis chair mug --count 200 --out data/objaverse_lvis.txt
   python data_prep/download_objaverse.py --count 1000 --seed 0 --out data/objaverse_1k.txt
 
+``--count`` with ``--uids-file`` takes the FIRST N of that list: to evaluate on objects the training never saw,
+write a held-out list with data_prep/make_heldout_list.py (or pass ``--exclude <training list>`` here).
+
 The list has lines ``objaverse:<uid><TAB><path>``; use it with ``data.object_list=<file>`` (then
 ``make render`` renders it) or feed the specs to ``data_prep/render_objects.py``.
 """
@@ -27,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lvis", nargs="*", default=[], metavar="CATEGORY", help="Objaverse-LVIS categories")
     parser.add_argument("--count", type=int, help="number of objects (seeded random subset; list files: first N)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                        help="uid file / object list whose objects must not be selected (e.g. the training list)")
     parser.add_argument("--processes", type=int, default=4, help="parallel download processes")
     parser.add_argument("--out", default="data/objaverse_objects.txt", help="object list to write")
     parser.add_argument("--cache-dir", help="objaverse cache (the hf-objaverse-v1 folder); default: the package's")
@@ -38,8 +43,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cache_dir:
         set_cache_dir(args.cache_dir)
+    from corr3d.assets.objaverse import read_uid_file
+
+    exclude = [u for f in args.exclude for u in read_uid_file(f)]
     summary = fetch_objaverse(uid_file=args.uids_file, lvis_categories=args.lvis, count=args.count, seed=args.seed,
-                              processes=args.processes, out=args.out, with_metadata=not args.no_metadata)
+                              processes=args.processes, out=args.out, with_metadata=not args.no_metadata,
+                              exclude=exclude)
     print(json.dumps({k: (v if k != "missing" else v[:20]) for k, v in summary.items()}, indent=1))
     if summary["missing"]:
         print(f"{len(summary['missing'])} uids are not in Objaverse and were skipped", file=sys.stderr)

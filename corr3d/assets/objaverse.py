@@ -90,11 +90,12 @@ def lvis_uids(categories: Iterable[str]) -> list[str]:
 
 
 def select_uids(uid_file: str | os.PathLike | None = None, lvis_categories: Sequence[str] = (),
-                count: int | None = None, seed: int = 0) -> list[str]:
+                count: int | None = None, seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
     """The uids to fetch: from a list file and/or LVIS categories, else all of Objaverse; ``count`` draws a subset.
 
     The subset is a seeded random sample (not the first ``count``) so it is not biased to the first shard folders;
-    sorting before sampling makes it independent of the order of the package's JSON.
+    sorting before sampling makes it independent of the order of the package's JSON. ``exclude``: uids (or any
+    list entries / specs) never to select, e.g. a training list when picking held-out evaluation objects.
     """
     import objaverse
 
@@ -106,11 +107,53 @@ def select_uids(uid_file: str | os.PathLike | None = None, lvis_categories: Sequ
     if uid_file is None and not lvis_categories:
         candidates = objaverse.load_uids()
     candidates = list(dict.fromkeys(candidates))
+    excluded = {object_key(e) for e in exclude}
+    if excluded:
+        candidates = [u for u in candidates if object_key(u) not in excluded]
     if count is None or count >= len(candidates):
         return candidates
     if uid_file is not None and not lvis_categories:
         return candidates[:count]  # an explicit list is already the user's order of preference
     return random.Random(seed).sample(sorted(candidates), count)
+
+
+_UID_LIKE = re.compile(r"^((glbs/)?[0-9-]+/)?[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.glb)?$")
+
+
+def object_key(entry: str) -> str:
+    """The identity of an object spec or list entry, for overlap checks: ``objaverse:<uid>`` for Objaverse specs,
+    authors' ``000-xxx/<uid>`` lines, ``uid.glb`` and bare uids; otherwise the spec itself (procedural, mesh paths)."""
+    text = str(entry).strip().split("\t")[0].strip()
+    if text.startswith(SPEC_PREFIX) or _UID_LIKE.match(text) and ":" not in text:
+        return SPEC_PREFIX + parse_uid(text)
+    return text
+
+
+def check_disjoint(train_specs: Iterable[str], eval_specs: Iterable[str], train_name: str = "training",
+                   eval_name: str = "evaluation", show: int = 5) -> None:
+    """Refuse (ValueError naming a few objects) when the two object lists share an object (:func:`object_key`)."""
+    train_keys = {object_key(s) for s in train_specs}
+    overlap = sorted({object_key(s) for s in eval_specs} & train_keys)
+    if overlap:
+        names = ", ".join(overlap[:show]) + (f" ... ({len(overlap)} in all)" if len(overlap) > show else "")
+        raise ValueError(f"the {train_name} and {eval_name} object lists overlap: {names}. Held-out evaluation needs "
+                         "disjoint lists: write one with data_prep/make_heldout_list.py --uids-file <train list>")
+
+
+def check_experiment_disjoint(cfg) -> None:
+    """:func:`check_disjoint` of an experiment's training objects (``data.train_objects`` + ``data.object_list``,
+    the first ``num_train_objects``) and its equivariance evaluation objects (``equivariance.objects`` +
+    ``equivariance.object_list``); training and ``make eval`` call it before they start."""
+    from corr3d.data.datamodule import object_specs
+    from corr3d.eval.equivariance import evaluation_object_specs
+
+    if cfg.data.get("kind", "rendered") != "rendered":
+        return
+    train = object_specs(cfg.data)
+    if cfg.data.get("num_train_objects"):
+        train = train[: int(cfg.data.num_train_objects)]
+    check_disjoint(train, evaluation_object_specs(cfg), "training (data.train_objects / data.object_list)",
+                   "evaluation (equivariance.objects / equivariance.object_list)")
 
 
 def download_objects(uids: Sequence[str], processes: int = 1) -> dict[str, Path]:
@@ -176,9 +219,10 @@ def read_object_list(path: str | os.PathLike) -> list[str]:
 
 def fetch_objaverse(uid_file: str | os.PathLike | None = None, lvis_categories: Sequence[str] = (),
                     count: int | None = None, seed: int = 0, processes: int = 1,
-                    out: str | os.PathLike = "data/objaverse_objects.txt", with_metadata: bool = True) -> dict:
+                    out: str | os.PathLike = "data/objaverse_objects.txt", with_metadata: bool = True,
+                    exclude: Iterable[str] = ()) -> dict:
     """Select, download (or reuse) and list Objaverse objects; returns a summary dict for the CLI."""
-    uids = select_uids(uid_file, lvis_categories, count, seed)
+    uids = select_uids(uid_file, lvis_categories, count, seed, exclude=exclude)
     paths = download_objects(uids, processes)
     metadata = object_metadata(list(paths)) if with_metadata and paths else None
     write_object_list(paths, out, metadata)

@@ -153,3 +153,52 @@ def test_cli_cache_dir_flag_redirects_the_package(cache, tmp_path, monkeypatch):
     paths = [Path(line.split("\t")[1]) for line in out.read_text().splitlines()]
     assert len(paths) == 2 and all(moved in p.parents for p in paths)
     assert not out.with_name("list.txt.meta.json").exists()
+
+
+def _load_heldout_cli():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "data_prep" / "make_heldout_list.py"
+    spec = importlib.util.spec_from_file_location("make_heldout_list", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_heldout_list_is_disjoint_from_the_authors_training_list(cache, tmp_path):
+    train = tmp_path / "10k.txt"   # the authors' data/10k.txt format
+    train.write_text("".join(f"000-{i:03d}/{uid}\n" for i, uid in enumerate(UIDS[:3])))
+    out = tmp_path / "heldout.txt"
+    assert _load_heldout_cli().main(["--uids-file", str(train), "--count", "2", "--seed", "0", "--out", str(out)]) == 0
+    specs = ov.read_object_list(out)
+    assert len(specs) == 2 and not {ov.parse_uid(s) for s in specs} & set(UIDS[:3])
+    first = out.read_text()
+    assert _load_heldout_cli().main(["--uids-file", str(train), "--count", "2", "--seed", "0", "--out", str(out)]) == 0
+    assert out.read_text() == first                                   # seeded: reproducible
+    assert _load_heldout_cli().main(["--uids-file", str(train), "--count", "9", "--out", str(out)]) == 0
+    assert {ov.parse_uid(s) for s in ov.read_object_list(out)} == set(UIDS[3:])   # all that remain
+    ov.check_disjoint(ov.read_uid_file(train), ov.read_object_list(out))
+
+
+def test_download_cli_exclude(cache, tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text(f"objaverse:{UIDS[0]}\n000-000/{UIDS[1]}\n")
+    out = tmp_path / "list.txt"
+    assert _load_cli().main(["--count", "3", "--exclude", str(train), "--out", str(out), "--no-metadata"]) == 0
+    assert not {ov.parse_uid(s) for s in ov.read_object_list(out)} & set(UIDS[:2])
+
+
+def test_overlapping_lists_are_refused_naming_uids(tmp_path):
+    with pytest.raises(ValueError, match=f"objaverse:{UIDS[1]}"):
+        ov.check_disjoint([f"000-001/{UIDS[1]}", "procedural:hemisphere"], [f"objaverse:{UIDS[1]}\t/x.glb"])
+    ov.check_disjoint(["procedural:hemisphere", f"objaverse:{UIDS[0]}"], ["procedural:mug_cat", UIDS[2]])
+    from corr3d.config import load_config
+
+    heldout = tmp_path / "eval.txt"
+    heldout.write_text(f"objaverse:{UIDS[4]}\nobjaverse:{UIDS[2]}\n")
+    cfg = load_config("base", [f"data.train_objects=[objaverse:{UIDS[2]},procedural:hemisphere]",
+                               f"equivariance.object_list={heldout}"])
+    with pytest.raises(ValueError, match="overlap"):
+        ov.check_experiment_disjoint(cfg)
+    cfg = load_config("base", [f"equivariance.object_list={heldout}"])
+    ov.check_experiment_disjoint(cfg)
