@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
+
+from corr3d.utils.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,6 @@ def adapter_metadata(model) -> dict:
     }
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_adapter(model, path) -> Path:
     """Write the trained tensors and the rebuild recipe; returns the .safetensors path."""
     from safetensors.torch import save_file
@@ -57,8 +52,8 @@ def save_adapter(model, path) -> Path:
     meta = adapter_metadata(model)
     text = json.dumps(meta, indent=2)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.adapter_state_dict().items()}
-    _write_atomic(tensor_path, lambda p: save_file(tensors, str(p), metadata={"corr3d_adapter": text}))
-    _write_atomic(json_path, lambda p: p.write_text(text + "\n"))
+    atomic_write(tensor_path, lambda p: save_file(tensors, str(p), metadata={"corr3d_adapter": text}))
+    atomic_write_text(json_path, text + "\n")
     return tensor_path
 
 

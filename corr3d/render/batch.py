@@ -42,6 +42,7 @@ from corr3d.assets.objects import load_object, object_dir_name
 from corr3d.geometry import IcosphereCameras
 from corr3d.render.raycast import PAPER_LIGHTS, Lighting, RaycastRenderer
 from corr3d.render.store import FORMAT, FORMAT_VERSION
+from corr3d.utils.io import replace_dir
 from corr3d.errors import Corr3dUserError
 from corr3d.utils.paths import safe_join
 
@@ -186,10 +187,7 @@ def _publish(tmp: Path, out_dir: Path, settings: dict) -> None:
     if out_dir.exists():
         if is_complete(out_dir, settings):  # someone else finished the same object meanwhile
             return
-        old = out_dir.parent / _temp_name("old", out_dir.name)
-        os.rename(out_dir, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.rename(tmp, out_dir)
+    replace_dir(tmp, out_dir, old=out_dir.parent / _temp_name("old", out_dir.name))
 
 
 # --------------------------------------------------------------------------------------------- many objects

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from corr3d.utils.run_dir import atomic_write_text
+from corr3d.utils.io import atomic_write, atomic_write_text
 
 
 def _json_default(value: Any):
@@ -246,10 +246,7 @@ def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: 
 def _save_figure(fig, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)

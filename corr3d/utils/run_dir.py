@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import REPO_ROOT
 from corr3d.errors import RunLockedError
+from corr3d.utils.io import atomic_write_text  # also imported from here by older callers
 from corr3d.utils.paths import safe_name
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,6 @@ log = logging.getLogger(__name__)
 DONE_MARKER = "DONE"
 LOCK_FILE = ".lock"
 _PACKAGES = ("corr3d", "torch", "torchvision", "lightning", "timm", "torchmetrics", "omegaconf", "open3d", "numpy")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a kill never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def git_commit() -> str | None:

@@ -23,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
+from corr3d.utils.io import atomic_write
+
 DOWNLOAD_HINT = ("TAP-Vid DAVIS: download https://storage.googleapis.com/dm-tapnet/tapvid_davis.zip (see "
                  "github.com/google-deepmind/tapnet), unzip, and put tapvid_davis.pkl at {path} "
                  "(or point eval.tracking.data at it; DINO-Tracker's tapvid_davis_data_strided.pkl with "
@@ -160,12 +162,4 @@ def iter_videos(path: str | Path, query_mode: str = "strided", query_stride: int
 
 def write_tapvid_pickle(path: str | Path, videos: dict[str, dict]) -> Path:
     """Write ``{name: {"video", "points" (normalised), "occluded"}}`` in the official format (atomic)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(videos, f, protocol=4)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(pickle.dumps(videos, protocol=4)))

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from corr3d.utils.io import replace_dir
+
 log = logging.getLogger(__name__)
 
 SUITE_VERSION = 2   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
@@ -70,17 +72,7 @@ def generate_part(root: str | Path, part: str) -> Path:
         raise ValueError(f"unknown suite part {part!r}; known: {PARTS}")
     info = generate(tmp)
     write_json(tmp / ".complete", {"version": SUITE_VERSION, **(info or {})})
-    final = root / part
-    if final.exists():
-        old = root / f".{part}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    return final
+    return replace_dir(tmp, root / part, old=root / f".{part}.old")
 
 
 def ensure_offline_suite(root: str | Path, tasks: Iterable[str] | None = None, force: bool = False) -> dict[str, Path]:
