@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from corr3d.config import ConfigError, available_experiments, load_config
@@ -86,7 +87,8 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corr3d", description=__doc__)
+    parser = argparse.ArgumentParser(prog="corr3d", description=__doc__,
+                                     epilog="--debug (anywhere on the line): show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, help_text in (
         ("train", _train, "finetune a backbone (and measure equivariance before/after)"),
@@ -123,13 +125,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user fixes by changing an input (file, identifier, config, weights); printed without a traceback."""
+    from corr3d.assets.meshes import MeshLoadError
+    from corr3d.errors import Corr3dUserError
+    from corr3d.models.weights import WeightsUnavailableError
+
+    return Corr3dUserError, ConfigError, FileNotFoundError, WeightsUnavailableError, MeshLoadError
+
+
+def _fix_for(err: BaseException) -> str | None:
+    fix = getattr(err, "fix", None)
+    if fix:
+        return fix
+    if isinstance(err, ConfigError):
+        return "every key, its type and its range are documented in experiments/base.yaml"
+    if isinstance(err, FileNotFoundError):
+        return "check the path (relative paths are relative to the current directory) or create the file"
+    return None
+
+
+def _save_traceback() -> str | None:
+    """Keep the hidden traceback of an unexpected error in a file, so a bug report needs no re-run."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="corr3d-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(traceback.format_exc())
+        return path
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The error boundary: user-facing errors print the file and the fix and exit non-zero (2, 3 for a locked run);
+    unexpected ones print one line and exit 1; ``--debug`` (anywhere) or CORR3D_DEBUG=1 shows the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("CORR3D_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"corr3d: config error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("corr3d: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        if debug:
+            raise
+        kind = "config error" if isinstance(err, ConfigError) else "error"
+        print(f"corr3d: {kind}: {err}", file=sys.stderr)
+        fix = _fix_for(err)
+        if fix:
+            print(f"corr3d:   fix: {fix}", file=sys.stderr)
+        return int(getattr(err, "exit_code", 2))
+    except Exception as err:  # noqa: BLE001 - the boundary: anything else is a bug, reported in one line
+        if debug:
+            raise
+        saved = _save_traceback()
+        print(f"corr3d: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("corr3d:   this is probably a bug; re-run with --debug for the traceback"
+              + (f" (saved to {saved})" if saved else ""), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,10 +35,19 @@ class DataFileError(Corr3dUserError, ValueError):
     """A data, weights or checkpoint file that exists but cannot be read safely (corrupt, truncated, malformed)."""
 
 
+class UnknownNameError(Corr3dUserError, KeyError):
+    """A name (backbone, task, object) that is not known; the message lists the valid ones."""
+
+
+class NotSupportedError(Corr3dUserError, TypeError):
+    """An input of a kind corr3d cannot use (e.g. a timm model id that is not a ViT)."""
+
+
 class RunLockedError(Corr3dUserError, RuntimeError):
     """Another live process holds the lock of a run directory or render root."""
 
     exit_code = 3
 
 
-__all__ = ["Corr3dUserError", "UnsafePathError", "DataFileError", "RunLockedError"]
+__all__ = ["Corr3dUserError", "UnsafePathError", "DataFileError", "RunLockedError", "UnknownNameError",
+           "NotSupportedError"]

@@ -65,14 +65,25 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     tensor_path, json_path = adapter_paths(path)
     if not tensor_path.is_file():
         raise FileNotFoundError(f"no adapter tensors at {tensor_path}")
-    if json_path.is_file():
-        meta = json.loads(json_path.read_text())
-    else:
-        with safe_open(str(tensor_path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("corr3d_adapter", "{}"))
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{tensor_path} is not a corr3d adapter (missing or foreign adapter.json)")
-    return meta, load_file(str(tensor_path))
+    from corr3d.errors import DataFileError
+
+    fix = "re-export the adapter (training writes adapter.safetensors + adapter.json into the run directory)"
+    try:
+        if json_path.is_file():
+            meta = json.loads(json_path.read_text())
+        else:
+            with safe_open(str(tensor_path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {}).get("corr3d_adapter", "{}"))
+    except Exception as err:  # noqa: BLE001 - JSON/safetensors header errors: name the file (issue 14)
+        raise DataFileError(f"unreadable adapter metadata ({err})", path=json_path if json_path.is_file()
+                            else tensor_path, fix=fix) from None
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        raise DataFileError(f"{tensor_path} is not a corr3d adapter (missing or foreign adapter.json)",
+                            path=tensor_path, fix=fix)
+    try:
+        return meta, load_file(str(tensor_path))
+    except Exception as err:  # noqa: BLE001
+        raise DataFileError(f"unreadable adapter tensors ({err})", path=tensor_path, fix=fix) from None
 
 
 def config_from_metadata(meta: dict) -> dict:

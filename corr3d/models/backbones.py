@@ -115,8 +115,10 @@ def resolve_backbone(name: str) -> BackboneSpec | None:
 
         close = difflib.get_close_matches(name, list(BACKBONES), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown backbone '{name}': not a corr3d short name ({', '.join(BACKBONES)}) "
-                       f"nor a timm model id.{hint}")
+        from corr3d.errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown backbone '{name}': not a corr3d short name ({', '.join(BACKBONES)}) "
+                               f"nor a timm model id.{hint}", fix="set model.backbone to one of those names")
     return None
 
 
@@ -152,9 +154,18 @@ def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
     spec = spec_or_name if isinstance(spec_or_name, BackboneSpec) else resolve_backbone(spec_or_name)
     name = spec.timm_id if spec is not None else str(spec_or_name)
     kwargs = {**(spec.timm_kwargs if spec else {}), **(timm_kwargs or {})}
-    model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    from corr3d.errors import NotSupportedError
+
+    not_vit = NotSupportedError(f"'{name}' is not a ViT with patch_embed/blocks; corr3d needs a plain timm "
+                                "VisionTransformer", fix="choose a ViT backbone, e.g. model.backbone=dinov2_s14")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    except TypeError as err:
+        if "dynamic_img_size" in str(err):  # only ViT constructors take it: a CNN/other family was named
+            raise not_vit from None
+        raise
     if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
-        raise TypeError(f"'{name}' is not a ViT with patch_embed/blocks; corr3d needs a plain timm VisionTransformer")
+        raise not_vit
     built = spec_from_model(spec.name if spec else str(spec_or_name), model)
     if spec is None:
         spec = built

@@ -111,16 +111,33 @@ def hf_weights_file(spec: BackboneSpec) -> Path:
 def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch pickle (.pth/.pt/.bin), unwrapping 'model'/'state_dict'."""
     path = Path(path)
+    from corr3d.errors import DataFileError
+
+    fix = "the weights file is truncated, corrupt or not a state dict: download or export it again"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - SafetensorError/OSError: name the file (issue 14)
+            raise DataFileError(f"unreadable safetensors file ({err})", path=path, fix=fix) from None
     import argparse
 
     # FiT3D's training checkpoints ({'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}) pickle an
     # argparse.Namespace; allow just that class, everything else stays weights_only
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - UnpicklingError/RuntimeError/EOFError: name the file (issue 14)
+        import pickle
+
+        detail = ("refused by the weights-only loader: truncated, corrupt, or it pickles more than tensors"
+                  if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: {err}".splitlines()[0])
+        raise DataFileError(f"unreadable torch weights file ({detail})", path=path, fix=fix) from None
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -90,8 +90,8 @@ def safe_checkpoint_load(path: str | os.PathLike, map_location="cpu"):
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as err:
-        raise DataFileError(f"checkpoint refused by the safe loader (weights_only=True): {str(err).splitlines()[0]}",
-                            path=path, fix="only load checkpoints written by corr3d; delete this file to resume "
+        raise DataFileError("checkpoint refused by the weights-only loader: truncated, corrupt, or it pickles "
+                            "objects other than tensors and containers", path=path, fix="only load checkpoints written by corr3d; delete this file to resume "
                                            "from an older one") from None
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/EOFError/zipfile errors for corrupt files
         raise DataFileError(f"unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
