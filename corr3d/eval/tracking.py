@@ -189,8 +189,8 @@ def _evaluate_tracks(videos: Iterable, settings: TrackingSettings, prefix: str, 
             row[f"pts_within_{t}"] = float(100 * np.asarray(values[f"pts_within_{t}"]).reshape(-1)[0])
         rows.append(row)
         items.append(item)
-    if metric is None:
-        return {}, {"tracking_videos": [], "items": []}
+    if metric is None:  # no video with a visible query: every metric is n/a (NaN -> None), not absent or 0
+        metric = TapVidMetric(prefix=prefix)
     return {k: float(v) for k, v in metric.compute().items()}, {"tracking_videos": rows, "items": items}
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from corr3d.errors import DataFileError
+
 PASCAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                   "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                   "tvmonitor"]
@@ -95,16 +97,27 @@ def load_pairs(root: str | Path, views: str = "different", split: str = "test",
     root = Path(root)
     names = class_names(root)
     pairs = []
-    with open(pairs_file(root, views, split), newline="") as f:
+    path = pairs_file(root, views, split)
+    fix = "expected the 3DCorrEnhance pair list (source_image,target_image,class,XA,YA,XB,YB); copy it again"
+    with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        header = next(reader, None)
         if not header or header[0].strip().lower() not in ("source_image", "imagea", "source"):
-            raise ValueError(f"{f.name}: unexpected header {header}")
+            raise DataFileError(f"unexpected header {header}", path=path, fix=fix)
         for i, row in enumerate(reader):
             if max_pairs is not None and len(pairs) >= max_pairs:
                 break
-            src, trg, cls = row[0], row[1], int(float(row[2]))
-            xa, ya, xb, yb = (_coords(v) for v in row[3:7])
+            if not row or not "".join(row).strip():
+                continue
+            try:  # a malformed row names its line (header = line 1) instead of an IndexError deep in eval
+                if len(row) < 7:
+                    raise ValueError(f"{len(row)} columns, expected 7")
+                src, trg, cls = row[0], row[1], int(float(row[2]))
+                if not 1 <= cls <= len(names):
+                    raise ValueError(f"class id {cls} outside 1..{len(names)}")
+                xa, ya, xb, yb = (_coords(v) for v in row[3:7])
+            except ValueError as err:
+                raise DataFileError(f"line {reader.line_num}: {err}", path=path, fix=fix) from None
             n = min(len(xa), len(ya), len(xb), len(yb))
             src_kps = np.stack([xa[:n], ya[:n]], 1)
             trg_kps = np.stack([xb[:n], yb[:n]], 1)

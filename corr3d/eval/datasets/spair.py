@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corr3d.errors import DataFileError
 from corr3d.eval.datasets.pfpascal import SemanticPair
 
 PIXEL_OFFSET = 0.5
@@ -39,6 +40,15 @@ def pair_files(root: str | Path, split: str = "test") -> list[Path]:
 
 
 def load_pair(root: Path, path: Path) -> SemanticPair:
+    try:
+        return _load_pair(root, path)
+    except (ValueError, KeyError, TypeError, IndexError) as err:  # json errors are ValueErrors
+        raise DataFileError(f"malformed SPair pair annotation ({type(err).__name__}: {err})", path=path,
+                            fix="expected SPair-71k's PairAnnotation JSON (src_imname, trg_imname, category, src_kps, "
+                                "trg_kps, src_bndbox, trg_bndbox); extract the archive again") from None
+
+
+def _load_pair(root: Path, path: Path) -> SemanticPair:
     data = json.loads(path.read_text())
     category = data["category"]
     src_kps = np.asarray(data["src_kps"], dtype=np.float64).reshape(-1, 2)

@@ -16,6 +16,7 @@ Get the data: ``https://storage.googleapis.com/dm-tapnet/tapvid_davis.zip`` (tap
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import Iterator
 
 import numpy as np
 
+from corr3d.errors import DataFileError
 from corr3d.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 DOWNLOAD_HINT = ("TAP-Vid DAVIS: download https://storage.googleapis.com/dm-tapnet/tapvid_davis.zip (see "
                  "github.com/google-deepmind/tapnet), unzip, and put tapvid_davis.pkl at {path} "
@@ -102,17 +106,48 @@ def detect_format(data) -> str:
 
 
 def load_pickle(path: str | Path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    """The dataset pickle through corr3d's restricted unpickler (numpy arrays and builtin containers only: a crafted
+    file cannot run code, utils/safe_load.py); errors name the file."""
+    from corr3d.utils.safe_load import restricted_pickle_load
+
+    data = restricted_pickle_load(path, "TAP-Vid pickle")
+    if not isinstance(data, dict) or not data:
+        raise DataFileError(f"expected a non-empty dict of videos, got {type(data).__name__}", path=path,
+                            fix=DOWNLOAD_HINT.format(path=path))
+    return data
+
+
+def _malformed(path: Path, video, err: Exception) -> DataFileError:
+    return DataFileError(f"video {video!r} is malformed ({type(err).__name__}: {err})", path=path,
+                         fix="expected {name: {'video', 'points', 'occluded'}} (official format) or DINO-Tracker's "
+                             "{'videos': [...]}; download the file again")
 
 
 def _load_frames_dir(directory: Path) -> np.ndarray:
     from PIL import Image
 
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no frame directory {directory}")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise FileNotFoundError(f"no frames in {directory}")
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    frames = []
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                frames.append(np.asarray(img.convert("RGB")))
+        except OSError as err:
+            raise DataFileError(f"unreadable frame ({err})", path=p, fix="the image is truncated: copy it again") \
+                from None
+    return np.stack(frames)
+
+
+def _has_queries(path: Path, name: str, query_t: np.ndarray) -> bool:
+    """Videos without a single visible query point (every point occluded) give no metric: skipped with a reason."""
+    if len(query_t):
+        return True
+    log.warning("%s: video %s skipped: no visible query point (all points occluded at every query frame)", path, name)
+    return False
 
 
 def iter_videos(path: str | Path, query_mode: str = "strided", query_stride: int = 5, fmt: str = "auto",
@@ -127,37 +162,56 @@ def iter_videos(path: str | Path, query_mode: str = "strided", query_stride: int
         for cfg in data["videos"]:
             if max_videos is not None and count >= max_videos:
                 return
-            vid = cfg["video_idx"]
-            frames = _load_frames_dir(frames_root / str(vid) / "video")
-            fh, fw = frames.shape[1:3]
-            sx, sy = fw / float(cfg["w"]), fh / float(cfg["h"])
-            qt, qxy, tr, oc = [], [], [], []
-            for frame_idx in sorted(cfg["query_points"]):
-                q = np.asarray(cfg["query_points"][frame_idx], dtype=np.float64).reshape(-1, 2)
-                qt.append(np.full(len(q), int(frame_idx)))
-                qxy.append(q * [sx, sy])
-                tr.append(np.asarray(cfg["target_points"][frame_idx], dtype=np.float64).reshape(len(q), -1, 2) * [sx, sy])
-                oc.append(np.asarray(cfg["occluded"][frame_idx], dtype=bool).reshape(len(q), -1))
-            yield TapVidVideo(str(vid), frames, np.concatenate(qt).astype(np.int64), np.concatenate(qxy),
-                              np.concatenate(tr), np.concatenate(oc), "strided", {"format": fmt})
-            count += 1
+            vid = cfg.get("video_idx") if isinstance(cfg, dict) else cfg
+            try:
+                frames = _load_frames_dir(frames_root / str(vid) / "video")
+                fh, fw = frames.shape[1:3]
+                sx, sy = fw / float(cfg["w"]), fh / float(cfg["h"])
+                qt, qxy, tr, oc = [], [], [], []
+                for frame_idx in sorted(cfg["query_points"]):
+                    q = np.asarray(cfg["query_points"][frame_idx], dtype=np.float64).reshape(-1, 2)
+                    qt.append(np.full(len(q), int(frame_idx)))
+                    qxy.append(q * [sx, sy])
+                    tr.append(np.asarray(cfg["target_points"][frame_idx], dtype=np.float64).reshape(len(q), -1, 2)
+                              * [sx, sy])
+                    oc.append(np.asarray(cfg["occluded"][frame_idx], dtype=bool).reshape(len(q), -1))
+                video = TapVidVideo(str(vid), frames, np.concatenate(qt).astype(np.int64), np.concatenate(qxy),
+                                    np.concatenate(tr), np.concatenate(oc), "strided", {"format": fmt})
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+                raise _malformed(path, vid, err) from None
+            if _has_queries(path, video.name, video.query_t):
+                yield video
+                count += 1
         return
+    if query_mode not in ("strided", "first"):
+        raise ValueError(f"unknown query mode {query_mode!r}")
     for name in sorted(data, key=str):
         if max_videos is not None and count >= max_videos:
             return
-        item = data[name]
-        frames = _decode_frames(item["video"])
-        h, w = frames.shape[1:3]
-        points = np.asarray(item["points"], dtype=np.float64) * np.array([w, h], dtype=np.float64)
-        occluded = np.asarray(item["occluded"], dtype=bool)
-        if query_mode == "strided":
-            qt, qxy, tr, oc = sample_queries_strided(points, occluded, query_stride)
-        elif query_mode == "first":
-            qt, qxy, tr, oc = sample_queries_first(points, occluded)
-        else:
-            raise ValueError(f"unknown query mode {query_mode!r}")
-        yield TapVidVideo(str(name), frames, qt, qxy, tr, oc, query_mode, {"format": fmt})
-        count += 1
+        try:
+            item = data[name]
+            frames = _decode_frames(item["video"])
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"frames of shape {frames.shape}, expected (T, H, W, 3)")
+            h, w = frames.shape[1:3]
+            points = np.asarray(item["points"], dtype=np.float64) * np.array([w, h], dtype=np.float64)
+            occluded = np.asarray(item["occluded"], dtype=bool)
+            if points.ndim != 3 or occluded.shape != points.shape[:2] or points.shape[1] != frames.shape[0]:
+                raise ValueError(f"points {points.shape} / occluded {occluded.shape} do not fit {frames.shape[0]} "
+                                 "frames (expected [N, T, 2] and [N, T])")
+            if not np.isfinite(points[~occluded]).all():
+                raise ValueError("non-finite coordinates at visible points")
+            if query_mode == "strided":
+                qt, qxy, tr, oc = sample_queries_strided(points, occluded, query_stride)
+            else:
+                qt, qxy, tr, oc = sample_queries_first(points, occluded)
+        except DataFileError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError) as err:
+            raise _malformed(path, name, err) from None
+        if _has_queries(path, str(name), qt):
+            yield TapVidVideo(str(name), frames, qt, qxy, tr, oc, query_mode, {"format": fmt})
+            count += 1
 
 
 def write_tapvid_pickle(path: str | Path, videos: dict[str, dict]) -> Path:

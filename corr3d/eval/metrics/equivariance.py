@@ -34,6 +34,9 @@ class EquivarianceMetric(Metric):
     def update(self, errors: torch.Tensor) -> None:
         """Add normalised errors (see ``normalized_pixel_error``); ``add_points`` takes pixel positions."""
         errors = errors.reshape(-1).to(torch.float64)
+        if not bool(torch.isfinite(errors).all()):  # NaN geometry/features would silently skew APE (issue 14)
+            raise ValueError(f"{int((~torch.isfinite(errors)).sum())} non-finite point errors (NaN/inf in the "
+                             "predictions or the ground-truth geometry)")
         self.error_sum += errors.sum()
         self.count += errors.numel()
         limits = torch.tensor(self.thresholds, dtype=torch.float64, device=errors.device)
@@ -47,5 +50,7 @@ class EquivarianceMetric(Metric):
         out = {f"{self.prefix}ape": 100.0 * self.error_sum / n}
         for t, h in zip(self.thresholds, self.hits):
             out[f"{self.prefix}pcdp@{t:g}"] = 100.0 * h.to(torch.float64) / n
+        if int(self.count) == 0:  # no point at all: n/a, never 0 (issue 14)
+            out = {k: torch.tensor(float("nan"), dtype=torch.float64) for k in out}
         out[f"{self.prefix}num_points"] = self.count.to(torch.float64)
         return out

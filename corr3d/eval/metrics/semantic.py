@@ -88,6 +88,8 @@ class PCKMetric(Metric):
                 out[f"{p}pck_classmean@{a:.2f}"] = per_class[has, i].mean() if has.any() else per_class[:, i].sum() * 0
                 w = self.pair_count * has
                 out[f"{p}pck_weighted@{a:.2f}"] = (per_class[:, i] * w).sum() / w.sum().clamp(min=1)
+        if self.kp_count.sum() == 0:  # no keypoint at all (e.g. an empty pair list): PCK is n/a, never 0 (issue 14)
+            out = {k: torch.tensor(float("nan"), dtype=torch.float64) for k in out}
         out[f"{p}num_keypoints"] = self.kp_count.sum()
         out[f"{p}num_pairs"] = self.pair_count.sum()
         return out

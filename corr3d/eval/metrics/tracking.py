@@ -113,7 +113,9 @@ class TapVidMetric(Metric):
         self.num_videos += stacked.shape[1]
 
     def compute(self) -> dict[str, torch.Tensor]:
-        means = self.sums / self.counts.clamp(min=1)
+        # a metric no video defines (all points occluded, no video) is n/a (NaN), never 0 (issue 14)
+        means = torch.where(self.counts > 0, self.sums / self.counts.clamp(min=1),
+                            torch.full_like(self.sums, float("nan")))
         out = {f"{self.prefix}{SHORT_NAMES.get(n, n)}": means[i] for i, n in enumerate(self.names)}
         out[f"{self.prefix}num_videos"] = self.num_videos
         return out

@@ -1,0 +1,47 @@
+"""``make eval`` with one bad dataset (issue 14): that task is recorded as failed, the others still produce metrics;
+a header-only pair list gives n/a (null) metrics, never 0."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+
+from corr3d.config import load_config
+
+
+class _RunsShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.timeout(300)
+def test_bad_tracking_file_fails_its_task_and_eval_carries_on(tmp_path):
+    from corr3d.eval.run import run_eval
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "tapvid_davis.pkl"
+    bad.write_bytes(pickle.dumps({"v": _RunsShell(marker)}))
+    pf = tmp_path / "PF-dataset-PASCAL"
+    pf.mkdir()
+    (pf / "test_pairs_pf_different_views.csv").write_text("source_image,target_image,class,XA,YA,XB,YB\n")
+    cfg = load_config("base", ["model.backbone=test_vit.r160_in1k", "model.weights=random",
+                               f"eval.out_dir={tmp_path / 'eval'}", f"data_root={tmp_path / 'nodata'}",
+                               f"output_dir={tmp_path / 'runs'}", "eval.tasks=[tracking,semantic]",
+                               "eval.models=[pretrained]", "eval.real_data=true", "eval.offline.enabled=false",
+                               f"eval.tracking.data={bad}", f"eval.semantic.pfpascal_dir={pf}",
+                               "eval.semantic.pfpascal_views=[different]", "eval.device=cpu"])
+    run_eval(cfg)
+    out = tmp_path / "eval"
+    assert not marker.exists()  # the crafted pickle never ran
+    failed = json.loads((out / "parts" / "tracking__pretrained.json").read_text())
+    assert failed["status"] == "failed" and failed["error"]["type"] == "DataFileError"
+    assert str(bad) in failed["error"]["message"]
+    metrics = json.loads((out / "metrics.json").read_text())["pretrained"]
+    assert metrics["semantic/pck@0.10"] is None and metrics["semantic/num_pairs"] == 0  # n/a, not 0
+    assert not any(k.startswith("tracking/") for k in metrics)
+    assert "tracking FAILED for pretrained" in (out / "report.md").read_text()
