@@ -127,8 +127,16 @@ class MVImgNetObject:
         frames, missing = _registered_frames(recon, object_dir)
         if missing:
             notes.append(f"{missing} registered images missing on disk (frames dropped)")
+        broken = [(path, problem) for _, path in frames if (problem := image_problem(path))]
+        if broken:  # truncated/corrupt images are dropped up front instead of failing mid-training (issue 14)
+            notes.append(f"{len(broken)} unreadable images (frames dropped): "
+                         + "; ".join(f"{p.name}: {why}" for p, why in broken[:3]))
+            bad = {p for p, _ in broken}
+            frames = [(image, path) for image, path in frames if path not in bad]
         if len(frames) < 2:
-            raise MVImgNetSkip(f"fewer than 2 registered frames with images ({len(frames)}; {missing} missing)")
+            raise MVImgNetSkip(f"fewer than 2 registered frames with readable images ({len(frames)}; {missing} "
+                               f"missing, {len(broken)} unreadable"
+                               + (f", e.g. {broken[0][0].name}: {broken[0][1]}" if broken else "") + ")")
         return cls(object_id=object_dir.name, root=object_dir, notes=notes, point_ids=point_ids,
                    xyz=((world_xyz - center) * scale).astype(np.float32), center=center, scale=scale,
                    **_frame_arrays(recon, frames, center, scale))
@@ -152,8 +160,37 @@ class MVImgNetObject:
     def rgb(self, i: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(self.image_paths[i]) as img:
-            return np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(self.image_paths[i]) as img:
+                return np.asarray(img.convert("RGB"))
+        except OSError as err:
+            from corr3d.errors import DataFileError
+
+            raise DataFileError(f"unreadable image ({err})", path=self.image_paths[i],
+                                fix="the file is truncated or corrupt: copy the object again") from None
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete image (None if it looks whole), without decoding the pixels: the header must
+    parse and the file must end with its format's end marker (JPEG EOI ``FFD9``, PNG ``IEND``), which a truncated
+    copy lacks (FFD9 cannot occur inside JPEG entropy-coded data, so finding it in the tail is reliable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 1024))
+            tail = fh.read()
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError/SyntaxError/ValueError for broken headers
+        return f"unreadable ({type(err).__name__}: {err})"
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    if fmt == "PNG" and b"IEND" not in tail[-16:]:
+        return "truncated PNG (no IEND chunk)"
+    return None
 
 
 def _image_path(object_dir: Path, name: str) -> Path | None:
