@@ -24,6 +24,7 @@ from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
 from corr3d.eval.metrics.pose import PoseAccuracyMetric, pose_errors, threshold_key
 from corr3d.geometry.pixels import pixel_grid
 from corr3d.utils.seeding import stable_seed
+from corr3d.utils.torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +191,6 @@ def evaluate_objects(model, objects: list, settings: PoseSettings, prefix: str =
                      desc: str = "pose") -> tuple[dict[str, float], dict[str, list]]:
     """k cm-k deg accuracy per object and averaged; per-frame and per-object rows, and ``items`` (one per query
     frame, unit = object) whose weighted mean is each headline accuracy."""
-    was_training = model.training
-    model.eval()
-
     def correspondences(obj):
         rng = np.random.default_rng(stable_seed("pose-templates", settings.seed, obj.name))
         bank = build_templates(model, obj, settings, rng)
@@ -208,10 +206,8 @@ def evaluate_objects(model, objects: list, settings: PoseSettings, prefix: str =
             return bank.points3d[ti], grid[qi]
         return match
 
-    try:
+    with eval_mode(model):
         return _evaluate_pose(objects, settings, prefix, desc, correspondences)
-    finally:
-        model.train(was_training)
 
 
 def evaluate_oracle_pose(objects: list, settings: PoseSettings, prefix: str = "pose/",
