@@ -144,15 +144,14 @@ def check_experiment_disjoint(cfg) -> None:
     """:func:`check_disjoint` of an experiment's training objects (``data.train_objects`` + ``data.object_list``,
     the first ``num_train_objects``) and its equivariance evaluation objects (``equivariance.objects`` +
     ``equivariance.object_list``); training and ``make eval`` call it before they start."""
-    from corr3d.data.datamodule import object_specs
-    from corr3d.eval.equivariance import evaluation_object_specs
+    from corr3d.assets.experiment import evaluation_objects, object_specs  # circular by design: it reads our lists
 
     if cfg.data.get("kind", "rendered") != "rendered":
         return
     train = object_specs(cfg.data)
     if cfg.data.get("num_train_objects"):
         train = train[: int(cfg.data.num_train_objects)]
-    check_disjoint(train, evaluation_object_specs(cfg), "training (data.train_objects / data.object_list)",
+    check_disjoint(train, evaluation_objects(cfg.equivariance), "training (data.train_objects / data.object_list)",
                    "evaluation (equivariance.objects / equivariance.object_list)")
 
 

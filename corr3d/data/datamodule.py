@@ -1,9 +1,7 @@
 """LightningDataModule serving training pairs from rendered objects or MVImgNet, built from the ``data:`` config.
 
-Objects: ``data.train_objects`` plus the specs of ``data.object_list`` (a file written by
-``data_prep/download_objaverse.py``), the first ``data.num_train_objects`` of them (1 for the single-object
-experiment, 10k for the paper's). Validation objects are ``data.val_objects`` or, when that is empty, a seeded
-``data.val_fraction`` of the training objects; train and validation never share an object.
+Objects: ``corr3d.assets.experiment.training_objects`` (``data.train_objects`` + ``data.object_list``, the first
+``data.num_train_objects``; validation ``data.val_objects`` or a seeded ``data.val_fraction``; never shared).
 
 Randomness: see ``corr3d.data.pairs``: sample = f(seed, rank, epoch, index), so runs are reproducible, every DDP
 rank draws its own pairs, the stream does not depend on ``num_workers`` and a resumed run continues it.
@@ -11,7 +9,6 @@ rank draws its own pairs, the stream does not depend on ``num_workers`` and a re
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import lightning as L
@@ -19,37 +16,11 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from corr3d.assets.experiment import object_specs, split_objects, training_objects  # noqa: F401 (re-export)
 from corr3d.data.augment import ViewAugmenter
 from corr3d.data.pairs import TRAIN_STREAM, VAL_STREAM, MVImgNetPairDataset, PairSampler, RenderedPairDataset
 
 log = logging.getLogger(__name__)
-
-
-def object_specs(data_cfg: DictConfig) -> list[str]:
-    """Training candidates in order: ``train_objects`` then the list file's specs, duplicates dropped."""
-    specs = [str(s) for s in data_cfg.train_objects]
-    if data_cfg.get("object_list"):
-        from corr3d.assets.objaverse import read_object_list
-
-        specs += read_object_list(data_cfg.object_list)
-    return list(dict.fromkeys(specs))
-
-
-def split_objects(items: list[str], val_items: list[str], val_fraction: float, num_train: int | None,
-                  seed: int) -> tuple[list[str], list[str]]:
-    """(train, val) object lists, disjoint; ``num_train`` keeps the first k training objects."""
-    overlap = sorted(set(items) & set(val_items))
-    if overlap:
-        raise ValueError(f"objects in both the training and the validation set: {overlap[:5]}")
-    if not val_items and val_fraction > 0 and len(items) > 1:
-        count = min(len(items) - 1, max(1, round(val_fraction * len(items))))
-        val_items = sorted(random.Random(seed).sample(items, count))
-        items = [s for s in items if s not in set(val_items)]
-    if num_train is not None:
-        items = items[: int(num_train)]
-    if not items:
-        raise ValueError("no training objects (check data.train_objects / object_list / num_train_objects)")
-    return items, list(val_items)
 
 
 class MultiviewDataModule(L.LightningDataModule):
@@ -69,8 +40,7 @@ class MultiviewDataModule(L.LightningDataModule):
         cfg = self.cfg
         num_train = None if cfg.num_train_objects is None else int(cfg.num_train_objects)
         if cfg.kind == "rendered":
-            return split_objects(object_specs(cfg), [str(s) for s in cfg.val_objects],
-                                 float(cfg.val_fraction), num_train, self.seed)
+            return training_objects(cfg, self.seed)
         if cfg.kind == "mvimgnet":
             from corr3d.data.mvimgnet import discover_objects, structural_problem
 

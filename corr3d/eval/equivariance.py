@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from corr3d.assets.experiment import evaluation_objects
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 from corr3d.geometry import project
 from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
@@ -195,12 +196,8 @@ def open_rendered_objects(paths: Iterable[Path]):
 
 
 def evaluation_object_specs(cfg) -> list[str]:
-    specs = [str(s) for s in cfg.equivariance.objects]
-    if cfg.equivariance.object_list:
-        from corr3d.assets.objaverse import read_object_list
-
-        specs += read_object_list(cfg.equivariance.object_list)
-    return specs
+    """The held-out evaluation objects of the experiment (``corr3d.assets.experiment``)."""
+    return evaluation_objects(cfg.equivariance)
 
 
 def render_evaluation_objects(cfg) -> list[Path]:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.assets.experiment import experiment_objects
 from corr3d.config import ConfigError
 from corr3d.launch.tasks import (
     EVAL_GATHER_ENTRY,
@@ -303,18 +304,8 @@ def chunked(items: Sequence[str], size: int) -> list[list[str]]:
 
 
 def experiment_object_specs(cfg: DictConfig) -> list[str]:
-    """What the experiment trains and evaluates on: training objects (with ``data.object_list``, first
-    ``num_train_objects``), validation objects and the equivariance objects (with ``equivariance.object_list``)."""
-    from corr3d.assets.objaverse import read_object_list
-    from corr3d.data.datamodule import object_specs
-
-    train = object_specs(cfg.data)
-    if cfg.data.num_train_objects:
-        train = train[: int(cfg.data.num_train_objects)]
-    evaluation = [str(s) for s in cfg.equivariance.objects]
-    if cfg.equivariance.get("object_list"):
-        evaluation += read_object_list(cfg.equivariance.object_list)
-    return list(dict.fromkeys([*train, *map(str, cfg.data.val_objects), *evaluation]))
+    """What the experiment trains, validates and evaluates on (``corr3d.assets.experiment``)."""
+    return experiment_objects(cfg).all()
 
 
 def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str | os.PathLike | None = None,

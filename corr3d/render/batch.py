@@ -38,6 +38,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from corr3d.assets.experiment import experiment_objects
 from corr3d.assets.objects import load_object, object_dir_name
 from corr3d.geometry import IcosphereCameras
 from corr3d.render.raycast import PAPER_LIGHTS, Lighting, RaycastRenderer
@@ -404,12 +405,9 @@ def ensure_rendered(specs: Iterable[str], root, render_cfg=None, workers: int | 
 
 
 def render_experiment_objects(cfg, workers: int | None = None, progress: bool = True) -> dict:
-    """``corr3d render EXP``: render data.train_objects (first num_train_objects), data.val_objects and
-    equivariance.objects under data.rendered_dir; returns the manifest entries."""
-    train = list(cfg.data.train_objects)
-    if cfg.data.get("num_train_objects"):
-        train = train[: int(cfg.data.num_train_objects)]
-    specs = train + list(cfg.data.val_objects) + list(cfg.equivariance.objects)
+    """``corr3d render EXP``: render the experiment's objects (``corr3d.assets.experiment``: training, validation
+    and evaluation, object lists included) under data.rendered_dir; returns the manifest entries."""
+    specs = experiment_objects(cfg).all()
     entries = render_batch(specs, Path(cfg.data.rendered_dir), cfg.data.render, workers=workers, progress=progress)
     failed = [s for s, e in entries.items() if e["status"] != "done"]
     print(f"rendered {len(entries) - len(failed)}/{len(entries)} objects under {cfg.data.rendered_dir}"

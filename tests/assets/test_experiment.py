@@ -1,0 +1,59 @@
+import pytest
+
+from corr3d.assets.experiment import experiment_objects, split_objects
+from corr3d.config import load_config
+from corr3d.launch import slurm
+
+
+def _listing(tmp_path, name, specs):
+    path = tmp_path / name
+    path.write_text("# comment\n" + "".join(f"{s}\t/x/{s}.glb\n" for s in specs))
+    return path
+
+
+def test_lists_are_read_for_training_and_evaluation(tmp_path):
+    train_list = _listing(tmp_path, "train.txt", ["objaverse:u1", "objaverse:u2", "objaverse:u3"])
+    eval_list = _listing(tmp_path, "eval.txt", ["objaverse:e1", "procedural:torus_coffee"])
+    cfg = load_config("base", ["data.train_objects=[procedural:hemisphere]", f"data.object_list={train_list}",
+                               "data.num_train_objects=3", "data.val_objects=[procedural:cube_twisted]",
+                               "equivariance.objects=[procedural:torus_coffee]",
+                               f"equivariance.object_list={eval_list}"])
+    objs = experiment_objects(cfg)
+    assert objs.train == ["procedural:hemisphere", "objaverse:u1", "objaverse:u2"]
+    assert objs.val == ["procedural:cube_twisted"]
+    assert objs.eval == ["procedural:torus_coffee", "objaverse:e1"]
+    assert objs.all() == [*objs.train, *objs.val, *objs.eval]
+    assert slurm.experiment_object_specs(cfg) == objs.all()
+
+
+def test_held_out_fraction_matches_the_datamodule_split(tmp_path):
+    items = [f"procedural:o{k}" for k in range(10)]
+    cfg = load_config("base", [f"data.train_objects=[{','.join(items)}]", "data.val_fraction=0.2",
+                               "data.num_train_objects=5", "seed=3"])
+    objs = experiment_objects(cfg)
+    assert (objs.train, objs.val) == split_objects(items, [], 0.2, 5, seed=3)
+    assert len(objs.val) == 2 and not set(objs.val) & set(objs.train) and len(objs.train) == 5
+
+
+def test_render_command_renders_the_listed_objects(tmp_path, monkeypatch):
+    """``corr3d render`` used to skip data.object_list; it now renders exactly experiment_objects(cfg).all()."""
+    from corr3d.render import batch
+
+    train_list = _listing(tmp_path, "train.txt", ["procedural:cube_twisted"])
+    cfg = load_config("base", [f"data.object_list={train_list}", f"data_root={tmp_path}"])
+    seen = {}
+    monkeypatch.setattr(batch, "render_batch", lambda specs, root, render_cfg, workers=None, progress=True:
+                        seen.setdefault("specs", list(specs)) and {})
+    batch.render_experiment_objects(cfg, progress=False)
+    assert seen["specs"] == experiment_objects(cfg).all() and "procedural:cube_twisted" in seen["specs"]
+
+
+def test_other_data_kinds_have_no_objects_to_render():
+    cfg = load_config("base", ["data.kind=mvimgnet"])
+    objs = experiment_objects(cfg)
+    assert objs.train == [] and objs.val == [] and objs.eval == list(cfg.equivariance.objects)
+
+
+def test_no_training_objects_is_an_error():
+    with pytest.raises(ValueError, match="no training objects"):
+        experiment_objects(load_config("base", ["data.train_objects=[]"]))
