@@ -6,7 +6,7 @@ blur (kernel 1-3), ISO noise, Gaussian noise, CLAHE, brightness/contrast, each w
 library default 0.5). The background is re-zeroed with the warped mask afterwards (noise would otherwise paint it).
 Object-space xyz of the points is untouched: a point moves in the image but stays the same surface point.
 
-Keypoint conventions: albumentations/OpenCV put pixel centres on integers, corr3d on +0.5 (conventions file), so
+Keypoint conventions: albumentations/OpenCV put pixel centres on integers, corr3d on +0.5 (corr3d/geometry/pixels.py), so
 points are shifted by 0.5 around the call. Points leaving the image become invalid (never removed), so the point
 arrays keep their fixed length.
 

@@ -6,7 +6,7 @@ number of dataloader workers (workers receive different indices, hence different
 rank (the authors' code drew identical pairs on all ranks), and a run resumed at epoch e continues exactly where an
 uninterrupted run would be. ``PairSampler`` produces the keys; plain integer indices mean rank 0, epoch 0.
 
-Output (conventions file): ``image0/1`` float32 (3,H,W) in [0,1]; ``points0/1`` float32 (N,2) continuous pixel
+Output (pixel convention: corr3d/geometry/pixels.py): ``image0/1`` float32 (3,H,W) in [0,1]; ``points0/1`` float32 (N,2) continuous pixel
 coordinates; ``xyz0/1`` float32 (N,3); ``valid0/1`` bool (N,); ``object_id``; ``view0/1``.
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ def decode_key(key) -> tuple[int, int, int]:
 def sample_pixels(mask: np.ndarray, num_points: int, rng: np.random.Generator):
     """``num_points`` distinct foreground pixels (rows, cols) and a valid flag; padded (invalid) when too few.
 
-    Without replacement: duplicated points would create duplicate positives in the loss (the authors' bug,
-    paper.md §8.3.7). Padding points are marked invalid instead of re-drawing existing ones.
+    Without replacement: duplicated points would create duplicate positives in the loss (the authors' bug).
+    Padding points are marked invalid instead of re-drawing existing ones.
     """
     foreground = np.flatnonzero(mask.ravel())
     take = min(num_points, len(foreground))

@@ -1,4 +1,4 @@
-"""One-shot object pose on OnePose-LowTexture (the 3DCorrEnhance protocol, paper.md §4.2).
+"""One-shot object pose on OnePose-LowTexture (the 3DCorrEnhance protocol).
 
 Templates: every annotated frame of the reference sequence ``<name>-1``; features sampled at its ``anno_loftr`` 2D
 keypoints, each paired with its SfM 3D point (``assign_matrix``); pooled and randomly subsampled to at most

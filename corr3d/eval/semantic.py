@@ -1,6 +1,6 @@
 """Semantic correspondence: PF-PASCAL (3DCorrEnhance protocol) and SPair-71k.
 
-Protocol (paper.md §4.3): each image is resized so its long side is ``image_size`` (840, LANCZOS) and zero-padded to a
+Protocol (the authors'): each image is resized so its long side is ``image_size`` (840, LANCZOS) and zero-padded to a
 centred ``image_size`` square; the whole square is the ViT input (snapped down to a multiple of the patch). Source
 keypoint features are sampled bilinearly (patch-centre aligned) and L2-normalised; the prediction is the argmax over
 every pixel of the target square of the dot product with the bilinearly upsampled (not re-normalised) target map.
@@ -10,8 +10,8 @@ feature resolution (N x h x w) and upsample the N similarity maps instead of the
 (``similarity: upsample_similarity``, default; ``upsample_features`` is the authors' order, kept for checks/bench).
 
 Maps: ``normalize_maps`` false (default, the authors' code): the raw map of the model (conv head output) - source
-keypoint features are sampled from it and L2-normalised, the target map is used as is (plain dot product, paper.md
-section 4.3); true: per-token L2-normalised maps on both sides. Every compared model uses the same choice.
+keypoint features are sampled from it and L2-normalised, the target map is used as is (plain dot product,
+as the authors); true: per-token L2-normalised maps on both sides. Every compared model uses the same choice.
 
 PCK: error < alpha * image_size (relative to the padded image, as the paper) and < alpha * max(bbox w, h) of the
 target (literature). PF-PASCAL reports per class and the pair-weighted class mean; SPair-71k PCK@0.1 per keypoint and

@@ -1,6 +1,6 @@
 """Zero-training point tracking on TAP-Vid DAVIS: DINO-Tracker's inference procedure on a model's dense features.
 
-Per video (paper.md §4.4): frames resized to ``frame_size`` (854x476 wide, LANCZOS); features with an overlapping
+Per video (the authors' protocol): frames resized to ``frame_size`` (854x476 wide, LANCZOS); features with an overlapping
 patch embedding of ``stride`` 7 (position embeddings interpolated to the 67x121 grid by the model); for each query,
 the L2-normalised feature sampled at the query point is correlated (cosine) with every frame's map -> ReLU ->
 softmax over the map -> soft-argmax restricted to an ``argmax_radius`` (35 px) disc around the argmax token.
@@ -14,7 +14,7 @@ or its cosine is < ``occlusion_cos`` (0.6). Medians are torch's lower medians, a
 Everything is batched over queries and frames (chunks of ``query_chunk`` queries).
 
 Features: ``final_norm`` (``eval.tracking.final_norm``) picks the ViT tokens before (false: DINOv2's ``x_prenorm``,
-what the authors' tracking code feeds its head, paper.md §4.4) or after the final LayerNorm (true: the tokens the model
+what the authors' tracking code feeds its head) or after the final LayerNorm (true: the tokens the model
 uses everywhere else); every compared model is evaluated with the same choice.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training losses. ``smooth_ap_loss`` is the paper's objective (paper.md §3.2); ``infonce_loss`` and
+"""Training losses. ``smooth_ap_loss`` is the paper's objective; ``infonce_loss`` and
 ``diff_procrustes_loss`` are the Table 4 alternatives (definitions in their modules). ``build_loss`` picks one by
 ``loss.name``; training uses it (corr3d/training/run.py ``build_module``)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's SmoothAP variant (paper.md §3.2), vectorised over batch, anchors and points.
+"""The paper's SmoothAP variant (as the authors' released code computes it), vectorised over batch, anchors and points.
 
 For anchor i (view 0) and a positive j (view 1, ||X_i - Y_j|| < pos_radius), with N_i the negatives of i
 (||X_i - Y_k|| > neg_radius), s the cosine similarity and sigma_tau(x) = 1 / (1 + exp(clamp(-x / tau, -50, 50))):
@@ -8,7 +8,7 @@ For anchor i (view 0) and a positive j (view 1, ||X_i - Y_j|| < pos_radius), wit
     L      = mean over all positive pairs (i, j) in the batch of 1 - (AP1_ij + AP2_ij) / 2
 
 Points between the two radii are ignored. The clamp also zeroes gradients where |x| / tau > 50, exactly as the
-authors' code; with tau = 0.01 the loss saturates and gradients are sparse (findings.md): log ``num_positives``.
+authors' code; with tau = 0.01 the loss saturates and gradients are sparse: log ``num_positives``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Import the 3DCorrEnhance authors' released Lightning checkpoints as corr3d adapters (and export back).
 
 Their format (read from their ``finetune.py`` / ``finetune_timm.py`` ``on_save_checkpoint`` and ``utils/model.py``
-``_LoRA_qkv``; summarised in shared/reference/peers.md §3.2):
+``_LoRA_qkv``):
 
 - ``checkpoint["state_dict"] = {"refine_conv": <nn.Conv2d(C, C, 3, padding=1).state_dict()>}`` (``weight``
   (C, C, 3, 3), ``bias`` (C,)): one 3x3 conv on the final-norm patch-token map;

@@ -1,9 +1,9 @@
 """Dense ViT features: the paper's resize rule, token maps at any patch size/stride, patch-centre point sampling.
 
-Pixel convention (docs/conventions): continuous (x, y), the image's top-left corner is (0, 0), the centre of pixel
+Pixel convention (corr3d/geometry/pixels.py): continuous (x, y), the image's top-left corner is (0, 0), the centre of pixel
 (row r, col c) is (c + 0.5, r + 0.5). A token at grid column j of a ViT with patch p and stride s covers input pixels
 [j*s, j*s + p), so its centre sits at x_in = j*s + p/2. Sampling inverts exactly that; it does not assume 14-px
-patches (the authors' timm path did, and misplaced points on /16 models: paper.md §8.3.1).
+patches (the authors' timm path did, and misplaced points on /16 models).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def patch_embed(vit: torch.nn.Module, images: torch.Tensor, stride: int | None =
     """Patch embedding with an optional overlapping ``stride`` -> (B, h, w, C).
 
     Runs the conv functionally instead of mutating ``patch_embed.proj.stride`` in place: the authors' tracking code
-    did that and broke later tasks in the same process (paper.md §8.3.3). Pixels beyond the last full patch are
+    did that and broke later tasks in the same process. Pixels beyond the last full patch are
     ignored, as timm does.
     """
     proj = vit.patch_embed.proj

@@ -1,7 +1,7 @@
-"""Conv refinement head: 0-3 stacked 3x3, stride-1, C->C convolutions on the patch-token map (paper.md §2.3).
+"""Conv refinement head: 0-3 stacked 3x3, stride-1, C->C convolutions on the patch-token map.
 
 No activation or normalisation between layers (as the authors). ``init="default"`` keeps PyTorch's init (what the
-authors used; note findings.md: an untrained default head already changes the features). ``init="identity"`` makes
+authors used; an untrained default head already changes the features, reported as ``pretrained_head_init``). ``init="identity"`` makes
 every layer an exact identity at step 0, so an untrained model reproduces the pretrained features.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LoRA on the q and v slices of timm's fused ``attn.qkv`` (paper.md §2.2), partial unfreezing, and merging.
+"""LoRA on the q and v slices of timm's fused ``attn.qkv``, partial unfreezing, and merging.
 
 ``LoRAQKV`` keeps the wrapped Linear's ``weight``/``bias`` under the same names, so a LoRA model's state dict is a
 plain timm state dict plus ``lora_*`` entries, and merging yields exactly timm's keys.

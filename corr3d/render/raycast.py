@@ -18,7 +18,7 @@ import trimesh
 from corr3d.geometry import camera_center, pixel_grid
 from corr3d.render.appearance import Appearance
 
-# The authors' BlenderProc lights (paper.md section 3.1; their data_utils/blenderproc.py): point lights at
+# The authors' BlenderProc lights (their data_utils/blenderproc.py): point lights at
 # (1,-1,1) E200, (-1,-1,-1) E200 and (1,0,1) E20 (the 4th light call re-configures the 3rd light). Their camera stays
 # at the world origin with an OpenCV-identity cam2world, and each view MOVES THE OBJECT by its obj_pose, so the world
 # frame is the OpenCV camera frame (x right, y down, z forward; object centre at z = 2): the lights are fixed to
