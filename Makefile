@@ -21,13 +21,13 @@ PYTEST_ARGS ?=
 APT_RUNTIME := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libgomp1
 APT_TEST := slurmctld slurmd slurm-client munge
 
-.PHONY: help setup setup-test train eval bench test render sweep clean-venv
+.PHONY: help setup setup-test train eval bench test test-fast render sweep clean-venv
 
 help:
 	@echo "make train EXP=dinov2_single_object [ARGS='key=value ...'] [LAUNCHER=slurm NODES=2 GPUS=8 PARTITION=.. TIME=.. ACCOUNT=..]"
 	@echo "make eval  EXP=<experiment> [TASKS=pose,tracking,semantic,equivariance] [CKPT=..] [BACKBONE=..]"
 	@echo "make sweep EXP=ablation_fig12_iterations [ARGS='seed=0,1,2 key=v1,v2'] [NAME=..]"
-	@echo "make test | make bench | make render EXP=<experiment>"
+	@echo "make test | make test-fast (no slow/slurm tests) | make bench | make render EXP=<experiment>"
 
 define apt_ensure
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -79,6 +79,10 @@ bench: $(STAMP)
 
 test: setup-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# the edit loop: everything but the tests marked slow (end-to-end runs) or slurm (needs the local cluster)
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,3 +1,4 @@
+import copy
 import pickle
 from pathlib import Path
 
@@ -90,8 +91,17 @@ def test_experiment_file_typo_is_caught(tmp_path, monkeypatch):
         load_config("bad")
 
 
-def test_run_dir_written_and_resumable(tmp_path):
-    cfg = load_config("base", [f"output_dir={tmp_path}", "experiment=demo"])
+def test_tiny_fixture_is_the_real_config_shrunk(cfg_tiny, tmp_path):
+    assert cfg_tiny.experiment == "dinov2_single_object" and cfg_tiny.model.backbone == "test_vit.r160_in1k"
+    assert cfg_tiny.data.rendered_dir == str(tmp_path / "data" / "rendered")  # interpolations follow data_root
+    cfg_tiny.trainer.max_steps = 2  # tests change what they need by attribute, type-checked
+    with pytest.raises(Exception):
+        cfg_tiny.trainer.max_steps = "lots"
+
+
+def test_run_dir_written_and_resumable(cfg_tiny, tmp_path):
+    cfg = cfg_tiny
+    cfg.output_dir, cfg.experiment = str(tmp_path), "demo"
     run = create_run_dir(cfg)
     assert (run / "config.yaml").exists() and (run / "env.json").exists()
     assert (tmp_path / "demo" / "latest").resolve() == run.resolve()
@@ -104,5 +114,6 @@ def test_run_dir_written_and_resumable(tmp_path):
     assert run2.resolve() != run.resolve()
     assert (tmp_path / "demo" / "latest").resolve() == run2.resolve()
     # different config -> not resumed
-    cfg3 = load_config("base", [f"output_dir={tmp_path}", "experiment=demo", "seed=1"])
+    cfg3 = copy.deepcopy(cfg)
+    cfg3.seed = 1
     assert create_run_dir(cfg3).resolve() != run2.resolve()

@@ -37,6 +37,7 @@ def test_suite_is_readable_by_real_loaders(suite_dir):
     assert len(spair.load_pairs(p["spair"])) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_run_eval_end_to_end(suite_dir, tmp_path):
     from corr3d.eval.run import gather_eval, run_eval, run_eval_part

@@ -19,6 +19,7 @@ class _RunsShell:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bad_tracking_file_fails_its_task_and_eval_carries_on(tmp_path):
     from corr3d.eval.run import run_eval

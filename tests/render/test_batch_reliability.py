@@ -134,6 +134,7 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(240)
 def test_render_workers_die_with_a_sigkilled_parent(tmp_path):

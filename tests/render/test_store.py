@@ -191,6 +191,7 @@ def _all_files_readable(obj_dir: Path) -> None:
         assert obj.depth(i).shape == (obj.height, obj.width)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_killed_batch_resumes_without_corrupt_files(tmp_path):
     """SIGKILL the CLI (and its worker processes) mid-batch; a re-run completes every object, nothing corrupt."""

@@ -24,6 +24,7 @@ def _latest(root: Path) -> Path:
     return (root / "runs" / "dinov2_single_object" / "latest").resolve()
 
 
+@pytest.mark.slow
 def test_training_run_leaves_every_output(tmp_path):
     result = _run_train(tmp_path)
     run = _latest(tmp_path)
@@ -45,6 +46,7 @@ def test_training_run_leaves_every_output(tmp_path):
     assert model.dense_features(images).shape[1] == model.embed_dim
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_draw_different_pairs_and_save_once(tmp_path):
     _run_train(tmp_path, "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=4",
                "data.pairs_per_epoch=4")
@@ -82,6 +84,7 @@ def _trained_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_to_the_same_state(tmp_path):
     # checkpoints every 3 steps, epochs of 4: resumes land both inside epochs and on their boundaries
     steps, epoch = 24, 4

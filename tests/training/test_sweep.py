@@ -92,6 +92,7 @@ def test_tiny_sweep_writes_csv_and_resumes_finished_cells(tmp_path):
     assert calls == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cli_sweep_axis_syntax(tmp_path):
     """``corr3d sweep EXP key=v1,v2 key=v`` through the real command: one axis, one plain override."""
