@@ -103,3 +103,34 @@ def test_corrupt_adapter_is_named(eval_args, tmp_path, capsys):
     assert cli.main([*eval_args, f"eval.ckpt={adapter}"]) == 2
     err = capsys.readouterr().err
     assert "adapter.json: unreadable adapter metadata" in err
+
+
+HOLD_RUN = ("import sys, time; from corr3d.config import load_config; from corr3d.utils.run_dir import create_run_dir; "
+            "run = create_run_dir(load_config('dinov2_single_object', sys.argv[1:]), lock=True); "
+            "print(run, flush=True); time.sleep(120)")
+
+
+def test_second_train_of_a_running_experiment_exits_3_with_the_holder(tmp_path):
+    overrides = [f"output_dir={tmp_path}/runs", f"data_root={tmp_path}/data", "trainer.accelerator=cpu"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, *overrides], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        run = Path(holder.stdout.readline().strip())
+        assert run.is_dir()
+        result = _run("train", "dinov2_single_object", *overrides)
+        assert result.returncode == 3, result.stderr[-2000:]
+        assert f"is in use by pid {holder.pid}" in result.stderr and str(run) in result.stderr
+        assert "Traceback" not in result.stderr and "fix:" in result.stderr
+        assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml", "env.json"]  # nothing added
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_failed_start_does_not_move_latest(tmp_path):
+    """A start that fails (here: a non-ViT backbone) leaves ``latest`` where it was (absent here)."""
+    result = _run("train", "dinov2_single_object", f"output_dir={tmp_path}/runs", f"data_root={tmp_path}/data",
+                  "trainer.accelerator=cpu", "model.backbone=resnet18", "equivariance.objects=[]",
+                  "data.val_objects=[]")
+    assert result.returncode == 2 and "is not a ViT" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "runs" / "dinov2_single_object" / "latest").exists()

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done
+from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done, point_latest, release_run
 
 log = logging.getLogger("corr3d.training.run")
 RUN_DIR_ENV = "CORR3D_RUN_DIR"
@@ -43,11 +43,13 @@ def _setup_logging(run: Path) -> None:
 
 
 def _resolve_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None) -> Path:
+    # rank 0 holds the run lock (utils/run_dir.py RunLock); ``latest`` moves in train() once the run has started
+    rank0 = launch_rank() == 0
     if run_dir is not None:
-        return create_run_dir(cfg, run_dir=run_dir)
-    if launch_rank() > 0 and os.environ.get(RUN_DIR_ENV):
+        return create_run_dir(cfg, run_dir=run_dir, lock=rank0, move_latest=False)
+    if not rank0 and os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])  # DDP child processes join the run rank 0 created
-    return create_run_dir(cfg)
+    return create_run_dir(cfg, lock=rank0, move_latest=False)
 
 
 def _read_metrics(run: Path) -> dict:
@@ -106,7 +108,10 @@ def resume_checkpoint(run: Path) -> Path | None:
     candidates = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
-            torch.load(path, map_location="cpu", weights_only=False)
+            # weights_only: a checkpoint found in a run directory must never execute code (utils/safe_load.py)
+            from corr3d.utils.safe_load import safe_checkpoint_load
+
+            safe_checkpoint_load(path)
             return path
         except Exception as err:  # truncated or corrupt: try the next one
             log.warning("skipping unreadable checkpoint %s: %s", path, err)
@@ -166,7 +171,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     resume = resume_checkpoint(run)
     if resume is not None:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if rank0:
+        point_latest(Path(cfg.output_dir) / cfg.experiment, run)  # the run started: only now does `latest` move
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                weights_only=True if resume else None)
 
     if trainer.global_rank != 0:
         return run
@@ -184,6 +192,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
 
     report = write_training_report(run, metrics, cfg)
     mark_done(run)
+    release_run(run)
     print(report.read_text().split("## Per held-out object")[0])
     log.info("done: %s", run)
     return run
