@@ -16,10 +16,20 @@ def orbit_pose(azimuth_deg: float, elevation_deg: float, distance: float, target
     return look_at_pose(orbit_position(azimuth_deg, elevation_deg, distance) + np.asarray(target), target)
 
 
-def render(mesh, K: np.ndarray, poses: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
+def render(mesh, K: np.ndarray, poses: np.ndarray, width: int, height: int, lighting=None) -> dict[str, np.ndarray]:
     from corr3d.render import render_views
 
-    return render_views(mesh, K, np.asarray(poses), width, height)
+    return render_views(mesh, K, np.asarray(poses), width, height, lighting=lighting)
+
+
+def handheld_pose(azimuth_deg: float, elevation_deg: float, distance: float, target=(0.0, 0.0, 0.0),
+                  roll_deg: float = 0.0) -> np.ndarray:
+    """An orbit camera aimed at ``target`` (so the object sits off-centre) and rolled about its optical axis."""
+    pose = orbit_pose(azimuth_deg, elevation_deg, distance, target)
+    a = np.radians(roll_deg)
+    roll = np.eye(4)
+    roll[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    return roll @ pose
 
 
 def visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, xyz_map: np.ndarray, mask: np.ndarray,

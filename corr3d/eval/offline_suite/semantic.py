@@ -15,12 +15,17 @@ import numpy as np
 
 from corr3d.eval.offline_suite.common import background, composite, orbit_pose, render, save_image, visibility
 
-CATEGORIES = ("mug_cat", "house", "rocket_ship")
+CATEGORIES = ("mug_cat", "house", "rocket_ship", "gear_astronaut", "vase_coffee", "tori_chain")
 SIZES = ((160, 120), (120, 160), (144, 144))   # (W, H)
 FOCAL_FRAC = 1.25                                 # focal = FOCAL_FRAC * min(W, H)
 DISTANCE = 2.3
-PF_PAIRS_PER_CATEGORY = 6
-SPAIR_PAIRS_PER_CATEGORY = 9
+# v3: enough pairs for a ~3-point CI (the image pair is the unit); views come from a discrete pool per category
+# (5 instances x 24 azimuths x 3 elevations), so pairs share images and each image's features are computed once
+PF_PAIRS_PER_CATEGORY = 40
+SPAIR_PAIRS_PER_CATEGORY = 24
+INSTANCES = 5
+AZIMUTH_STEP = 15.0
+ELEVATIONS = (12.0, 22.0, 32.0)
 
 
 def keypoint_directions() -> np.ndarray:
@@ -76,15 +81,21 @@ class Renderer:
         return self._views[key]
 
 
+def _view_size(seed: int, azimuth: float) -> tuple[int, int]:
+    """A pool view's image size, fixed per view (so a view drawn twice is the same image)."""
+    return SIZES[(int(seed) * 7 + int(round(azimuth / AZIMUTH_STEP))) % len(SIZES)]
+
+
 def _pair_specs(rng: np.random.Generator, n: int, min_gap: float, max_gap: float):
     specs = []
+    steps = int(round(360.0 / AZIMUTH_STEP))
     for _ in range(n):
-        seed_a, seed_b = rng.choice(8, size=2, replace=False) + 1
-        az = float(rng.uniform(0, 360))
-        gap = float(rng.uniform(min_gap, max_gap)) * (1 if rng.random() < 0.5 else -1)
-        el_a, el_b = float(rng.uniform(10, 35)), float(rng.uniform(10, 35))
-        size_a, size_b = SIZES[int(rng.integers(len(SIZES)))], SIZES[int(rng.integers(len(SIZES)))]
-        specs.append((int(seed_a), int(seed_b), az, az + gap, el_a, el_b, size_a, size_b))
+        seed_a, seed_b = rng.choice(INSTANCES, size=2, replace=False) + 1
+        az = float(AZIMUTH_STEP * rng.integers(steps))
+        gap = AZIMUTH_STEP * np.round(rng.uniform(min_gap, max_gap) / AZIMUTH_STEP) * (1 if rng.random() < 0.5 else -1)
+        az_b = float((az + gap) % 360.0)
+        el_a, el_b = float(rng.choice(ELEVATIONS)), float(rng.choice(ELEVATIONS))
+        specs.append((int(seed_a), int(seed_b), az, az_b, el_a, el_b, _view_size(seed_a, az), _view_size(seed_b, az_b)))
     return specs
 
 
@@ -101,7 +112,7 @@ def _write_pfpascal(root: Path, renderer: Renderer, rng: np.random.Generator) ->
             seed_a, seed_b, az_a, az_b, el_a, el_b, size_a, size_b = spec
             src = renderer.view(cat, seed_a, az_a, el_a, size_a)
             for views, (az, el, size) in (("different", (az_b, el_b, size_b)),
-                                          ("same", (az_a + rng.uniform(-8, 8), el_a, size_b))):
+                                          ("same", (az_a, el_a, _view_size(seed_b, az_a)))):
                 trg = renderer.view(cat, seed_b, az, el, size)
                 valid = src["vis"] & trg["vis"]
                 if valid.sum() < 2:

@@ -28,6 +28,15 @@ VIDEOS = (  # (object spec, yaw degrees per frame, horizontal drift per frame (o
     ("procedural:sphere_astronaut", -2.0, -0.008, 25.0),
     ("procedural:knot_immuno", 2.0, 0.006, 30.0),
     ("procedural:vase_coffee", -2.5, 0.008, 20.0),
+    # v3: more videos (the video is the unit of the tracking CI), held-out objects and seeded variants
+    ("procedural:gear_astronaut", 2.2, -0.006, 28.0),
+    ("procedural:house", -2.2, 0.007, 18.0),
+    ("procedural:torus_coffee", 2.8, 0.005, 32.0),
+    ("procedural:box_chelsea", -1.8, -0.007, 22.0),
+    ("procedural:tori_chain", 2.0, 0.008, 26.0),
+    ("procedural:cone_voronoi", -2.6, 0.006, 24.0),
+    ("procedural:mug_cat:3", -2.2, -0.008, 30.0),
+    ("procedural:vase_coffee:5", 2.4, -0.006, 27.0),
 )
 NUM_FRAMES = 24
 HEIGHT, WIDTH = 144, 256
@@ -35,7 +44,7 @@ FOCAL = 250.0
 DISTANCE = 2.2
 TILT_DEG = 6.0              # slow pitch oscillation amplitude (degrees) over the video
 ZOOM = 0.12                 # the object approaches / recedes: camera distance x (1 +- 12 %) over the video
-POINTS_PER_SEED_FRAME = 10
+POINTS_PER_SEED_FRAME = 16
 SEED_FRAMES = (0, 5, 10, 15, 20)   # points seen in the strided query frames
 GAIN_AMPLITUDE = 0.08       # camera auto-exposure drift: per-frame gain 1 +- 8 % (slow sinusoid)
 
@@ -90,7 +99,7 @@ def generate(out: Path) -> dict:
 
     videos = {}
     for i, (spec, deg, shift, elev) in enumerate(VIDEOS):
-        videos[f"synth{i:02d}_{spec.split(':')[1]}"] = make_video(spec, deg, shift, elev, seed=100 + i)
+        videos[f"synth{i:02d}_{'_'.join(spec.split(':')[1:])}"] = make_video(spec, deg, shift, elev, seed=100 + i)
     write_tapvid_pickle(Path(out) / "tapvid_davis.pkl", videos)
     return {"videos": len(videos), "frames": NUM_FRAMES, "size": [HEIGHT, WIDTH],
             "points": int(sum(len(v["points"]) for v in videos.values()))}
