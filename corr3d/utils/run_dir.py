@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import REPO_ROOT
 from corr3d.errors import RunLockedError
-from corr3d.utils.io import atomic_write_text  # also imported from here by older callers
+from corr3d.utils.io import atomic_write, atomic_write_text  # atomic_write_text: also imported from here
 from corr3d.utils.paths import safe_name
 
 log = logging.getLogger(__name__)
@@ -290,12 +290,8 @@ def create_run_dir(cfg: DictConfig, resume: bool = True, run_dir: str | os.PathL
 
 
 def point_latest(experiment_dir: Path, run: Path) -> None:
-    link = Path(experiment_dir) / "latest"
-    tmp = Path(experiment_dir) / f".latest.{os.getpid()}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(run.resolve().name if run.resolve().parent == Path(experiment_dir).resolve() else run.resolve())
-    os.replace(tmp, link)
+    target = run.resolve().name if run.resolve().parent == Path(experiment_dir).resolve() else run.resolve()
+    atomic_write(Path(experiment_dir) / "latest", lambda tmp: tmp.symlink_to(target))
 
 
 def mark_done(run: Path) -> None:
