@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corr3d.config_schema import ModelConfig
 from corr3d.models.adapter import save_adapter
 from corr3d.models.backbones import BackboneSpec
 from corr3d.models.features import (
@@ -30,19 +32,8 @@ from corr3d.models.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
 
-# Mirrors the `model:` section of experiments/base.yaml (nested the same way).
-DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    "backbone": "dinov2_s14",
-    "weights": "auto",
-    "target_res": 640,
-    "downsample_factor": 8,
-    "layer": -1,
-    "final_norm": True,
-    "lora": {"rank": 4, "blocks": 4, "alpha": None},
-    "unfreeze_blocks": 0,
-    "head": {"num_layers": 1, "init": "default"},
-    "timm_kwargs": {},
-}
+# The typed schema's `model:` section as plain dicts (stdlib only: hubconf.py stays free of OmegaConf/Lightning).
+DEFAULT_MODEL_CONFIG: dict[str, Any] = dataclasses.asdict(ModelConfig())
 # Flat aliases accepted by load_model(**overrides), e.g. load_model("dinov2_s14", head_layers=0).
 FLAT_ALIASES = {"lora_rank": ("lora", "rank"), "lora_blocks": ("lora", "blocks"), "lora_alpha": ("lora", "alpha"),
                 "head_layers": ("head", "num_layers"), "head_init": ("head", "init")}

@@ -19,6 +19,7 @@ when its parent pid changes, so a SIGKILLed ``corr3d render`` leaves no orphaned
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -41,7 +42,8 @@ from PIL import Image
 from corr3d.assets.experiment import experiment_objects
 from corr3d.assets.objects import load_object, object_dir_name
 from corr3d.geometry import IcosphereCameras
-from corr3d.render.raycast import PAPER_LIGHTS, Lighting, RaycastRenderer
+from corr3d.config_schema import RenderConfig
+from corr3d.render.raycast import Lighting, RaycastRenderer
 from corr3d.render.store import FORMAT, FORMAT_VERSION
 from corr3d.utils.io import replace_dir
 from corr3d.errors import Corr3dUserError
@@ -53,10 +55,8 @@ RENDERER = "open3d-raycast"
 RENDERER_VERSION = "1"
 MANIFEST = "manifest.json"
 FOREIGN_TEMP_MAX_AGE_S = 2 * 24 * 3600  # another host's temp dir this old is abandoned (no render takes 2 days)
-# defaults identical to experiments/base.yaml data.render (used when a key is missing or no config is given)
-DEFAULT_RENDER = {"width": 512, "height": 512, "focal": 560.0, "distance": 2.0, "icosphere_subdivisions": 1,
-                  "background": [0, 0, 0], "up": [0.0, 1.0, 0.0], "lights": [list(x) for x in PAPER_LIGHTS],
-                  "lights_follow_camera": True, "ambient": 0.3, "diffuse": 0.5, "shading": "lambert", "workers": 2, "png_compression": 1}
+# the typed schema's data.render defaults (used when a key is missing or no config is given)
+DEFAULT_RENDER = dataclasses.asdict(RenderConfig())
 _OUTPUT_KEYS = ("width", "height", "focal", "distance", "icosphere_subdivisions", "background", "up", "lights",
                 "lights_follow_camera", "ambient", "diffuse", "shading")  # settings that change the rendered output
 
