@@ -14,11 +14,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What corr3d needs to know about a ViT backbone."""
+    """What corr3d needs to know about a backbone.
+
+    ``kind="vit"``: a timm ViT (``VisionTransformer`` or ``Eva``, e.g. DINOv3 with RoPE); ``patch_size`` is the patch.
+    ``kind="convnet"``: a dense-map CNN (timm ConvNeXt); features are the output of stage ``feature_stage`` and
+    ``patch_size`` is that stage's stride (each cell covers a stride x stride block, like a non-overlapping patch),
+    ``embed_dim`` its channels and ``num_prefix_tokens`` 0.
+    """
 
     name: str
     timm_id: str                      # "<architecture>.<pretrained tag>"
@@ -31,6 +38,8 @@ class BackboneSpec:
     weight_sources: tuple[str, ...] = ("hf",)   # offline-capable sources beyond "random" and local files
     description: str = ""
     timm_kwargs: dict = field(default_factory=dict)
+    kind: str = "vit"                 # vit | convnet
+    feature_stage: int | None = None  # convnet: index of the stage whose output is the feature map
 
     @property
     def architecture(self) -> str:
@@ -77,6 +86,27 @@ def _default_table() -> dict[str, BackboneSpec]:
                                     depth=12, description="MAE ViT-B/16")
     table["deit3_b16"] = BackboneSpec("deit3_b16", "deit3_base_patch16_224.fb_in1k", 16, 768, 1, IMAGENET_MEAN,
                                       IMAGENET_STD, depth=12, description="DeiT-III ViT-B/16 (IN-1k)")
+    # DINOv3 (timm Eva): patch 16, 1 class + 4 register tokens, RoPE instead of learned position embeddings
+    for short, size, dim, depth in (("s", "small", 384, 12), ("splus", "small_plus", 384, 12),
+                                    ("b", "base", 768, 12), ("l", "large", 1024, 24),
+                                    ("hplus", "huge_plus", 1280, 32)):
+        table[f"dinov3_{short}16"] = BackboneSpec(
+            f"dinov3_{short}16", f"vit_{size}_patch16_dinov3.lvd1689m", 16, dim, 5, IMAGENET_MEAN, IMAGENET_STD,
+            depth=depth, description=f"DINOv3 ViT-{size.replace('_plus', '+').title()}/16 (LVD-1689M; RoPE, 4 registers)")
+    # SigLIP 2 (timm VisionTransformer, no class token, mean = std = 0.5); the 384-px towers for dense features
+    for short, arch, patch, dim, depth in (("b16", "vit_base_patch16_siglip_384", 16, 768, 12),
+                                           ("l16", "vit_large_patch16_siglip_384", 16, 1024, 24),
+                                           ("so400m14", "vit_so400m_patch14_siglip_378", 14, 1152, 27)):
+        table[f"siglip2_{short}"] = BackboneSpec(
+            f"siglip2_{short}", f"{arch}.v2_webli", patch, dim, 0, SIGLIP_MEAN, SIGLIP_STD, depth=depth,
+            description=f"SigLIP 2 {arch.split('_')[1]} /{patch} (WebLI; no class token)")
+    # ConvNeXt (paper Table 13): dense features from stage 2 (stride 16, like a /16 ViT), IN-22k -> IN-1k weights
+    for short, size, dims in (("s", "small", (96, 192, 384, 768)), ("b", "base", (128, 256, 512, 1024)),
+                              ("l", "large", (192, 384, 768, 1536))):
+        table[f"convnext_{short}"] = BackboneSpec(
+            f"convnext_{short}", f"convnext_{size}.fb_in22k_ft_in1k", 16, dims[2], 0, IMAGENET_MEAN, IMAGENET_STD,
+            depth=4, kind="convnet", feature_stage=2,
+            description=f"ConvNeXt-{size.title()} (IN-22k -> IN-1k), stage-2 map (stride 16)")
     return table
 
 
@@ -144,7 +174,9 @@ def spec_from_model(name: str, model: torch.nn.Module) -> BackboneSpec:
 
 def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
                ) -> tuple[torch.nn.Module, BackboneSpec]:
-    """Build the timm ViT with random weights (weights are loaded separately) and return it with its spec.
+    """Build the timm backbone with random weights (weights are loaded separately) and return it with its spec.
+
+    ConvNeXt-style entries (``kind="convnet"``) go through :func:`corr3d.models.convnet.create_convnet`.
 
     ``dynamic_img_size`` lets one model run at any input size (position embeddings resampled on the fly);
     ``num_classes=0`` drops classifier heads we never use.
@@ -152,6 +184,10 @@ def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
     import timm
 
     spec = spec_or_name if isinstance(spec_or_name, BackboneSpec) else resolve_backbone(spec_or_name)
+    if spec is not None and spec.kind == "convnet":
+        from corr3d.models.convnet import create_convnet
+
+        return create_convnet(spec, timm_kwargs)
     name = spec.timm_id if spec is not None else str(spec_or_name)
     kwargs = {**(spec.timm_kwargs if spec else {}), **(timm_kwargs or {})}
     from corr3d.errors import NotSupportedError

@@ -83,6 +83,10 @@ def apply_lora(vit: nn.Module, blocks: int = 4, rank: int = 4, alpha: float | No
     depth = len(vit.blocks)
     adapted = []
     for offset, block in enumerate(_last_blocks(vit, blocks)):
+        if getattr(block.attn, "q_bias", None) is not None and hasattr(block.attn, "qkv_bias_separate"):
+            # timm Eva with separate q/v biases (DINOv3 "qkvb") calls F.linear(x, qkv.weight, bias) and would bypass
+            # the wrapper; the "separate" mode calls qkv(x) and then adds the bias (same maths)
+            block.attn.qkv_bias_separate = True
         if not isinstance(block.attn.qkv, LoRAQKV):
             block.attn.qkv = LoRAQKV(block.attn.qkv, rank=rank, alpha=alpha)
         adapted.append(depth - blocks + offset)
@@ -118,7 +122,7 @@ def merged_state_dict(vit: nn.Module) -> dict[str, torch.Tensor]:
         if ".lora_" in key:
             continue
         state[key] = value.detach().clone()
-    for index, block in enumerate(vit.blocks):
+    for index, block in enumerate(getattr(vit, "blocks", [])):  # convnets have no blocks (models/convnet.py)
         if isinstance(block.attn.qkv, LoRAQKV):
             state[f"blocks.{index}.attn.qkv.weight"] += block.attn.qkv.delta_weight().detach()
     return state

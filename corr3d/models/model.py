@@ -83,6 +83,10 @@ class Corr3DModel(nn.Module):
     # -- construction -------------------------------------------------------------------------------------------
     def _adapt_backbone(self) -> list[int]:
         cfg = self.config
+        if self.is_convnet:  # no attention to put LoRA on: train the last stage(s) instead (models/convnet.py)
+            from corr3d.models.convnet import adapt_convnet
+
+            return adapt_convnet(self.vit, cfg, self.spec.feature_stage)
         if cfg["unfreeze_blocks"] > 0:  # "partially unfrozen" replaces LoRA
             return unfreeze_last_blocks(self.vit, cfg["unfreeze_blocks"])
         lora = cfg["lora"]
@@ -93,6 +97,14 @@ class Corr3DModel(nn.Module):
         return []
 
     # -- facts ----------------------------------------------------------------------------------------------------
+    @property
+    def is_convnet(self) -> bool:
+        return self.spec.kind == "convnet"
+
+    def _stride(self, stride: int | None) -> int | None:
+        """Overlapping strides are a patch-embedding option; a convnet map always has its native stride."""
+        return None if self.is_convnet else stride
+
     @property
     def patch_size(self) -> int:
         return self.spec.patch_size
@@ -122,6 +134,10 @@ class Corr3DModel(nn.Module):
                 stride: int | None = None) -> torch.Tensor:
         """Raw (not normalised) (B, C, h, w) map: backbone tokens (prefix tokens dropped) -> conv head."""
         input_size = tuple(input_size or self.input_size(*images.shape[-2:]))
+        if self.is_convnet:
+            from corr3d.models.convnet import convnet_map
+
+            return self.head(convnet_map(self.vit, self.preprocess(images, input_size), self.spec.feature_stage))
         tokens, grid = vit_tokens(self.vit, self.preprocess(images, input_size), layer=self.config["layer"],
                                   final_norm=self.config["final_norm"], stride=stride)
         return self.head(tokens_to_map(tokens, self.spec.num_prefix_tokens, grid))
@@ -138,7 +154,7 @@ class Corr3DModel(nn.Module):
         ``image_size`` = (H, W) at pixel points (B, N, 2); pass the same ``input_size``/``stride`` as for the map."""
         input_size = tuple(input_size or self.input_size(*image_size))
         return sample_feature_map(fmap, points_xy, tuple(image_size), input_size=input_size,
-                                  patch_size=self.patch_size, stride=stride, normalize=normalize)
+                                  patch_size=self.patch_size, stride=self._stride(stride), normalize=normalize)
 
     def point_features(self, images: torch.Tensor, points_xy: torch.Tensor, input_size: tuple[int, int] | None = None,
                        stride: int | None = None) -> torch.Tensor:

@@ -166,6 +166,8 @@ def test_backbone_table_matches_timm():
     for spec in BACKBONES.values():
         cfg = timm.models.get_pretrained_cfg(spec.timm_id)
         assert tuple(cfg.mean) == pytest.approx(spec.mean) and tuple(cfg.std) == pytest.approx(spec.std)
+        if spec.kind != "vit":  # dense-map convnets: tests/models/test_backbones_new.py
+            continue
         with torch.device("meta"):  # shapes only: builds ViT-g without allocating it
             vit = timm.create_model(spec.timm_id, pretrained=False, num_classes=0, dynamic_img_size=True)
         assert vit.patch_embed.patch_size == (spec.patch_size,) * 2, spec.name

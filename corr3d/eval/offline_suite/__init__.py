@@ -5,7 +5,8 @@ Generated deterministically from the procedural objects and the ray-casting rend
 
 - ``<root>/onepose/``  OnePose-LowTexture layout (``lowtexture_test_data`` + ``sfm_output``) — :mod:`.onepose`;
 - ``<root>/tapvid/tapvid_davis.pkl`` official TAP-Vid DAVIS pickle — :mod:`.tapvid`;
-- ``<root>/semantic/PF-dataset-PASCAL`` and ``<root>/semantic/SPair-71k`` — :mod:`.semantic`.
+- ``<root>/semantic/PF-dataset-PASCAL`` and ``<root>/semantic/SPair-71k`` — :mod:`.semantic`;
+- ``<root>/bop/ycbv/{test,models}`` BOP layout of YCB-Video (``pose_ycbv``) — :mod:`.bop`.
 
 Each part is written to a temporary directory and renamed into place with a ``.complete`` marker holding the
 generator version; :func:`ensure_offline_suite` regenerates parts that are missing or outdated.
@@ -22,9 +23,12 @@ from corr3d.utils.io import replace_dir
 
 log = logging.getLogger(__name__)
 
-SUITE_VERSION = 2   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
-PARTS = ("onepose", "tapvid", "semantic")
-TASK_PARTS = {"pose": ("onepose",), "tracking": ("tapvid",), "semantic": ("semantic",)}
+SUITE_VERSION = 3   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
+# 3: sized for decisions (issue 9): pose 10 objects with a hand-held, differently lit test capture; tracking 12 videos;
+#    semantic 6 categories x 40 PF-PASCAL / 24 SPair pairs
+PARTS = ("onepose", "tapvid", "semantic", "bop")
+TASK_PARTS = {"pose": ("onepose",), "tracking": ("tapvid",), "semantic": ("semantic",),
+              "pose_ycbv": ("bop",)}
 
 
 def suite_paths(root: str | Path) -> dict[str, Path]:
@@ -35,6 +39,8 @@ def suite_paths(root: str | Path) -> dict[str, Path]:
         "tapvid": root / "tapvid" / "tapvid_davis.pkl",
         "pfpascal": root / "semantic" / "PF-dataset-PASCAL",
         "spair": root / "semantic" / "SPair-71k",
+        "bop_ycbv_test": root / "bop" / "ycbv" / "test",
+        "bop_ycbv_models": root / "bop" / "ycbv" / "models",
     }
 
 
@@ -68,6 +74,8 @@ def generate_part(root: str | Path, part: str) -> Path:
         from corr3d.eval.offline_suite.tapvid import generate
     elif part == "semantic":
         from corr3d.eval.offline_suite.semantic import generate
+    elif part == "bop":
+        from corr3d.eval.offline_suite.bop import generate
     else:
         raise ValueError(f"unknown suite part {part!r}; known: {PARTS}")
     info = generate(tmp)
