@@ -135,6 +135,7 @@ class TrainerConfig:
     log_every_n_steps: int = ranged(10, gt=0)
     checkpoint_every_n_steps: int = ranged(1000, ge=0)
     val_every_n_steps: int = ranged(1000, ge=0)
+    select_best: bool = False
     image_log_every_n_steps: int = ranged(50, ge=0)
     deterministic: bool = False
 
@@ -294,8 +295,8 @@ class LauncherConfig:
 class SweepConfig:
     name: Optional[str] = None
     axes: Dict[str, Any] = field(default_factory=dict)
-    metrics: List[str] = _list("equivariance/ape", "equivariance/pcdp@0.05", "equivariance/pcdp@0.1", "stereo/ape",
-                               "stereo/pcdp@0.05")
+    metrics: List[str] = _list("equivariance/ape", "equivariance/pcdp@0.05", "equivariance/pcdp@0.1",
+                               "real_pairs/pck@0.05", "real_pairs/median_px", "stereo/ape", "stereo/pcdp@0.05")
     share_baselines: bool = True
 
 

@@ -46,6 +46,83 @@ def plot_loss_curve(run: Path, path: Path) -> bool:
     return True
 
 
+# ---- figures: the same views through each compared model (PNG files embedded in report.md) ----------------------
+FIGURE_MODELS = ("pretrained", "pretrained_head_init", "finetuned")
+
+
+def figure_view_pair(poses, target_deg: float = 45.0) -> tuple[int, int]:
+    """View 0 and the view whose rotation from it is closest to ``target_deg`` (a pair every model should match)."""
+    import numpy as np
+
+    from corr3d.geometry.rotations import relative_rotation_matrix_deg
+
+    angles = relative_rotation_matrix_deg(np.asarray(poses))[0]
+    angles[0] = np.inf
+    return 0, int(np.argmin(np.abs(angles - target_deg)))
+
+
+def write_feature_figures(run: Path, cfg: DictConfig, object_dirs, models: dict, num_lines: int = 40) -> list[Path]:
+    """``features.png``: PCA colouring (one 3-component PCA per model, shared by both views, as the paper's Fig. 2)
+    of the same two views of the first held-out object through each model; ``matches_<model>.png``: predicted
+    (line; green within 5% of the image edge) vs true (white cross) matches of the same source points.
+    Returns the written files; never raises (a report must not fail a finished run)."""
+    try:
+        return _feature_figures(Path(run), cfg, list(object_dirs), models, num_lines)
+    except Exception as err:
+        log.warning("could not draw the feature figures: %s", err)
+        return []
+
+
+def _feature_figures(run: Path, cfg: DictConfig, object_dirs: list, models: dict, num_lines: int) -> list[Path]:
+    import numpy as np
+
+    from corr3d.eval.equivariance import (
+        extract_view_features,
+        nearest_neighbor_matches,
+        open_rendered_objects,
+        pixel_centers,
+        visible_correspondences,
+    )
+    from corr3d.utils.report import _pyplot, _save_figure
+    from corr3d.utils.visualize import correspondence_figure, pca_rgb
+
+    if not object_dirs or not models:
+        return []
+    obj = open_rendered_objects(object_dirs[:1])[0]
+    i, j = figure_view_pair(obj.poses)
+    images = [np.asarray(obj.rgb(i)), np.asarray(obj.rgb(j))]
+    rng = np.random.default_rng(int(cfg.seed))
+    src, gt = visible_correspondences(obj, i, j, num_lines, float(cfg.equivariance.visibility_tol), rng)
+    candidates = pixel_centers(obj.mask(j), int(cfg.equivariance.target_stride))
+    names = [m for m in FIGURE_MODELS if m in models]
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(names) + 1, 2, figsize=(6, 3 * (len(names) + 1)))
+    for col, image in enumerate(images):
+        axes[0, col].imshow(image)
+        axes[0, col].set_title(f"{obj.object_id} view {(i, j)[col]}", fontsize=8)
+    written = []
+    for row, name in enumerate(names, start=1):
+        model = models[name]
+        with eval_mode(model):
+            maps = extract_view_features(model, images, 2)
+            maps = [m.float().cpu() for m in maps]
+            for col, rgb in enumerate(pca_rgb(maps)):
+                axes[row, col].imshow(rgb, interpolation="nearest")
+                axes[row, col].set_title(f"{name}: PCA of features", fontsize=8)
+            if len(src):
+                pred = nearest_neighbor_matches(model, maps[0], maps[1], src, candidates, (obj.height, obj.width))
+                error = np.linalg.norm(pred - gt, axis=1) / min(obj.height, obj.width)
+                match_fig = correspondence_figure(images[0], images[1], src, pred, gt, max_lines=num_lines,
+                                                  title=f"{name}: predicted (lines) vs true (x); "
+                                                        f"{100 * np.mean(error < 0.05):.0f}% within 5%")
+                written.append(_save_figure(match_fig, run / f"matches_{name}.png"))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    written.insert(0, _save_figure(fig, run / "features.png"))
+    return written
+
+
 def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
     run = Path(run)
     scores = {m: _scores(metrics[m]) for m in MODELS if m in metrics}
@@ -70,6 +147,26 @@ def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
     rows = per_object_rows(metrics)
     if rows:
         parts += ["## Per held-out object", "", markdown_table(rows), ""]
+    figures = [m for m in FIGURE_MODELS if (run / f"matches_{m}.png").exists()]
+    if (run / "features.png").exists():
+        parts += ["## Features and matches on a held-out object", "",
+                  "The same two views through each model: PCA colouring of the dense features (rows), then the "
+                  "predicted match of each source point (line; green if within 5% of the image edge) against its "
+                  "true location (white x).", "", "![features](features.png)", ""]
+        parts += [f"![matches {m}](matches_{m}.png)" for m in figures] + [""]
+    val = run / "val_history.json"
+    if val.exists():
+        import json
+
+        data = json.loads(val.read_text())
+        if data.get("history"):
+            rows = [{"step": h["step"], **{k: v for k, v in h.items() if k.startswith("equivariance/")
+                                             and not k.endswith("num_points")}} for h in data["history"]]
+            best = data.get("best") or {}
+            parts += ["## Validation probe (data.val_objects)", "",
+                      f"Best step by `{data.get('select_key')}`: {best.get('step')}"
+                      + (" (selected: trainer.select_best)" if metrics.get("train", {}).get("selected_step")
+                         is not None else ""), "", markdown_table(rows), ""]
     try:
         if plot_loss_curve(run, run / "loss.png"):
             parts += ["## Training loss", "", "![loss](loss.png)", ""]

@@ -156,7 +156,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
     if rank0 and eval_dirs and int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
         # the untrained conv head alone changes the features: report it so training is not credited for it
-        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained + untrained head")
+        per_object = {}
+        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained + untrained head",
+                                                               per_object)
+        metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
         _write_metrics(run, metrics)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, model)
@@ -166,7 +169,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     val_dirs = ensure_rendered(list(cfg.data.val_objects), Path(cfg.data.rendered_dir), cfg.data.render) \
         if rank0 and cfg.data.val_objects else []
     if val_dirs:
-        callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=int(cfg.trainer.val_every_n_steps)))
+        callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=int(cfg.trainer.val_every_n_steps),
+                                              run_dir=run))
     trainer = build_trainer(cfg, run, plugins=trainer_plugins, extra_callbacks=callbacks)
     resume = resume_checkpoint(run)
     if resume is not None:
@@ -178,6 +182,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
 
     if trainer.global_rank != 0:
         return run
+    # trainer.select_best: end with the weights of the best validation probe (data.val_objects; callbacks.py)
+    probe = next((c for c in callbacks if isinstance(c, EquivarianceCallback)), None)
+    selected = probe.restore_best(model) if probe is not None and bool(cfg.trainer.select_best) else None
     model.save_adapter(run / "adapter.safetensors")
     if eval_dirs:
         per_object = {}
@@ -186,6 +193,15 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     metrics["train"] = {"global_step": int(trainer.global_step),
                         "wall_seconds": round(time.perf_counter() - started, 1),
                         "peak_rss_mb": _peak_rss_mb()}
+    if selected is not None:
+        metrics["train"]["selected_step"] = int(selected["step"])
+    if eval_dirs:  # PCA maps and predicted-vs-true matches of the same views through each model (report.md)
+        from corr3d.training.report import write_feature_figures
+
+        write_feature_figures(run, cfg, eval_dirs, {
+            "pretrained": compared_model("pretrained", cfg.model, seed=int(cfg.seed)),
+            "pretrained_head_init": compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed)),
+            "finetuned": model})
     _write_metrics(run, metrics)
     log_metrics_to_tensorboard(trainer, metrics)
     from corr3d.training.report import write_training_report

@@ -9,9 +9,12 @@ experiments/ carry theirs) and from the command line (which replaces an axis of 
   its last checkpoint (``train`` does that for a given run directory), so re-running the command finishes a sweep.
 - ``launcher.name=slurm`` submits one array task per unfinished cell and a gather job (``afterany``), reusing
   ``corr3d.launch.slurm`` (executor, bookkeeping) and ``corr3d.launch.tasks.TrainTask``.
-- Cells that share everything the baseline rows depend on (model, seed, evaluation and rendering settings) share
-  the pretrained / untrained-head measurements: a finished cell's baseline entries are copied into the next cell's
-  metrics.json (``train`` skips rows already present), so an iteration sweep evaluates the baselines once.
+- ``sweep.share_baselines``: rows that training does not change are measured once: a finished cell's
+  ``pretrained`` row (and reference rows) go to every cell with the same backbone and evaluation settings, its
+  ``pretrained_head_init`` row to cells with the same adapter structure and seed (``train`` skips rows already in
+  metrics.json). And a cell that differs from a finished one only in ``trainer.max_steps`` continues that cell's
+  latest step checkpoint instead of starting over (resuming is exact: corr3d/training/run.py), so an iteration
+  sweep 0, 1, 5, ..., 100 trains about 100 steps, not 186.
 
 Gathering writes ``results.csv`` (one row per cell: the axis values, each model's metrics with their 95% CI from the
 cell's metrics.json ``"ci"``, and the paired deltas ``finetuned-pretrained_head_init`` / ``finetuned-pretrained``
@@ -37,9 +40,8 @@ log = logging.getLogger("corr3d.training.sweep")
 
 MODELS = ("pretrained", "pretrained_head_init", "finetuned")
 DELTAS = ("finetuned-pretrained_head_init", "finetuned-pretrained")
-# Config sections whose values decide the baseline rows (pretrained, pretrained + untrained head).
-BASELINE_KEYS = ("model", "seed", "equivariance", "data.render", "data.rendered_dir")
-SHARED_ENTRIES = ("pretrained", "pretrained_head_init", "weights")
+# Config sections (besides the model) that decide the rows training does not change (see ``row_signatures``).
+EVAL_KEYS = ("equivariance", "eval.real_pairs", "eval.seed", "data.render", "data.rendered_dir")
 RESULTS_FILE = "results.csv"
 
 
@@ -102,6 +104,31 @@ def expand_grid(axes: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
 
 
+def variant_bundle(cfg: DictConfig, key: str, value: str) -> dict | None:
+    """The dotted overrides of a variant-axis value (see ``SweepPlan.cell_overrides``); None for a config key."""
+    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+        return None
+    import yaml
+
+    parsed = yaml.safe_load(value)
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"sweep axis '{key}' is not a config key, so its values must be mappings of dotted keys "
+                          f"(e.g. {{optim.lr: 1e-4, _name: lr1e-4}}), got {value!r}")
+    return {str(k): v for k, v in parsed.items() if k != "_name"}
+
+
+def _variant_label(value: str) -> str | None:
+    if not value.startswith("{"):
+        return None
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return None
+    return str(parsed["_name"]) if isinstance(parsed, dict) and "_name" in parsed else None
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
@@ -113,7 +140,7 @@ def cell_name(assignment: Mapping[str, str], short: bool = True) -> str:
     parts = []
     for key, value in assignment.items():
         label = key.rsplit(".", 1)[-1] if short else key
-        parts.append(f"{_slug(label)}-{_slug(value)}")
+        parts.append(f"{_slug(label)}-{_slug(_variant_label(value) or value)}")
     return "__".join(parts)
 
 
@@ -142,10 +169,18 @@ class SweepPlan:
         self.cells = expand_grid(axes)
         self.names = cell_names(self.cells)
 
+    def cell_overrides(self, assignment: Mapping[str, str]) -> list[str]:
+        """``key=value`` overrides of a cell; a *variant* axis (a key that is not a config key, e.g. ``recipe``)
+        holds mappings of dotted keys (``{optim.lr: 1e-4, loss.name: infonce, _name: infonce}``) applied together,
+        so "one change at a time" comparisons are one axis."""
+        out = []
+        for key, value in assignment.items():
+            bundle = variant_bundle(self.base, key, value)
+            out += [f"{k}={_override_text(v)}" for k, v in bundle.items()] if bundle is not None else [f"{key}={value}"]
+        return out
+
     def cell_config(self, assignment: Mapping[str, str]) -> DictConfig:
-        extra = [f"{k}={v}" for k, v in assignment.items()]
-        cfg = load_config(self.experiment, [*self.overrides, *extra])
-        return cfg
+        return load_config(self.experiment, [*self.overrides, *self.cell_overrides(assignment)])
 
     def run_dir(self, cell: str) -> Path:
         return self.root / cell
@@ -162,47 +197,94 @@ def is_done(run: Path) -> bool:
     return (Path(run) / DONE_MARKER).exists()
 
 
-# ---- baseline sharing -------------------------------------------------------------------------------------------
-def baseline_signature(cfg: DictConfig) -> str:
-    """What the baseline rows depend on, as text: cells with equal signatures have identical baseline rows."""
-    parts = {}
-    for key in BASELINE_KEYS:
-        node = OmegaConf.select(cfg, key)
-        parts[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    return json.dumps(parts, sort_keys=True, default=str)
+# ---- sharing between cells: baseline rows and training prefixes ------------------------------------------------
+def _select(cfg: DictConfig, key: str):
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def share_baselines(source: Path, target: Path) -> bool:
-    """Copy the baseline rows (and their per-item parts) of the finished cell ``source`` into ``target``'s
-    metrics.json, unless ``target`` already has metrics. Returns whether anything was copied."""
-    src_metrics = Path(source) / "metrics.json"
-    if not src_metrics.exists() or (Path(target) / "metrics.json").exists():
-        return False
-    metrics = json.loads(src_metrics.read_text())
-    shared = {k: metrics[k] for k in SHARED_ENTRIES if k in metrics}
-    if "pretrained" not in shared:
-        return False
-    per_object = {k: v for k, v in metrics.get("per_object", {}).items() if k in MODELS[:2]}
-    if per_object:
-        shared["per_object"] = per_object
-    for section in ("ci",):
-        if section in metrics:
-            shared[section] = {k: v for k, v in metrics[section].items() if k in MODELS[:2]}
-    Path(target).mkdir(parents=True, exist_ok=True)
-    parts = Path(source) / "parts"
-    if parts.is_dir():  # per-item lists of the baseline models (their file names carry the model name)
-        for path in parts.rglob("*"):
-            if path.is_file() and _is_baseline_part(path.relative_to(parts)):
-                dest = Path(target) / "parts" / path.relative_to(parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, dest)
-    atomic_write_text(Path(target) / "metrics.json", json.dumps(shared, indent=2, sort_keys=True))
-    return True
+def row_signatures(cfg: DictConfig) -> dict[str, str]:
+    """For each measurement that does not depend on training, what it depends on (as text). Cells with equal
+    signatures have identical rows: ``pretrained`` (and the reference models) need the backbone and the evaluation
+    settings only, ``pretrained_head_init`` also the adapter structure (LoRA, head, its init) and the seed."""
+    evaluation = {k: _select(cfg, k) for k in EVAL_KEYS}
+    model = _select(cfg, "model") or {}
+    backbone = {k: v for k, v in model.items() if k not in ("lora", "head", "unfreeze_blocks")}
+    plain = json.dumps({"model": backbone, **evaluation}, sort_keys=True, default=str)
+    seeded = json.dumps({"model": backbone, "seed": _select(cfg, "seed"), **evaluation}, sort_keys=True, default=str)
+    head = json.dumps({"model": model, "seed": _select(cfg, "seed"), **evaluation}, sort_keys=True, default=str)
+    return {"pretrained": plain, "weights": plain, "random": seeded, "oracle": plain, "pretrained_head_init": head}
 
 
-def _is_baseline_part(rel: Path) -> bool:
-    names = {p.replace(".json", "").split("__")[-1] for p in rel.parts}
-    return bool(names & set(MODELS[:2]))
+def warm_signature(cfg: DictConfig) -> str:
+    """Everything but the step budget: a cell with more steps can continue a finished cell's checkpoint (the pair
+    stream is a function of (seed, rank, epoch, index) and resuming is exact, so the result equals a fresh run)."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.get("trainer", {}).pop("max_steps", None)
+    tree.pop("sweep", None)
+    return json.dumps(tree, sort_keys=True, default=str)
+
+
+def share_rows(sources: Mapping[str, Path], target: Path) -> list[str]:
+    """Copy rows (``{row: finished cell}``) with their CIs and per-item parts into ``target``'s metrics.json,
+    keeping rows it already has. Returns the rows copied."""
+    target = Path(target)
+    path = target / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    copied = []
+    for row, source in sources.items():
+        if row in metrics:
+            continue
+        src = json.loads((Path(source) / "metrics.json").read_text())
+        if row not in src:
+            continue
+        metrics[row] = src[row]
+        copied.append(row)
+        if row in src.get("per_object", {}):
+            metrics.setdefault("per_object", {})[row] = src["per_object"][row]
+        if row in src.get("ci", {}):
+            metrics.setdefault("ci", {})[row] = src["ci"][row]
+        parts = Path(source) / "parts"
+        if parts.is_dir():  # per-item lists of that row (their file names carry the model name)
+            for part in parts.rglob("*"):
+                if part.is_file() and row in {p.replace(".json", "").split("__")[-1] for p in
+                                              part.relative_to(parts).parts}:
+                    dest = target / "parts" / part.relative_to(parts)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(part, dest)
+    if copied:
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
+    return copied
+
+
+def step_checkpoints(run: Path) -> dict[int, Path]:
+    """``{step: file}`` of a run's step checkpoints (``step000050.ckpt``, corr3d/training/run.py build_trainer)."""
+    out = {}
+    for path in (Path(run) / "checkpoints").glob("step*.ckpt"):
+        try:
+            out[int(path.stem[4:])] = path
+        except ValueError:
+            continue
+    return out
+
+
+def warm_start(candidates: Sequence[Path], target: Path, max_steps: int) -> int:
+    """Copy the latest step checkpoint (< ``max_steps``) of the finished ``candidates`` into ``target`` so its
+    training resumes from there; returns that step (0: none)."""
+    if step_checkpoints(target) or (Path(target) / "checkpoints" / "last.ckpt").exists():
+        return 0  # the cell has checkpoints of its own: it resumes from them
+    best_step, best_path = 0, None
+    for run in candidates:
+        for step, path in step_checkpoints(run).items():
+            if best_step < step < max_steps:
+                best_step, best_path = step, path
+    if best_path is None:
+        return 0
+    dest = Path(target) / "checkpoints" / best_path.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(best_path, dest)  # a fresh mtime: run.resume_checkpoint takes the newest file
+    return best_step
 
 
 # ---- running ----------------------------------------------------------------------------------------------------
@@ -216,21 +298,36 @@ def run_sweep(experiment: str, axis_specs: Sequence[str] = (), overrides: Sequen
     if train_fn is None:
         from corr3d.training.run import train as train_fn
     plan.write_manifest()
-    finished: dict[str, Path] = {}  # baseline signature -> a finished cell with those baselines
+    rows: dict[tuple[str, str], Path] = {}  # (row, signature) -> a finished cell holding that row
+    prefixes: dict[str, list[Path]] = {}  # warm signature -> finished cells
+    share = bool(plan.base.sweep.share_baselines)
+
+    def remember(run: Path, cfg: DictConfig) -> None:
+        metrics_path = run / "metrics.json"
+        have = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        for row, signature in row_signatures(cfg).items():
+            if row in have:
+                rows.setdefault((row, signature), run)
+        prefixes.setdefault(warm_signature(cfg), []).append(run)
+
     for index, (cell, assignment) in enumerate(zip(plan.names, plan.cells)):
         cfg = plan.cell_config(assignment)
         run = plan.run_dir(cell)
-        signature = baseline_signature(cfg)
         if is_done(run):
             log.info("sweep %s: cell %s already done", plan.name, cell)
-            finished.setdefault(signature, run)
+            remember(run, cfg)
             continue
-        if bool(plan.base.sweep.share_baselines) and signature in finished:
-            share_baselines(finished[signature], run)
+        if share:
+            sources = {row: rows[(row, sig)] for row, sig in row_signatures(cfg).items() if (row, sig) in rows}
+            copied = share_rows(sources, run)
+            start = warm_start(prefixes.get(warm_signature(cfg), []), run, int(cfg.trainer.max_steps))
+            if copied or start:
+                log.info("sweep %s: cell %s reuses rows %s%s", plan.name, cell, copied,
+                         f" and continues a finished cell from step {start}" if start else "")
         log.info("sweep %s: cell %d/%d %s", plan.name, index + 1, len(plan.cells), cell)
         print(f"[corr3d] sweep {plan.name}: cell {index + 1}/{len(plan.cells)} {cell}", flush=True)
         train_fn(cfg, run_dir=run)
-        finished.setdefault(signature, run)
+        remember(run, cfg)
         gather_sweep(plan.root)  # partial results are readable while the sweep runs
     return gather_sweep(plan.root)
 
@@ -308,7 +405,7 @@ def _number(text: str):
 
 def cell_row(cell: str, assignment: Mapping[str, str], run: Path, keys: Sequence[str]) -> dict:
     """One results.csv row: axis values, status, per model ``<model>/<key>`` (+ ``_lo``/``_hi``), deltas."""
-    row: dict = {"cell": cell, **{k: _number(v) for k, v in assignment.items()}}
+    row: dict = {"cell": cell, **{k: _number(_variant_label(v) or v) for k, v in assignment.items()}}
     path = Path(run) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     row["status"] = "done" if is_done(run) else ("partial" if metrics else "missing")
@@ -453,7 +550,7 @@ def write_sweep_report(sweep_dir: Path, manifest: dict, rows: list[dict]) -> Pat
              "Values are the held-out equivariance metrics (APE % lower is better, PCDP % higher) with their 95% "
              "bootstrap CI in brackets where the run recorded one; Δ columns are paired deltas "
              "(`*`: the CI excludes 0). `head_init` = pretrained + untrained head.", ""]
-    for key in keys:
+    for key in [k for k in keys if any(r.get(f"{m}/{k}") is not None for r in rows for m in MODELS)]:
         table = []
         for row in rows:
             entry = {"cell": row["cell"], **{a: row.get(a) for a in axes}, "status": row["status"]}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from corr3d.training.sweep import (
     SweepPlan,
@@ -55,9 +56,10 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.timeout(600)
-def test_tiny_sweep_writes_csv_and_resumes_finished_cells(tmp_path):
-    overrides = tiny_train_overrides(tmp_path, max_steps=2, pairs_per_epoch=2)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_sweep_writes_csv_shares_work_and_resumes_finished_cells(tmp_path):
+    overrides = [*tiny_train_overrides(tmp_path, max_steps=2, pairs_per_epoch=3), "trainer.checkpoint_every_n_steps=2"]
     calls = []
 
     from corr3d.training.run import train
@@ -66,30 +68,50 @@ def test_tiny_sweep_writes_csv_and_resumes_finished_cells(tmp_path):
         calls.append((int(cfg.trainer.max_steps), Path(run_dir).name))
         return train(cfg, run_dir=run_dir)
 
-    sweep = run_sweep("dinov2_single_object", ["trainer.max_steps=0,2"], overrides, name="t", train_fn=counting_train)
-    assert calls == [(0, "max_steps-0"), (2, "max_steps-2")]
+    axes = ["trainer.max_steps=0,2,4"]
+    sweep = run_sweep("dinov2_single_object", axes, overrides, name="t", train_fn=counting_train)
+    assert calls == [(0, "max_steps-0"), (2, "max_steps-2"), (4, "max_steps-4")]
     rows = _rows(sweep / "results.csv")
-    assert [r["cell"] for r in rows] == ["max_steps-0", "max_steps-2"]
-    assert [r["status"] for r in rows] == ["done", "done"]
-    assert [int(r["steps"]) for r in rows] == [0, 2]
+    assert [r["cell"] for r in rows] == ["max_steps-0", "max_steps-2", "max_steps-4"]
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert [int(r["steps"]) for r in rows] == [0, 2, 4]
     for row in rows:
         for model in ("pretrained", "pretrained_head_init", "finetuned"):
             assert 0 < float(row[f"{model}/equivariance/ape"]) < 100
-    # the second cell reused the first cell's baselines instead of measuring them again
-    assert rows[0]["pretrained/equivariance/ape"] == rows[1]["pretrained/equivariance/ape"]
+            assert float(row[f"{model}/equivariance/ape_lo"]) <= float(row[f"{model}/equivariance/ape"]) \
+                <= float(row[f"{model}/equivariance/ape_hi"])
+    # later cells reused the first cell's baseline rows instead of measuring them again
+    assert len({r["pretrained/equivariance/ape"] for r in rows}) == 1
+    assert len({r["pretrained_head_init/equivariance/ape"] for r in rows}) == 1
     # 0 steps: finetuned == the untrained-head model exactly
     assert float(rows[0]["finetuned-pretrained_head_init/equivariance/ape"]) == pytest.approx(0.0, abs=1e-9)
+    # the 4-step cell continued the 2-step cell's checkpoint: it trained steps 2 and 3 only ...
+    logged = [json.loads(x)["step"] for x in (sweep / "max_steps-4" / "pairs_rank0.jsonl").read_text().splitlines()]
+    assert logged == [2, 3]
+    # ... and ends exactly where an uninterrupted 4-step run ends
+    from safetensors.torch import load_file
+
+    fresh = train(load_config_for(overrides, "trainer.max_steps=4", "equivariance.objects=[]"),
+                  run_dir=tmp_path / "fresh")
+    a, b = load_file(str(sweep / "max_steps-4" / "adapter.safetensors")), load_file(str(fresh / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     report = (sweep / "report.md").read_text()
-    assert "equivariance/ape" in report and "max_steps-2" in report
+    assert "equivariance/ape" in report and "max_steps-4" in report
     assert (sweep / "equivariance_ape.png").exists()
     # resume: finished cells are skipped, an unfinished one (DONE removed) is trained again in its directory
     (sweep / "max_steps-2" / "DONE").unlink()
     calls.clear()
-    run_sweep("dinov2_single_object", ["trainer.max_steps=0,2"], overrides, name="t", train_fn=counting_train)
+    run_sweep("dinov2_single_object", axes, overrides, name="t", train_fn=counting_train)
     assert calls == [(2, "max_steps-2")]
     calls.clear()
-    run_sweep("dinov2_single_object", ["trainer.max_steps=0,2"], overrides, name="t", train_fn=counting_train)
+    run_sweep("dinov2_single_object", axes, overrides, name="t", train_fn=counting_train)
     assert calls == []
+
+
+def load_config_for(overrides, *extra):
+    from corr3d.config import load_config
+
+    return load_config("dinov2_single_object", [*overrides, *extra])
 
 
 @pytest.mark.slow
@@ -119,3 +141,15 @@ def test_pearson_spearman_against_hand_values():
     assert rho == pytest.approx(1 - 6 * d2 / (4 * 15), rel=1e-12)
     table = correlation_table([{"equivariance/ape": a, "pck": b} for a, b in zip(x, y)])
     assert table == [{"metric": "pck", "n": 4, "pearson_r": pytest.approx(r), "spearman_r": pytest.approx(rho)}]
+
+
+def test_variant_axis_applies_bundles_of_dotted_keys(tmp_path):
+    plan = SweepPlan("dinov2_single_object",
+                     ["recipe={optim.lr: 1e-4, loss.name: infonce, _name: nce},{data.pairs.true_fraction: 0.5}"],
+                     [f"output_dir={tmp_path}"], name="v")
+    assert plan.names == ["recipe-nce", "recipe-data.pairs.true_fraction_0.5"]
+    first, second = (plan.cell_config(c) for c in plan.cells)
+    assert first.optim.lr == 1e-4 and first.loss.name == "infonce" and first.data.pairs.true_fraction == 0.0
+    assert second.data.pairs.true_fraction == 0.5 and second.optim.lr == plan.base.optim.lr
+    with pytest.raises(Exception):
+        SweepPlan("dinov2_single_object", ["recipe=1,2"], [f"output_dir={tmp_path}"]).cell_config({"recipe": "1"})
