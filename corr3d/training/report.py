@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from corr3d.utils.torch_utils import eval_mode
 from corr3d.utils.report import before_after_table, markdown_table, plot_grouped_bars, plot_lines, write_text
 
 log = logging.getLogger(__name__)
