@@ -148,10 +148,14 @@ def check_experiment_disjoint(cfg) -> None:
 
     if cfg.data.get("kind", "rendered") != "rendered":
         return
-    train = object_specs(cfg.data)
+    try:
+        train = object_specs(cfg.data)
+        evaluation = evaluation_objects(cfg.equivariance)
+    except OSError:   # a list file is missing: the stage that reads it reports that with its own hint
+        return
     if cfg.data.get("num_train_objects"):
         train = train[: int(cfg.data.num_train_objects)]
-    check_disjoint(train, evaluation_objects(cfg.equivariance), "training (data.train_objects / data.object_list)",
+    check_disjoint(train, evaluation, "training (data.train_objects / data.object_list)",
                    "evaluation (equivariance.objects / equivariance.object_list)")
 
 

@@ -202,3 +202,9 @@ def test_overlapping_lists_are_refused_naming_uids(tmp_path):
         ov.check_experiment_disjoint(cfg)
     cfg = load_config("base", [f"equivariance.object_list={heldout}"])
     ov.check_experiment_disjoint(cfg)
+
+
+def test_missing_list_files_are_left_to_the_stage_that_reads_them(tmp_path):
+    from corr3d.config import load_config
+
+    ov.check_experiment_disjoint(load_config("base", [f"data.object_list={tmp_path / 'missing.txt'}"]))
