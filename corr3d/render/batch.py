@@ -6,7 +6,7 @@ same render settings (hash), and every image/depth file it lists is present with
 is not complete; ``verify="decode"`` also checks the PNG checksums). Every PNG is decoded back before meta.json is
 written, so a view that does not decode is never counted. A killed batch leaves no half-written object, and
 changing e.g. the resolution re-renders instead of silently reusing stale views. ``<root>/manifest.json`` (written
-atomically, under ``<root>/.manifest.lock``, merging with what other processes recorded) records per spec: status
+atomically, under a flock of ``<root>`` itself, merging with what other processes recorded) records per spec: status
 (done | failed), directory, error, seconds.
 
 Shared filesystems: temp directories carry host and pid; a batch removes only temps of dead processes on its own
@@ -247,15 +247,12 @@ def read_manifest(root) -> dict:
 def _write_manifest(root: Path, objects: dict) -> None:
     """Merge ``objects`` into the manifest on disk under a file lock: concurrent batches on one root (SLURM chunks,
     two shells) each add their objects instead of overwriting each other's records."""
-    from corr3d.utils.run_dir import RunLock, atomic_write_text
+    from corr3d.utils.run_dir import atomic_write_text, directory_lock
 
-    lock = RunLock(root, ".manifest.lock", "render root").acquire(blocking=True, record=False)
-    try:
+    with directory_lock(root):
         merged = read_manifest(root)
         merged.update(objects)
         atomic_write_text(root / MANIFEST, json.dumps({"version": 1, "objects": merged}, indent=1, sort_keys=True))
-    finally:
-        lock.release(clear=False)
 
 
 def _host_tag() -> str:

@@ -6,7 +6,7 @@ marker) so training resumes from its last checkpoint instead of starting over.
 Concurrency (:class:`RunLock`): a training process holds ``<run>/.lock`` (``fcntl.flock`` + its pid/host/start time
 in the file) for its whole life. The kernel drops the lock when the process dies, so a killed run is resumable at
 once; where the filesystem has no working flock, the pid/host in the file decide (a dead pid on this host = stale,
-recovered). Choosing a run directory is serialised per experiment (``<experiment>/.runs.lock``). Policy: a second
+recovered). Choosing a run directory is serialised per experiment (flock on ``<experiment>/``). Policy: a second
 ``corr3d train`` of the same experiment and resolved config while the first is alive does NOT share its directory;
 it stops with :class:`corr3d.errors.RunLockedError` naming the pid/host that holds it (wait, stop that run, or use
 another ``experiment=`` name). A different config gets its own new directory as before.
@@ -20,6 +20,7 @@ and absolute paths are refused, so a run is never written outside ``output_dir``
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -198,6 +199,26 @@ class RunLock:
         self.release()
 
 
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike):
+    """Hold an exclusive ``flock`` on the directory itself for the ``with`` block (waits for other holders).
+
+    Locking the directory's own descriptor leaves no lock file behind; on filesystems without flock on
+    directories it degrades to no serialisation (the steps it guards are still individually atomic).
+    """
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 _HELD: dict[str, RunLock] = {}  # run locks this process holds (released by release_run or at exit by the kernel)
 
 
@@ -266,8 +287,7 @@ def create_run_dir(cfg: DictConfig, resume: bool = True, run_dir: str | os.PathL
     experiment_dir = Path(cfg.output_dir) / experiment_name(cfg)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     # choosing and locking a run is one step per experiment: a concurrent start waits here, then sees this run
-    selecting = RunLock(experiment_dir, ".runs.lock", "experiment directory").acquire(blocking=True, record=False)
-    try:
+    with directory_lock(experiment_dir):
         if run_dir is not None:
             run = Path(run_dir)
             run.mkdir(parents=True, exist_ok=True)
@@ -282,8 +302,6 @@ def create_run_dir(cfg: DictConfig, resume: bool = True, run_dir: str | os.PathL
             info = {"git_commit": git_commit(), "packages": package_versions(),
                     "created": _dt.datetime.now().isoformat(timespec="seconds")}
             atomic_write_text(run / "env.json", json.dumps(info, indent=2))
-    finally:
-        selecting.release(clear=False)
     if move_latest:
         point_latest(experiment_dir, run)
     return run
