@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 from corr3d.config import ConfigError, available_experiments, load_config
 
@@ -73,9 +77,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from corr3d.models.checkpoints import import_checkpoint
 
     out = args.out or str(Path(args.path).with_suffix("")) + "_corr3d"
@@ -147,9 +148,6 @@ def _fix_for(err: BaseException) -> str | None:
 
 def _save_traceback() -> str | None:
     """Keep the hidden traceback of an unexpected error in a file, so a bug report needs no re-run."""
-    import tempfile
-    import traceback
-
     try:
         fd, path = tempfile.mkstemp(prefix="corr3d-error-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:

@@ -10,6 +10,7 @@ object spec the rest of corr3d understands (``data.train_objects`` / ``data.obje
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -172,8 +173,6 @@ def download_objects(uids: Sequence[str], processes: int = 1) -> dict[str, Path]
 
 def cached_object_path(uid: str) -> Path:
     """Path of an already-downloaded object, without network access (FileNotFoundError if it is not cached)."""
-    import gzip
-
     index = cache_dir() / "object-paths.json.gz"
     if not index.exists():
         raise FileNotFoundError(f"no objaverse index at {index}; run data_prep/download_objaverse.py first")

@@ -12,6 +12,8 @@ Objects are y-up like glTF/Objaverse.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -374,8 +376,6 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
 
 def objaverse_path(uid: str) -> Path:
     """Local path of an Objaverse GLB via the objaverse package's cache (no download: the cache must hold it)."""
-    import gzip
-    import json
 
     import objaverse
 

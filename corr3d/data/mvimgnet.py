@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -158,8 +159,6 @@ class MVImgNetObject:
                 self.xyz[rows])
 
     def rgb(self, i: int) -> np.ndarray:
-        from PIL import Image
-
         try:
             with Image.open(self.image_paths[i]) as img:
                 return np.asarray(img.convert("RGB"))
@@ -174,8 +173,6 @@ def image_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete image (None if it looks whole), without decoding the pixels: the header must
     parse and the file must end with its format's end marker (JPEG EOI ``FFD9``, PNG ``IEND``), which a truncated
     copy lacks (FFD9 cannot occur inside JPEG entropy-coded data, so finding it in the tail is reliable)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             fmt = img.format

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 
+from omegaconf import DictConfig, OmegaConf
+
 from corr3d.losses.infonce import infonce_loss
 from corr3d.losses.procrustes import diff_procrustes_loss
 from corr3d.losses.smooth_ap import smooth_ap_loss, smooth_sigmoid
@@ -15,8 +17,6 @@ LOSSES = {"smooth_ap": smooth_ap_loss, "infonce": infonce_loss, "diff_procrustes
 def build_loss(loss_cfg):
     """``loss(feat0, feat1, xyz0, xyz1, valid0, valid1) -> (loss, stats)`` from the config's ``loss:`` section."""
     try:  # an OmegaConf section: plain values (functools.partial must not hold DictConfig nodes)
-        from omegaconf import DictConfig, OmegaConf
-
         if isinstance(loss_cfg, DictConfig):
             loss_cfg = OmegaConf.to_container(loss_cfg, resolve=True)
     except ImportError:  # pragma: no cover

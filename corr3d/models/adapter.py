@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from corr3d.utils.io import atomic_write, atomic_write_text
 
@@ -45,8 +47,6 @@ def adapter_metadata(model) -> dict:
 
 def save_adapter(model, path) -> Path:
     """Write the trained tensors and the rebuild recipe; returns the .safetensors path."""
-    from safetensors.torch import save_file
-
     tensor_path, json_path = adapter_paths(path)
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
     meta = adapter_metadata(model)
@@ -59,8 +59,6 @@ def save_adapter(model, path) -> Path:
 
 def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors) of an adapter; the JSON wins over the copy embedded in the tensor file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     tensor_path, json_path = adapter_paths(path)
     if not tensor_path.is_file():

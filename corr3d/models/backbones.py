@@ -6,6 +6,7 @@ any other timm ViT id also works, its facts are then read from timm's pretrained
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 
 import torch
@@ -141,7 +142,6 @@ def resolve_backbone(name: str) -> BackboneSpec | None:
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
-        import difflib
 
         close = difflib.get_close_matches(name, list(BACKBONES), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

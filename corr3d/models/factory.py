@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from corr3d.models.adapter import (
     adapter_base_weights,
@@ -65,8 +66,6 @@ def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapt
 def build_model(model_cfg) -> Corr3DModel:
     """From the ``model:` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
     try:
-        from omegaconf import DictConfig, OmegaConf
-
         if isinstance(model_cfg, DictConfig):
             model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf is a dependency; hubconf users may lack it
@@ -110,8 +109,6 @@ def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", 
 # ------------------------------------------------------------------------------------------------ compared models
 def _plain(model_cfg: Mapping | None) -> dict[str, Any]:
     try:
-        from omegaconf import DictConfig, OmegaConf
-
         if isinstance(model_cfg, DictConfig):
             return OmegaConf.to_container(model_cfg, resolve=True)
     except ImportError:  # pragma: no cover - hubconf users may lack omegaconf

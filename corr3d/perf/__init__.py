@@ -10,14 +10,14 @@ import pkgutil
 import time
 from pathlib import Path
 
+import torch
+
 
 def benchmark_groups() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def run_benchmarks(only: str | None = None, quick: bool = False, out: str = "runs/bench.json") -> dict:
-    import torch
-
     from corr3d.utils.run_dir import atomic_write_text
 
     groups = benchmark_groups() if not only else [g.strip() for g in only.split(",")]

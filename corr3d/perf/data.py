@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 OBJECTS = ["procedural:sphere_checker", "procedural:torus_coffee", "procedural:mug_cat"]
@@ -16,7 +17,6 @@ OBJECTS = ["procedural:sphere_checker", "procedural:torus_coffee", "procedural:m
 
 def _throughput(dataset, count: int, workers: int = 0, epoch: int = 0) -> float:
     """Pairs per second for ``count`` samples, in-process or through a DataLoader with ``workers``."""
-    import torch
 
     from corr3d.data.pairs import PairSampler
 

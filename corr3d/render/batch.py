@@ -26,7 +26,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -37,16 +39,18 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
+from tqdm.auto import tqdm
 
 from corr3d.assets.experiment import experiment_objects
 from corr3d.assets.objects import load_object, object_dir_name
-from corr3d.geometry import IcosphereCameras
 from corr3d.config_schema import RenderConfig
+from corr3d.errors import Corr3dUserError
+from corr3d.geometry import IcosphereCameras
 from corr3d.render.raycast import Lighting, RaycastRenderer
 from corr3d.render.store import FORMAT, FORMAT_VERSION
 from corr3d.utils.io import replace_dir
-from corr3d.errors import Corr3dUserError
 from corr3d.utils.paths import safe_join
 
 log = logging.getLogger(__name__)
@@ -66,8 +70,6 @@ def render_settings(render_cfg=None) -> dict:
     settings = json.loads(json.dumps(DEFAULT_RENDER))
     if render_cfg is not None:
         try:
-            from omegaconf import OmegaConf
-
             items = OmegaConf.to_container(render_cfg, resolve=True) if OmegaConf.is_config(render_cfg) \
                 else dict(render_cfg)
         except ImportError:  # pragma: no cover
@@ -202,9 +204,6 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     (and as a backstop for the race where the parent died before prctl ran): a daemon thread that exits the process
     once the parent pid changes (re-parented to init/a subreaper).
     """
-    import signal
-    import sys
-
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -346,8 +345,6 @@ def render_batch(specs: Iterable[str], root, render_cfg=None, workers: int | Non
 
 
 def _progress(total: int, done: int, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=done, desc="render", unit="obj", disable=not enabled)
 
 

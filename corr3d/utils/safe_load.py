@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 import pickle
 from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode
 
 from corr3d.errors import DataFileError
 
@@ -64,25 +70,14 @@ def restricted_pickle_load(path: str | os.PathLike, what: str = "pickle file"):
 
 def checkpoint_safe_globals() -> list:
     """Non-tensor globals a corr3d/Lightning training checkpoint legitimately holds (allowed under weights_only)."""
-    import pathlib
-
     extra: list = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath]
-    try:
-        from omegaconf import DictConfig, ListConfig
-        from omegaconf.base import ContainerMetadata, Metadata
-        from omegaconf.nodes import AnyNode
-
-        extra += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode]
-    except ImportError:  # pragma: no cover
-        pass
+    extra += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode]
     return extra
 
 
 def safe_checkpoint_load(path: str | os.PathLike, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` with :func:`checkpoint_safe_globals`; a file that is truncated, not a
     checkpoint, or names other globals raises :class:`corr3d.errors.DataFileError` naming it."""
-    import torch
-
     path = Path(path)
     try:
         with torch.serialization.safe_globals(checkpoint_safe_globals()):

@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 DOWNLOAD_HINT = ("YCB-Video (BOP): download ycbv_base.zip, ycbv_models.zip and ycbv_test_bop19.zip from the BOP "
                  "website (https://bop.felk.cvut.cz/datasets/ -> YCB-Video; files also at "
@@ -87,14 +88,10 @@ class BopScene:
         raise FileNotFoundError(f"{self.root / folder}/{stem}.(png|jpg|tif) not found")
 
     def image(self, im_id: int) -> np.ndarray:
-        from PIL import Image
-
         return np.asarray(Image.open(self._file("rgb", f"{im_id:06d}")).convert("RGB"))
 
     def depth(self, im_id: int) -> np.ndarray:
         """(H, W) float depth in mm (0 = no measurement)."""
-        from PIL import Image
-
         raw = np.asarray(Image.open(self._file("depth", f"{im_id:06d}")), dtype=np.float64)
         return raw * float(self.scene_camera[str(im_id)].get("depth_scale", 1.0))
 
@@ -105,8 +102,6 @@ class BopScene:
         return K
 
     def mask_visib(self, im_id: int, gt_idx: int) -> np.ndarray:
-        from PIL import Image
-
         return np.asarray(Image.open(self._file("mask_visib", f"{im_id:06d}_{gt_idx:06d}"))) > 0
 
     def instances(self, im_id: int) -> list[BopInstance]:

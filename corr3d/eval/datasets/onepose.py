@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 DOWNLOAD_HINT = ("OnePose-LowTexture: get lowtexture_test_data from OnePose++ (github.com/zju3dv/OnePose_Plus_Plus, "
                  "'Download datasets'), put it at {data_dir}, and build the SfM models with OnePose++ "
@@ -48,8 +49,6 @@ class OnePoseSequence:
         return len(self.frame_ids)
 
     def image(self, fid: str) -> np.ndarray:
-        from PIL import Image
-
         return np.asarray(Image.open(self.root / "color" / f"{fid}.png").convert("RGB"))
 
     def K(self, fid: str) -> np.ndarray:

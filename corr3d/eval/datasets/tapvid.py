@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
 from corr3d.errors import DataFileError
 from corr3d.utils.io import atomic_write
@@ -92,8 +93,6 @@ def sample_queries_first(points: np.ndarray, occluded: np.ndarray):
 def _decode_frames(video) -> np.ndarray:
     if isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4:
         return video
-    from PIL import Image
-
     frames = [np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) if isinstance(f, (bytes, bytearray)) else np.asarray(f)
               for f in video]
     return np.stack(frames).astype(np.uint8)
@@ -124,8 +123,6 @@ def _malformed(path: Path, video, err: Exception) -> DataFileError:
 
 
 def _load_frames_dir(directory: Path) -> np.ndarray:
-    from PIL import Image
-
     if not directory.is_dir():
         raise FileNotFoundError(f"no frame directory {directory}")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))

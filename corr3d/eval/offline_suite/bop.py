@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from corr3d.eval.offline_suite.common import background, camera_effects, orbit_pose, render, save_image
 
@@ -108,8 +109,6 @@ def _write_scene(root: Path, scene_id: int, layout, meshes: dict) -> None:
         depth_mm = np.where(any_obj, zmin * OBJECT_MM, 0.0)
         depth_png = np.clip(np.round(depth_mm / DEPTH_SCALE), 0, 65535).astype(np.uint16)
         (scene_dir / "depth").mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
         Image.fromarray(depth_png).save(scene_dir / "depth" / f"{i:06d}.png")
         images.append(rgb.astype(np.uint8))
         K_bop = K.copy()

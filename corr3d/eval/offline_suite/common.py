@@ -1,7 +1,10 @@
 """Shared pieces of the synthetic benchmark generators: cameras on orbits, rendering, visibility, backgrounds."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 
 
 def orbit_position(azimuth_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
@@ -57,7 +60,6 @@ def background(height: int, width: int, seed: int, exclude: tuple[str, ...] = ()
 
     ``exclude``: photos not to use (e.g. the object's own texture, which would camouflage it).
     """
-    from PIL import Image
     from skimage import data as skdata
 
     names = tuple(n for n in BACKGROUNDS if n not in exclude) or BACKGROUNDS
@@ -89,9 +91,6 @@ def camera_effects(frames: np.ndarray, seed: int, gains=None, colour_cast=(1.0, 
                    jpeg_quality: int | None = 85) -> np.ndarray:
     """Real-camera nuisances on rendered frames (deterministic): per-frame exposure ``gains``, a white-balance
     ``colour_cast`` (RGB gains), sensor noise and a JPEG round trip. (N, H, W, 3) uint8 -> same."""
-    import io
-
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     gains = np.ones(len(frames)) if gains is None else np.asarray(gains, dtype=np.float64)
@@ -109,8 +108,6 @@ def camera_effects(frames: np.ndarray, seed: int, gains=None, colour_cast=(1.0, 
 
 
 def save_image(path, image: np.ndarray, quality: int = 95) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(image)
     if str(path).lower().endswith((".jpg", ".jpeg")):
