@@ -125,7 +125,10 @@ def vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, fina
     """Tokens (B, prefix + h*w, C) after block ``layer`` (-1: last), final LayerNorm optional, and the grid (h, w).
 
     Position embeddings are resampled to the grid (``add_pos_embed``). Blocks after ``layer`` are skipped.
+    RoPE ViTs (timm ``Eva``, e.g. DINOv3) go through :func:`rope_vit_tokens`.
     """
+    if getattr(vit, "rope", None) is not None:
+        return rope_vit_tokens(vit, images, layer, final_norm, stride)
     x = patch_embed(vit, images, stride)
     grid = (x.shape[1], x.shape[2])
     x = add_pos_embed(vit, x)
@@ -140,3 +143,115 @@ def vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, fina
     if final_norm:
         x = vit.norm(x)
     return x, grid
+
+
+def rope_vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, final_norm: bool = True,
+                    stride: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``vit_tokens`` for timm ``Eva`` models with rotary position embeddings (DINOv3): the rotary table is built
+    for the actual (h, w) token grid by the model's own ``_pos_embed`` (built with ``dynamic_img_size``), so any
+    resolution works; class and register tokens are prepended there and stripped by ``tokens_to_map``."""
+    x = patch_embed(vit, images, stride)
+    grid = (x.shape[1], x.shape[2])
+    x, rope = vit._pos_embed(x)
+    x = vit.norm_pre(x)
+    depth = len(vit.blocks)
+    last = layer % depth if layer < 0 else layer
+    if not 0 <= last < depth:
+        raise ValueError(f"layer {layer} out of range for a {depth}-block ViT")
+    mixed = getattr(vit, "rope_mixed", False) and rope is not None  # depth-dependent tables: one per block
+    for index, block in enumerate(vit.blocks[: last + 1]):
+        x = block(x, rope=rope[index] if mixed else rope)
+    if final_norm:
+        x = vit.norm(x)
+    return x, grid
+
+
+# -- GPU path: mixed precision and fused attention ----------------------------------------------------------------
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
+
+    ``auto``: bf16 on CUDA (H100/A100 tensor cores; bf16 keeps fp32's range, so no loss scaling), fp32 elsewhere
+    (CPU bf16 matmuls are slower than fp32 without AMX). ``bf16``/``fp16`` force autocast, on CPU too where torch
+    supports it (the CPU tests exercise the same code path as CUDA)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device_type = torch.device(device).type
+    if precision == "fp32" or (precision == "auto" and device_type != "cuda"):
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def autocast_context(device, precision: str = "auto"):
+    """``torch.autocast`` for ``autocast_dtype(device, precision)``, or a no-op context for fp32."""
+    import contextlib
+
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def fused_attention_status(vit: torch.nn.Module) -> dict[str, object]:
+    """Whether the timm blocks run ``F.scaled_dot_product_attention`` (fused flash / memory-efficient kernels on
+    CUDA) instead of the explicit softmax(QK^T)V: timm decides per ``Attention`` module at construction from
+    ``timm.layers.use_fused_attn()`` (env ``TIMM_FUSED_ATTN``)."""
+    from timm.layers import use_fused_attn
+
+    flags = [bool(getattr(block.attn, "fused_attn", False)) for block in getattr(vit, "blocks", [])]
+    return {"timm_use_fused_attn": bool(use_fused_attn()), "blocks": len(flags), "fused_blocks": sum(flags),
+            "all_fused": bool(flags) and all(flags)}
+
+
+def enable_fused_attention(vit: torch.nn.Module) -> int:
+    """Switch every timm ``Attention`` block to SDPA (same maths; returns how many blocks were switched)."""
+    switched = 0
+    for block in getattr(vit, "blocks", []):
+        attn = getattr(block, "attn", None)
+        if attn is not None and hasattr(attn, "fused_attn") and not attn.fused_attn:
+            attn.fused_attn = True
+            switched += 1
+    return switched
+
+
+# -- frozen-prefix activations --------------------------------------------------------------------------------
+def frozen_prefix_depth(vit: torch.nn.Module) -> int:
+    """Number of leading blocks with no trainable parameter (LoRA/unfrozen blocks are the last k): their output is
+    a deterministic function of the input image, so it can be cached per view when augmentation is off."""
+    depth = 0
+    for block in vit.blocks:
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        depth += 1
+    stem = [vit.patch_embed, getattr(vit, "norm_pre", None)]
+    stem_trainable = any(p.requires_grad for m in stem if m is not None for p in m.parameters())
+    pos_trainable = any(t is not None and t.requires_grad for t in (vit.pos_embed, vit.cls_token,
+                                                                     getattr(vit, "reg_token", None)))
+    return 0 if stem_trainable or pos_trainable else depth
+
+
+def vit_prefix_tokens(vit: torch.nn.Module, images: torch.Tensor, depth: int,
+                      stride: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Tokens after the first ``depth`` blocks (the cacheable part of ``vit_tokens``) and the grid."""
+    x = patch_embed(vit, images, stride)
+    grid = (x.shape[1], x.shape[2])
+    x = add_pos_embed(vit, x)
+    x = vit.patch_drop(x)
+    x = vit.norm_pre(x)
+    for block in vit.blocks[:depth]:
+        x = block(x)
+    return x, grid
+
+
+def vit_tokens_from(vit: torch.nn.Module, x: torch.Tensor, start: int, layer: int = -1,
+                    final_norm: bool = True) -> torch.Tensor:
+    """Continue ``vit_tokens`` from the output of block ``start - 1`` (``vit_prefix_tokens(..., depth=start)``)."""
+    depth = len(vit.blocks)
+    last = layer % depth if layer < 0 else layer
+    if not 0 <= last < depth or start > last + 1:
+        raise ValueError(f"cannot continue from block {start} to layer {layer} of a {depth}-block ViT")
+    for block in vit.blocks[start: last + 1]:
+        x = block(x)
+    return vit.norm(x) if final_norm else x

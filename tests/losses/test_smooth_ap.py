@@ -162,3 +162,21 @@ def test_build_loss_from_config():
     assert loss.item() == pytest.approx(0.25, abs=1e-7)
     with pytest.raises(KeyError):
         build_loss({"name": "contrastive"})
+
+
+def test_matches_loop_with_many_positives_per_anchor_and_blocks():
+    """Clusters of near-coincident points: every anchor has several positives (and some none), so positive pairs
+    share anchors; small blocks split anchors and pairs across blocks."""
+    gen = torch.Generator().manual_seed(11)
+    centres = torch.rand(1, 6, 3, generator=gen)
+    x0 = (centres[:, torch.arange(30) % 6] + (torch.rand(1, 30, 3, generator=gen) - 0.5) * 0.004).double()
+    x1 = (centres[:, torch.arange(26) % 5] + (torch.rand(1, 26, 3, generator=gen) - 0.5) * 0.004).double()
+    f0 = F.normalize(torch.randn(1, 30, 6, generator=gen), dim=-1).double()
+    f1 = F.normalize(torch.randn(1, 26, 6, generator=gen), dim=-1).double()
+    expected, count = loop_loss(f0, f1, x0, x1, tau=0.1)
+    assert count > 2 * 30 // 6 * 5  # several positives per anchor
+    for block in (1 << 22, 50, 26, 1):
+        loss, stats = smooth_ap_loss(f0, f1, x0, x1, temperature=0.1, block_elements=block)
+        assert int(stats["num_positives"]) == count
+        assert int(stats["num_anchors_with_positive"]) == 25  # anchors of cluster 5 have no partner in view 1
+        assert loss.item() == pytest.approx(expected, abs=1e-12)
