@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from corr3d.eval.datasets.bop import list_scenes, load_models_info, load_object_model, read_targets
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
 from corr3d.eval.metrics.pose import pose_errors, threshold_key
 from corr3d.eval.pose import PoseSettings, grid_points, mutual_nearest_neighbours, solve_pnp
@@ -155,8 +156,9 @@ def _features(model, image: np.ndarray, settings: YcbvSettings):
     return extract_maps(model, [image], input_size, batch_size=1)[0], size, input_size
 
 
-def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
-    """{obj_id: (descriptors (M, C), object points (M, 3) mm)} from every scene's reference views."""
+def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[torch.Tensor | None, np.ndarray]]:
+    """{obj_id: (descriptors (M, C), object points (M, 3) mm)} from every scene's reference views (``model=None``:
+    points only, for the oracle)."""
     descs: dict[int, list] = {}
     points: dict[int, list] = {}
     for scene in scenes:
@@ -165,8 +167,9 @@ def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[to
             insts = [i for i in scene.instances(im_id) if i.visib_fract >= settings.min_visib_fract]
             if not insts:
                 continue
-            image, depth, K = scene.image(im_id), scene.depth(im_id), scene.K(im_id)
-            fmap, size, input_size = _features(model, image, settings)
+            depth, K = scene.depth(im_id), scene.K(im_id)
+            if model is not None:
+                fmap, size, input_size = _features(model, scene.image(im_id), settings)
             for inst in insts:
                 pts = mask_grid(scene.mask_visib(im_id, inst.gt_idx), depth, settings.template_step)
                 if len(pts) == 0:
@@ -174,7 +177,8 @@ def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[to
                 r, c = pts[:, 1].astype(int), pts[:, 0].astype(int)
                 cam = backproject(pts, depth[r, c], K)
                 obj = (cam - inst.pose[:3, 3]) @ inst.pose[:3, :3]       # R^T (X - t)
-                descs.setdefault(inst.obj_id, []).append(sample(model, fmap, pts, size, input_size))
+                descs.setdefault(inst.obj_id, []).append(
+                    sample(model, fmap, pts, size, input_size) if model is not None else torch.zeros(len(pts), 0))
                 points.setdefault(inst.obj_id, []).append(obj)
     banks = {}
     for obj_id in sorted(descs):
@@ -183,8 +187,28 @@ def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[to
             rng = np.random.default_rng(stable_seed("ycbv-templates", settings.seed, obj_id))
             keep = np.sort(rng.choice(len(d), settings.max_templates, replace=False))
             d, p = d[torch.from_numpy(keep).to(d.device)], p[keep]
-        banks[obj_id] = (d, p)
+        banks[obj_id] = (d if model is not None else None, p)
     return banks
+
+
+def oracle_matches(bank_pts: np.ndarray, grid: np.ndarray, K: np.ndarray, pose_gt: np.ndarray,
+                   visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Perfect matching: template points that project (true pose) onto the instance's visible mask, each paired with
+    its nearest query-grid point (the protocol's grid quantisation is kept)."""
+    from scipy.spatial import cKDTree
+
+    if len(grid) == 0 or len(bank_pts) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 2))
+    cam = transform(bank_pts, pose_gt)
+    uv = (cam @ K.T)[:, :2] / np.maximum(cam[:, 2:3], 1e-9)
+    h, w = visible.shape
+    cols, rows = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+    keep = (cam[:, 2] > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    keep[keep] = visible[rows[keep], cols[keep]]
+    if not keep.any():
+        return np.zeros((0, 3)), np.zeros((0, 2))
+    _, nearest = cKDTree(grid).query(uv[keep])
+    return bank_pts[keep], grid[nearest]
 
 
 def query_instances(scenes, settings: YcbvSettings, targets=None) -> list:
@@ -203,30 +227,41 @@ def query_instances(scenes, settings: YcbvSettings, targets=None) -> list:
 def evaluate_ycbv(model, scenes, object_models: dict, settings: YcbvSettings, prefix: str = "pose_ycbv/",
                   desc: str = "pose_ycbv", targets=None) -> tuple[dict[str, float], dict[str, list]]:
     """Metrics (per-object means averaged over objects) and tables: per-instance rows, per-object rows and
-    ``items`` (one per query instance; unit = object) whose weighted means are the headline metrics."""
+    ``items`` (one per query instance; unit = object) whose weighted means are the headline metrics.
+
+    ``model=None`` is the oracle (the protocol's ceiling): ground-truth matches (:func:`oracle_matches`) instead of
+    feature matching, then the same PnP and metrics."""
     with eval_mode(model):
         banks = build_templates(model, scenes, settings)
         queries = query_instances(scenes, settings, targets)
         rows = []
         pnp = settings.pnp()
         for scene, im_id, insts in tqdm(queries, desc=desc, leave=False):
-            image, K = scene.image(im_id), scene.K(im_id)
-            fmap, size, input_size = _features(model, image, settings)
+            K = scene.K(im_id)
+            if model is not None:
+                fmap, size, input_size = _features(model, scene.image(im_id), settings)
+            else:
+                size = scene.mask_visib(im_id, insts[0].gt_idx).shape
             for inst in insts:
                 model_pts = object_models[inst.obj_id]
                 pts2d = box_grid(inst.bbox_visib, size, settings.grid_step, settings.bbox_margin)
                 n_match, n_in, ok, pose = 0, 0, False, np.eye(4)
                 if inst.obj_id in banks and len(pts2d):
                     bank_desc, bank_pts = banks[inst.obj_id]
-                    feats = sample(model, fmap, pts2d, size, input_size)
-                    qi, ti = mutual_nearest_neighbours(feats, bank_desc.to(feats.device), settings.match_chunk)
-                    n_match = len(qi)
-                    pose, n_in, ok = solve_pnp(bank_pts[ti], pts2d[qi], K, pnp)
+                    if model is None:
+                        pts3d, matched2d = oracle_matches(bank_pts, pts2d, K, inst.pose,
+                                                          scene.mask_visib(im_id, inst.gt_idx))
+                    else:
+                        feats = sample(model, fmap, pts2d, size, input_size)
+                        qi, ti = mutual_nearest_neighbours(feats, bank_desc.to(feats.device), settings.match_chunk)
+                        pts3d, matched2d = bank_pts[ti], pts2d[qi]
+                    n_match = len(pts3d)
+                    pose, n_in, ok = solve_pnp(pts3d, matched2d, K, pnp)
                 r_err, t_err = pose_errors(pose, inst.pose, "mm")
                 dist = add_s_distance(pose, inst.pose, model_pts.points, model_pts.symmetric)
                 rows.append({"id": inst.id, "scene": scene.scene_id, "image": im_id, "object": inst.obj_id,
                              "symmetric": model_pts.symmetric, "visib_fract": inst.visib_fract,
-                             "templates": int(len(banks[inst.obj_id][0])) if inst.obj_id in banks else 0,
+                             "templates": int(len(banks[inst.obj_id][1])) if inst.obj_id in banks else 0,
                              "matches": int(n_match), "inliers": int(n_in), "success": bool(ok),
                              "rot_err_deg": r_err, "trans_err_cm": t_err, "add_s_mm": dist,
                              "diameter_mm": model_pts.diameter})
@@ -260,8 +295,6 @@ def summarise(rows: list[dict], settings: YcbvSettings, prefix: str) -> tuple[di
 
 
 def load_object_models(models_dir, obj_ids, settings: YcbvSettings) -> dict:
-    from corr3d.eval.datasets.bop import load_models_info, load_object_model
-
     info = load_models_info(models_dir)
     return {o: load_object_model(models_dir, o, settings.max_model_points, settings.seed, info[o]) for o in obj_ids}
 
@@ -269,8 +302,6 @@ def load_object_models(models_dir, obj_ids, settings: YcbvSettings) -> dict:
 def evaluate_bop_dataset(model, test_dir, models_dir, settings: YcbvSettings, scene_ids=None, targets_file=None,
                          prefix: str = "pose_ycbv/", desc: str = "pose_ycbv") -> tuple[dict[str, float], dict]:
     """Read a BOP test split + models and run :func:`evaluate_ycbv`."""
-    from corr3d.eval.datasets.bop import list_scenes, read_targets
-
     scenes = list_scenes(test_dir, scene_ids)
     obj_ids = sorted({i.obj_id for s in scenes for im in s.image_ids for i in s.instances(im)})
     targets = read_targets(targets_file) if (settings.use_targets and targets_file) else None
