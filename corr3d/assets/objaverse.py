@@ -18,6 +18,10 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from corr3d.errors import UnsafePathError
+from corr3d.utils.paths import ensure_within, safe_name
+from corr3d.utils.run_dir import atomic_write_text
+
 SPEC_PREFIX = "objaverse:"
 
 
@@ -41,8 +45,6 @@ UID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # Objaverse 1.0 
 def validate_uid(uid: str) -> str:
     """``uid`` if it is a plain Objaverse uid (letters, digits, ``_``, ``-``); it names a directory under the render
     root, so anything else (``..``, ``/``, absolute paths) raises :class:`corr3d.errors.UnsafePathError`."""
-    from corr3d.utils.paths import safe_name
-
     return safe_name(uid, "objaverse uid", pattern=UID_PATTERN,
                      fix="an Objaverse uid is 32 hex digits, e.g. objaverse:8476c4170df24cf5bbe6967222d1a42d")
 
@@ -67,8 +69,6 @@ def parse_uid(entry: str) -> str:
 
 def read_uid_file(path: str | os.PathLike) -> list[str]:
     """Uids from a text file, one per line; blank lines and ``#`` comments skipped, order kept, duplicates dropped."""
-    from corr3d.errors import UnsafePathError
-
     uids = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
@@ -180,8 +180,6 @@ def cached_object_path(uid: str) -> Path:
         relative = json.load(fh).get(parse_uid(uid))
     path = cache_dir() / relative if relative else None
     if path is not None:
-        from corr3d.utils.paths import ensure_within
-
         ensure_within(cache_dir(), path, "objaverse index entry")
     if path is None or not path.exists():
         raise FileNotFoundError(f"objaverse object {uid} is not in the cache {cache_dir()}")
@@ -200,8 +198,6 @@ def object_metadata(uids: Sequence[str]) -> dict[str, dict]:
 def write_object_list(paths: dict[str, Path], out: str | os.PathLike,
                       metadata: dict[str, dict] | None = None) -> Path:
     """Write ``objaverse:<uid>\\t<path>`` lines (atomically) and, if given, ``<out>.meta.json`` with metadata."""
-    from corr3d.utils.run_dir import atomic_write_text
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(f"{SPEC_PREFIX}{uid}\t{path}\n" for uid, path in paths.items()))

@@ -36,6 +36,9 @@ from corr3d.assets.meshes import (
     revolution_part,
     tube_part,
 )
+from corr3d.assets.objaverse import validate_uid
+from corr3d.errors import Corr3dUserError
+from corr3d.utils.paths import ensure_within, safe_name
 
 TEXTURE_SIZE = 256
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "colorwheel",
@@ -354,10 +357,6 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
     here (:class:`corr3d.errors.UnsafePathError` for ``..``, separators, absolute paths): a spec from a config or an
     object list can never address a directory outside the render root.
     """
-    from corr3d.assets.objaverse import validate_uid
-    from corr3d.errors import Corr3dUserError
-    from corr3d.utils.paths import safe_name
-
     spec = str(spec)
     if spec.startswith("procedural:"):
         rest = spec.split(":", 1)[1]
@@ -385,8 +384,6 @@ def objaverse_path(uid: str) -> Path:
         with gzip.open(index, "rt") as f:
             rel = json.load(f).get(uid)
         if rel and (base / rel).is_file():
-            from corr3d.utils.paths import ensure_within
-
             return ensure_within(base, base / rel, "objaverse index entry")
     hits = list((base / "glbs").glob(f"*/{uid}.glb"))
     if hits:

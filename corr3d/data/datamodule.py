@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader
 
 from corr3d.assets.experiment import object_specs, split_objects, training_objects  # noqa: F401 (re-export)
 from corr3d.data.augment import ViewAugmenter
+from corr3d.data.mvimgnet import discover_objects, structural_problem
 from corr3d.data.pairs import TRAIN_STREAM, VAL_STREAM, MVImgNetPairDataset, PairSampler, RenderedPairDataset
+from corr3d.render import ensure_rendered
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,6 @@ class MultiviewDataModule(L.LightningDataModule):
         if cfg.kind == "rendered":
             return training_objects(cfg, self.seed)
         if cfg.kind == "mvimgnet":
-            from corr3d.data.mvimgnet import discover_objects, structural_problem
-
             found = []
             for path in map(str, discover_objects(cfg.mvimgnet_dir)):
                 problem = structural_problem(path)  # cheap; unreadable models are caught later by the dataset
@@ -60,8 +60,6 @@ class MultiviewDataModule(L.LightningDataModule):
         raise ValueError(f"unknown data.kind {cfg.kind!r} (rendered | mvimgnet)")
 
     def _render(self, specs: list[str]) -> list[Path]:
-        from corr3d.render import ensure_rendered
-
         return [Path(p) for p in ensure_rendered(specs, Path(self.cfg.rendered_dir), self.cfg.render)] if specs \
             else []
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from corr3d.errors import DataFileError
+
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -163,8 +165,6 @@ class MVImgNetObject:
             with Image.open(self.image_paths[i]) as img:
                 return np.asarray(img.convert("RGB"))
         except OSError as err:
-            from corr3d.errors import DataFileError
-
             raise DataFileError(f"unreadable image ({err})", path=self.image_paths[i],
                                 fix="the file is truncated or corrupt: copy the object again") from None
 

@@ -20,7 +20,10 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from corr3d.data.augment import ViewAugmenter
+from corr3d.data.mvimgnet import MVImgNetObject, MVImgNetSkip
+from corr3d.geometry import project, relative_rotation_matrix_deg
 from corr3d.geometry.pixels import pixel_centres, visible_pixels
+from corr3d.render.store import RenderedObject
 
 log = logging.getLogger(__name__)
 TRAIN_STREAM, VAL_STREAM = 0, 1
@@ -64,8 +67,6 @@ def true_correspondence_pixels(obj, j: int, xyz: np.ndarray, tol: float) -> tupl
     inside the image, on the foreground, and view j's own surface point at that pixel within ``tol`` + two pixel
     footprints of the point (nothing occludes it).
     """
-    from corr3d.geometry import project
-
     if len(xyz) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     uv, z = project(np.asarray(xyz, dtype=np.float64), obj.K, obj.poses[j])
@@ -95,8 +96,6 @@ def sample_pixels_with(mask: np.ndarray, num_points: int, rng: np.random.Generat
 
 def allowed_view_pairs(poses: np.ndarray, max_rotation_deg: float) -> np.ndarray:
     """(P,2) ordered view pairs i != j whose relative camera rotation is at most ``max_rotation_deg``."""
-    from corr3d.geometry import relative_rotation_matrix_deg
-
     angles = relative_rotation_matrix_deg(poses)
     ok = (angles <= max_rotation_deg + 1e-6) & ~np.eye(len(poses), dtype=bool)
     return np.argwhere(ok)
@@ -174,8 +173,6 @@ class RenderedPairDataset(PairDataset):
     def _object(self, k: int):
         """The opened object and its allowed view pairs (cached per worker process)."""
         if k not in self._objects:
-            from corr3d.render.store import RenderedObject
-
             source = self.objects[k]
             obj = RenderedObject.open(source) if isinstance(source, Path) else source
             self._objects[k] = (obj, allowed_view_pairs(np.asarray(obj.poses), self.max_rotation_deg))
@@ -251,8 +248,6 @@ class MVImgNetPairDataset(PairDataset):
     def _object(self, k: int):
         """(object, allowed pairs) or None when the object is unusable (reason recorded)."""
         if k not in self._objects:
-            from corr3d.data.mvimgnet import MVImgNetObject, MVImgNetSkip
-
             try:
                 obj = MVImgNetObject.open(self.object_dirs[k], self.extent_percentile)
             except MVImgNetSkip as exc:

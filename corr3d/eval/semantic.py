@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from corr3d.eval.datasets import pfpascal, spair
 from corr3d.eval.features import FeatureCache, extract_maps, model_device, sample, snap_to_patch, to_tensor
 from corr3d.eval.metrics.semantic import PCKMetric
 from corr3d.geometry.pixels import pixel_centres, pixel_grid_tensor
@@ -208,8 +209,6 @@ def _item_id(pair) -> str:
 def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str] = ("different", "same"),
                       prefix: str = "semantic/", desc: str = "pf-pascal") -> tuple[dict[str, float], dict[str, list]]:
     """PF-PASCAL PCK for each view list; ``views[0]`` is the headline (keys ``{prefix}pck@a``)."""
-    from corr3d.eval.datasets import pfpascal
-
     s = matcher.settings
     metrics: dict[str, float] = {}
     tables: dict[str, list] = {}
@@ -279,8 +278,6 @@ def _pfpascal_items(pair_hits: list, alphas, p: str) -> list[dict]:
 def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", prefix: str = "semantic/spair/",
                    desc: str = "spair") -> tuple[dict[str, float], dict[str, list]]:
     """SPair-71k PCK (bbox-relative) per keypoint and per image, overall and by viewpoint variation 0/1/2."""
-    from corr3d.eval.datasets import spair
-
     s = matcher.settings
     pairs = spair.load_pairs(root, split, max_pairs=s.max_pairs)
     cats = sorted({p.category for p in pairs})

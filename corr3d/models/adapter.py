@@ -13,6 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from corr3d import __version__
+from corr3d.errors import DataFileError
 from corr3d.utils.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,6 @@ def adapter_paths(path) -> tuple[Path, Path]:
 
 
 def adapter_metadata(model) -> dict:
-    from corr3d import __version__
-
     cfg = model.config
     return {
         "format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "corr3d_version": __version__,
@@ -63,8 +63,6 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     tensor_path, json_path = adapter_paths(path)
     if not tensor_path.is_file():
         raise FileNotFoundError(f"no adapter tensors at {tensor_path}")
-    from corr3d.errors import DataFileError
-
     fix = "re-export the adapter (training writes adapter.safetensors + adapter.json into the run directory)"
     try:
         if json_path.is_file():

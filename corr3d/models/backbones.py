@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from corr3d.errors import NotSupportedError, UnknownNameError
+from corr3d.models.convnet import create_convnet
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -145,8 +148,6 @@ def resolve_backbone(name: str) -> BackboneSpec | None:
 
         close = difflib.get_close_matches(name, list(BACKBONES), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        from corr3d.errors import UnknownNameError
-
         raise UnknownNameError(f"unknown backbone '{name}': not a corr3d short name ({', '.join(BACKBONES)}) "
                                f"nor a timm model id.{hint}", fix="set model.backbone to one of those names")
     return None
@@ -185,13 +186,9 @@ def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
 
     spec = spec_or_name if isinstance(spec_or_name, BackboneSpec) else resolve_backbone(spec_or_name)
     if spec is not None and spec.kind == "convnet":
-        from corr3d.models.convnet import create_convnet
-
         return create_convnet(spec, timm_kwargs)
     name = spec.timm_id if spec is not None else str(spec_or_name)
     kwargs = {**(spec.timm_kwargs if spec else {}), **(timm_kwargs or {})}
-    from corr3d.errors import NotSupportedError
-
     not_vit = NotSupportedError(f"'{name}' is not a ViT with patch_embed/blocks; corr3d needs a plain timm "
                                 "VisionTransformer", fix="choose a ViT backbone, e.g. model.backbone=dinov2_s14")
     try:

@@ -24,6 +24,10 @@ from typing import Any
 
 import torch
 
+from corr3d.models.adapter import read_adapter
+from corr3d.models.factory import create_model
+from corr3d.models.weights import WeightsInfo
+
 log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^w_([ab])_(\d{3})$")
@@ -111,9 +115,6 @@ def import_checkpoint(path, backbone: str, out, base_weights: str = DEFAULT_BASE
     what ``load_model(None, adapter=out)`` will load under them (``hf``: timm's pretrained weights, which for DINOv2
     are the torch.hub weights the authors used). Returns the .safetensors path.
     """
-    from corr3d.models.factory import create_model
-    from corr3d.models.weights import WeightsInfo
-
     ckpt = read_authors_checkpoint(path, trust_pickle=trust_pickle)
     structure = authors_structure(ckpt)
     embed_dim = structure.pop("embed_dim")
@@ -170,8 +171,6 @@ def corr3d_to_authors(meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str,
 
 def export_checkpoint(adapter, out) -> Path:
     """Write a corr3d adapter as an authors'-format ``.ckpt`` (loadable by their ``FinetuneDINO``)."""
-    from corr3d.models.adapter import read_adapter
-
     meta, tensors = read_adapter(adapter)
     ckpt = corr3d_to_authors(meta, tensors)
     out = Path(out)

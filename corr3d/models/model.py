@@ -14,6 +14,7 @@ from torch import nn
 from corr3d.config_schema import ModelConfig
 from corr3d.models.adapter import save_adapter
 from corr3d.models.backbones import BackboneSpec
+from corr3d.models.convnet import adapt_convnet, convnet_map
 from corr3d.models.features import (
     paper_input_size,
     pixel_centres,
@@ -84,8 +85,6 @@ class Corr3DModel(nn.Module):
     def _adapt_backbone(self) -> list[int]:
         cfg = self.config
         if self.is_convnet:  # no attention to put LoRA on: train the last stage(s) instead (models/convnet.py)
-            from corr3d.models.convnet import adapt_convnet
-
             return adapt_convnet(self.vit, cfg, self.spec.feature_stage)
         if cfg["unfreeze_blocks"] > 0:  # "partially unfrozen" replaces LoRA
             return unfreeze_last_blocks(self.vit, cfg["unfreeze_blocks"])
@@ -135,8 +134,6 @@ class Corr3DModel(nn.Module):
         """Raw (not normalised) (B, C, h, w) map: backbone tokens (prefix tokens dropped) -> conv head."""
         input_size = tuple(input_size or self.input_size(*images.shape[-2:]))
         if self.is_convnet:
-            from corr3d.models.convnet import convnet_map
-
             return self.head(convnet_map(self.vit, self.preprocess(images, input_size), self.spec.feature_stage))
         tokens, grid = vit_tokens(self.vit, self.preprocess(images, input_size), layer=self.config["layer"],
                                   final_norm=self.config["final_norm"], stride=stride)

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 from safetensors.torch import load_file
 
+from corr3d.errors import DataFileError
 from corr3d.models.backbones import BackboneSpec
 from corr3d.models.imgfocus import (
     IMGFOCUS_ARCH,
@@ -114,8 +115,6 @@ def hf_weights_file(spec: BackboneSpec) -> Path:
 def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch pickle (.pth/.pt/.bin), unwrapping 'model'/'state_dict'."""
     path = Path(path)
-    from corr3d.errors import DataFileError
-
     fix = "the weights file is truncated, corrupt or not a state dict: download or export it again"
     if path.suffix == ".safetensors":
         try:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
+from corr3d.utils.run_dir import atomic_write_text
+
 
 def benchmark_groups() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def run_benchmarks(only: str | None = None, quick: bool = False, out: str = "runs/bench.json") -> dict:
-    from corr3d.utils.run_dir import atomic_write_text
-
     groups = benchmark_groups() if not only else [g.strip() for g in only.split(",")]
     results: dict[str, dict] = {"_machine": {"torch_threads": torch.get_num_threads(),
                                             "cuda": torch.cuda.is_available()}}

@@ -12,13 +12,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from corr3d.data.augment import ViewAugmenter
+from corr3d.data.pairs import PairSampler, RenderedPairDataset
+from corr3d.render import ensure_rendered
+
 OBJECTS = ["procedural:sphere_checker", "procedural:torus_coffee", "procedural:mug_cat"]
 
 
 def _throughput(dataset, count: int, workers: int = 0, epoch: int = 0) -> float:
     """Pairs per second for ``count`` samples, in-process or through a DataLoader with ``workers``."""
-
-    from corr3d.data.pairs import PairSampler
 
     sampler = PairSampler(count)
     sampler.set_epoch(epoch)
@@ -34,10 +36,6 @@ def _throughput(dataset, count: int, workers: int = 0, epoch: int = 0) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    from corr3d.data.augment import ViewAugmenter
-    from corr3d.data.pairs import RenderedPairDataset
-    from corr3d.render import ensure_rendered
-
     objects = OBJECTS[:1] if quick else OBJECTS
     render_cfg = OmegaConf.create({"width": 512, "height": 512, "focal": 560.0, "distance": 2.0,
                                    "icosphere_subdivisions": 0 if quick else 1, "background": [0, 0, 0]})

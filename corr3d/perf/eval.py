@@ -10,6 +10,12 @@ import time
 
 import torch
 
+import corr3d
+from corr3d.config import load_config
+from corr3d.eval.features import sample, snap_to_patch
+from corr3d.eval.offline_suite import ensure_offline_suite
+from corr3d.eval.semantic import similarity_argmax
+
 
 def _time(fn, repeat: int = 3) -> float:
     fn()
@@ -22,9 +28,6 @@ def _time(fn, repeat: int = 3) -> float:
 
 
 def similarity_speedup(model, image_size: int = 840, num_keypoints: int = 20) -> dict[str, float]:
-    from corr3d.eval.features import sample, snap_to_patch
-    from corr3d.eval.semantic import similarity_argmax
-
     device = next(model.parameters()).device
     side = snap_to_patch(image_size, model.patch_size)
     with torch.no_grad():
@@ -40,8 +43,6 @@ def similarity_speedup(model, image_size: int = 840, num_keypoints: int = 20) ->
 
 
 def run(quick: bool = False) -> dict[str, float | str]:
-    import corr3d
-    from corr3d.config import load_config
     from corr3d.eval.run import run_eval_part
 
     torch.set_grad_enabled(False)
@@ -55,8 +56,6 @@ def run(quick: bool = False) -> dict[str, float | str]:
         suite = f"{tmp}/bench" if quick else "data/benchmarks"
         cfg = load_config("base", [f"model.backbone={backbone}", f"model.weights={weights}",
                                    f"eval.offline.dir={suite}", f"data_root={tmp}/none", "eval.real_data=false"])
-        from corr3d.eval.offline_suite import ensure_offline_suite
-
         start = time.perf_counter()
         ensure_offline_suite(suite)
         results["offline_suite_generate_s"] = round(time.perf_counter() - start, 2)

@@ -12,6 +12,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from corr3d.losses import smooth_ap_loss
+from corr3d.models import WeightsUnavailableError, load_model
+
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,8 +39,6 @@ def _peak_mb(device: torch.device) -> float:
 
 def _feature_model(device: torch.device):
     """ViT-S/14 without LoRA/head; real weights when obtainable (speed does not depend on them)."""
-    from corr3d.models import WeightsUnavailableError, load_model
-
     options = dict(lora_blocks=0, head_layers=0)
     try:
         model = load_model("dinov2_s14", weights="auto", **options)
@@ -64,8 +65,6 @@ def _throughput(model, size: int, batch: int, reps: int, device: torch.device) -
 
 def _loss_time(points: int, dim: int, reps: int, device: torch.device) -> dict[str, float]:
     """Forward + backward of SmoothAP on one view pair with the paper's 3000 points per view."""
-    from corr3d.losses import smooth_ap_loss
-
     gen = torch.Generator().manual_seed(0)
     xyz0 = torch.rand(1, points, 3, generator=gen) - 0.5
     xyz1 = xyz0 + 0.003 * torch.randn(1, points, 3, generator=gen)  # every point has a positive partner nearby

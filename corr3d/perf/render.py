@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from corr3d.assets.meshes import parametric_part
+from corr3d.assets.meshes import assemble, parametric_part
 from corr3d.assets.objects import PROCEDURAL_OBJECTS, bumpy, texture
+from corr3d.render.batch import render_object, render_settings
 
 
 def textured_sphere_mesh(triangles: int, seed: int = 0) -> trimesh.Trimesh:
@@ -24,23 +25,17 @@ def textured_sphere_mesh(triangles: int, seed: int = 0) -> trimesh.Trimesh:
         return 0.5 * np.stack([np.cos(phi) * np.cos(theta), np.sin(phi), -np.cos(phi) * np.sin(theta)], -1)
 
     part = bumpy(parametric_part(fn, nu, nv, texture("astronaut", rng)), rng, 0.15, waves=10, max_freq=8)
-    from corr3d.assets.meshes import assemble
-
     return assemble([part])
 
 
 def _time_render(spec: str, root: Path, settings: dict) -> tuple[float, float]:
     """(wall, CPU) seconds; CPU time of this process is the load-independent figure on a shared machine."""
-    from corr3d.render.batch import render_object
-
     start, cpu = time.perf_counter(), time.process_time()
     render_object(spec, root / f"obj_{abs(hash(spec))}", settings)
     return time.perf_counter() - start, time.process_time() - cpu
 
 
 def run(quick: bool = False) -> dict[str, float | str]:
-    from corr3d.render.batch import render_settings
-
     settings = render_settings(None)  # the paper's setup: 42 views, 512x512, f = 560
     results: dict[str, float | str] = {"views": 42, "image_size": f"{settings['width']}x{settings['height']}"}
     with tempfile.TemporaryDirectory() as tmp:

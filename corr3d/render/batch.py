@@ -52,6 +52,7 @@ from corr3d.render.raycast import Lighting, RaycastRenderer
 from corr3d.render.store import FORMAT, FORMAT_VERSION
 from corr3d.utils.io import replace_dir
 from corr3d.utils.paths import safe_join
+from corr3d.utils.run_dir import atomic_write_text, directory_lock, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def read_manifest(root) -> dict:
 def _write_manifest(root: Path, objects: dict) -> None:
     """Merge ``objects`` into the manifest on disk under a file lock: concurrent batches on one root (SLURM chunks,
     two shells) each add their objects instead of overwriting each other's records."""
-    from corr3d.utils.run_dir import atomic_write_text, directory_lock
-
     with directory_lock(root):
         merged = read_manifest(root)
         merged.update(objects)
@@ -264,8 +263,6 @@ def _temp_name(kind: str, name: str) -> str:
 
 
 def _process_alive(pid: int) -> bool:
-    from corr3d.utils.run_dir import process_alive
-
     return process_alive(pid)
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from corr3d.errors import DataFileError
 from corr3d.geometry import depth_to_xyz, intrinsics, invert_pose
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,6 @@ class RenderedObject:
         # NaN geometry would silently turn into "no foreground" (NaN > 0 is False) and a loss/APE over nothing
         for name in ("K", "poses"):
             if not np.isfinite(np.asarray(getattr(self, name), dtype=np.float64)).all():
-                from corr3d.errors import DataFileError
-
                 raise DataFileError(f"non-finite values (NaN/inf) in the camera {name}", path=self.path,
                                     fix="re-render this object (delete the directory and run `corr3d render`)")
 
@@ -209,8 +208,6 @@ class RenderedObject:
         with np.load(self._files["depth"]) as arrays:
             depth = arrays[f"view_{i:03d}"].astype(np.float32)
         if not np.isfinite(depth).all():
-            from corr3d.errors import DataFileError
-
             raise DataFileError(f"view {i}: non-finite depth values (NaN/inf)", path=self._files["depth"],
                                 fix="re-render this object (delete the directory and run `corr3d render`)")
         return depth

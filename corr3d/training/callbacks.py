@@ -20,6 +20,10 @@ from typing import Sequence
 import lightning as L
 import torch
 
+from corr3d.eval.equivariance import evaluate_equivariance
+from corr3d.models.adapter import read_adapter
+from corr3d.utils.run_dir import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 SELECT_KEY = "equivariance/ape"  # lower is better
@@ -43,8 +47,6 @@ class EquivarianceCallback(L.Callback):
     def _measure(self, model) -> dict[str, float]:
         if self._evaluate is not None:
             return self._evaluate(model)
-        from corr3d.eval.equivariance import evaluate_equivariance
-
         cfg = copy.deepcopy(self.cfg)
         for key in ("stereo_check", "mvimgnet", "real_pairs"):  # the probe is about the validation objects only
             if key in cfg.equivariance:
@@ -103,8 +105,6 @@ class EquivarianceCallback(L.Callback):
     def _write_history(self) -> None:
         if self.run_dir is None:
             return
-        from corr3d.utils.run_dir import atomic_write_text
-
         atomic_write_text(self.run_dir / "val_history.json",
                           json.dumps({"select_key": SELECT_KEY, "best": self.best, "history": self.history},
                                      indent=2))
@@ -119,8 +119,6 @@ class EquivarianceCallback(L.Callback):
         self.best = data.get("best")
         best_file = self.run_dir / "best_adapter.safetensors"
         if self.best is not None and best_file.exists():
-            from corr3d.models.adapter import read_adapter
-
             self.best_state = dict(read_adapter(best_file)[1])
 
     def restore_best(self, model) -> dict | None:

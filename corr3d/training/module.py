@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from corr3d.utils.visualize import correspondence_figure, pca_rgb
+
 
 class MultiviewFinetuneModule(L.LightningModule):
     """Finetunes a ``Corr3DModel`` (LoRA + conv head) with a dense 3D-correspondence ranking loss.
@@ -19,8 +21,15 @@ class MultiviewFinetuneModule(L.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, lr: float = 1e-5, weight_decay: float = 1e-4,
-                 image_log_every_n_steps: int = 50, pair_log_dir: str | None = None):
+                 image_log_every_n_steps: int = 50, pair_log_dir: str | None = None,
+                 cache_frozen_prefix: bool = False, prefix_cache_views: int = 4096):
+        """``cache_frozen_prefix``: keep the output of the frozen leading blocks per (object, view) and run only the
+        trainable last blocks + head on a hit (``corr3d.models.features.frozen_prefix_depth``). Only valid when the
+        images of a view never change, i.e. with augmentation off (training/run.py enables it only then)."""
         super().__init__()
+        self.cache_frozen_prefix = bool(cache_frozen_prefix)
+        self.prefix_cache_views = int(prefix_cache_views)
+        self._prefix_cache: dict = {}
         self.pair_log_dir = pair_log_dir
         self.model = model
         self.loss_fn = loss_fn
@@ -35,12 +44,37 @@ class MultiviewFinetuneModule(L.LightningModule):
     def pair_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw maps of both views in one backbone call, and L2-normalised features at the sampled points."""
         images = torch.cat([batch["image0"], batch["image1"]])
-        maps = self.model(images)
+        maps = self._cached_maps(batch, images) if self.cache_frozen_prefix else self.model(images)
         map0, map1 = maps.chunk(2)
         size = tuple(batch["image0"].shape[-2:])
         f0 = F.normalize(self.model.sample_points(map0, batch["points0"], size), dim=-1)
         f1 = F.normalize(self.model.sample_points(map1, batch["points1"], size), dim=-1)
         return maps, f0, f1
+
+    def _cached_maps(self, batch: dict, images: torch.Tensor) -> torch.Tensor:
+        """``self.model(images)`` with the frozen prefix's tokens looked up per (object, view) (see __init__)."""
+        from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
+
+        model = self.model
+        depth = frozen_prefix_depth(model.vit)
+        if depth == 0 or "object_id" not in batch:
+            return model(images)
+        keys = [(o, int(v)) for o, v in zip(batch["object_id"], batch["view0"].tolist())]
+        keys += [(o, int(v)) for o, v in zip(batch["object_id"], batch["view1"].tolist())]
+        input_size = model.input_size(*images.shape[-2:])
+        missing = [k for k, key in enumerate(keys) if key not in self._prefix_cache]
+        if missing:
+            with torch.no_grad():
+                tokens, grid = vit_prefix_tokens(model.vit, model.preprocess(images[missing], input_size), depth)
+            for k, t in zip(missing, tokens):
+                if len(self._prefix_cache) >= self.prefix_cache_views:
+                    self._prefix_cache.pop(next(iter(self._prefix_cache)))
+                self._prefix_cache[keys[k]] = (t, grid)
+        grid = self._prefix_cache[keys[0]][1]
+        x = torch.stack([self._prefix_cache[key][0] for key in keys])
+        tokens = vit_tokens_from(model.vit, x, depth, layer=model.config["layer"],
+                                 final_norm=model.config["final_norm"])
+        return model.head(tokens_to_map(tokens, model.spec.num_prefix_tokens, grid))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         maps, f0, f1 = self.pair_features(batch)
@@ -93,8 +127,6 @@ class MultiviewFinetuneModule(L.LightningModule):
 
     @torch.no_grad()
     def _log_images(self, batch: dict, maps: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor) -> None:
-        from corr3d.utils.visualize import correspondence_figure, pca_rgb
-
         writer, step = self.logger.experiment, self.global_step
         img0 = (batch["image0"][0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
         img1 = (batch["image1"][0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)

@@ -31,9 +31,13 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import ConfigError, load_config
+from corr3d.eval.stats import bootstrap_ci, paired_delta
+from corr3d.utils.report import _pyplot, markdown_table, write_csv, write_text
 from corr3d.utils.run_dir import DONE_MARKER, atomic_write_text
 
 log = logging.getLogger("corr3d.training.sweep")
@@ -108,8 +112,6 @@ def variant_bundle(cfg: DictConfig, key: str, value: str) -> dict | None:
     """The dotted overrides of a variant-axis value (see ``SweepPlan.cell_overrides``); None for a config key."""
     if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
         return None
-    import yaml
-
     parsed = yaml.safe_load(value)
     if not isinstance(parsed, dict):
         raise ConfigError(f"sweep axis '{key}' is not a config key, so its values must be mappings of dotted keys "
@@ -120,8 +122,6 @@ def variant_bundle(cfg: DictConfig, key: str, value: str) -> dict | None:
 def _variant_label(value: str) -> str | None:
     if not value.startswith("{"):
         return None
-    import yaml
-
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
@@ -456,8 +456,6 @@ def per_object_intervals(metrics: Mapping, keys: Sequence[str], n_boot: int = 20
                          ) -> tuple[dict, dict]:
     """("ci", "deltas") in the metrics.json shape, for runs written before training recorded them: cluster
     bootstrap over the held-out objects with ``corr3d.eval.stats``. Keys without per-object values get none."""
-    from corr3d.eval.stats import bootstrap_ci, paired_delta
-
     items = {m: per_object_items(metrics, m) for m in MODELS}
     ci = {m: {} for m in MODELS if items[m]}
     for model in ci:
@@ -496,8 +494,6 @@ def _report_keys(manifest: dict) -> list[str]:
 
 def gather_sweep(sweep_dir: str | Path) -> Path:
     """Write results.csv, plots and report.md for the sweep in ``sweep_dir``; returns the directory."""
-    from corr3d.utils.report import write_csv
-
     sweep_dir = Path(sweep_dir)
     manifest, rows = sweep_rows(sweep_dir)
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -524,8 +520,6 @@ def _fmt_ci(row: dict, key: str, digits: int = 2) -> str:
 
 def seed_summary(rows: Sequence[dict], axes: Sequence[str], key: str) -> list[dict]:
     """Mean and standard deviation over the ``seed`` axis of ``key`` for each setting of the other axes."""
-    import numpy as np
-
     others = [a for a in axes if a != "seed"]
     groups: dict[tuple, list[float]] = {}
     for row in rows:
@@ -540,8 +534,6 @@ def seed_summary(rows: Sequence[dict], axes: Sequence[str], key: str) -> list[di
 
 
 def write_sweep_report(sweep_dir: Path, manifest: dict, rows: list[dict]) -> Path:
-    from corr3d.utils.report import markdown_table, write_text
-
     axes = list(manifest["axes"])
     keys = _report_keys(manifest)
     lines = [f"# Sweep `{manifest['name']}` of `{manifest['experiment']}`", "",
@@ -585,8 +577,6 @@ def _numeric_axis(axes: Sequence[str], rows: Sequence[dict]) -> str | None:
 def plot_sweep(sweep_dir: Path, axes: Sequence[str], rows: Sequence[dict], key: str) -> Path | None:
     """``key`` against the first numeric axis (or the cells in order), one line per model and per setting of the
     remaining axes, error bars = 95% CI."""
-    from corr3d.utils.report import _pyplot
-
     x_axis = _numeric_axis(axes, rows)
     others = [a for a in axes if a != x_axis]
     plt = _pyplot()
@@ -692,7 +682,5 @@ def correlate_metrics_files(paths: Sequence[str | Path], x_key: str = "equivaria
     table = correlation_table(metric_points(metrics_list, models=("pretrained", "pretrained_head_init",
                                                                   "finetuned", "random")), x_key)
     if out is not None:
-        from corr3d.utils.report import write_csv
-
         write_csv(out, table)
     return table

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from corr3d.errors import DataFileError
+from corr3d.utils.report import write_text
 
 PASCAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                   "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -144,8 +145,6 @@ def data_present(root: str | Path) -> bool:
 
 def write_pairs_csv(path: str | Path, rows: list[tuple[str, str, int, np.ndarray, np.ndarray]]) -> Path:
     """rows: (source rel path, target rel path, class id (1-based), src kps (N,2) continuous, trg kps) -> CSV."""
-    from corr3d.utils.report import write_text
-
     lines = ["source_image,target_image,class,XA,YA,XB,YB"]
     for src, trg, cls, a, b in rows:
         a = np.asarray(a) - PIXEL_OFFSET

@@ -27,6 +27,7 @@ from PIL import Image
 
 from corr3d.errors import DataFileError
 from corr3d.utils.io import atomic_write
+from corr3d.utils.safe_load import restricted_pickle_load
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ def detect_format(data) -> str:
 def load_pickle(path: str | Path):
     """The dataset pickle through corr3d's restricted unpickler (numpy arrays and builtin containers only: a crafted
     file cannot run code, utils/safe_load.py); errors name the file."""
-    from corr3d.utils.safe_load import restricted_pickle_load
-
     data = restricted_pickle_load(path, "TAP-Vid pickle")
     if not isinstance(data, dict) or not data:
         raise DataFileError(f"expected a non-empty dict of videos, got {type(data).__name__}", path=path,

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Iterable
 
 from corr3d.utils.io import replace_dir
+from corr3d.utils.report import write_json
 
 log = logging.getLogger(__name__)
 
 SUITE_VERSION = 3   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
-# 3: sized for decisions (issue 9): pose 10 objects with a hand-held, differently lit test capture; tracking 12 videos;
+# 3: sized for decisions (issue 9): pose 10 objects with a hand-held test capture (aim, scale, roll); tracking 12 videos;
 #    semantic 6 categories x 40 PF-PASCAL / 24 SPair pairs
 PARTS = ("onepose", "tapvid", "semantic", "bop")
 TASK_PARTS = {"pose": ("onepose",), "tracking": ("tapvid",), "semantic": ("semantic",),
@@ -60,14 +61,13 @@ def is_complete(root: str | Path, part: str) -> bool:
 
 def generate_part(root: str | Path, part: str) -> Path:
     """(Re)generate one part atomically: build in ``<root>/.<part>.tmp``, then swap it in."""
-    from corr3d.utils.report import write_json
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{part}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    # deferred: load only the generator of the part being built (circular otherwise: the parts import this package)
     if part == "onepose":
         from corr3d.eval.offline_suite.onepose import generate
     elif part == "tapvid":

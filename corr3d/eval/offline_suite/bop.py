@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from corr3d.assets.objects import load_object
 from corr3d.eval.offline_suite.common import background, camera_effects, orbit_pose, render, save_image
+from corr3d.geometry import intrinsics
 
 # obj_id -> procedural spec (held-out evaluation objects, never trained on)
 OBJECTS = {1: "procedural:mug_cat", 2: "procedural:gear_astronaut", 3: "procedural:vase_coffee",
@@ -71,8 +73,6 @@ def _write_models(out: Path, meshes: dict) -> None:
 
 
 def _write_scene(root: Path, scene_id: int, layout, meshes: dict) -> None:
-    from corr3d.geometry import intrinsics
-
     K = intrinsics(FOCAL, WIDTH, HEIGHT)
     scene_dir = root / f"{scene_id:06d}"
     placements = {obj_id: _object_to_world(pos, yaw, -meshes[obj_id].bounds[0][1]) for obj_id, pos, yaw in layout}
@@ -125,8 +125,6 @@ def _write_scene(root: Path, scene_id: int, layout, meshes: dict) -> None:
 
 def generate(out: Path) -> dict:
     """Write ``<out>/ycbv/{test/<scene>/..., models/...}``; returns the generator facts for the marker."""
-    from corr3d.assets.objects import load_object
-
     root = Path(out) / "ycbv"
     meshes = {obj_id: load_object(spec) for obj_id, spec in OBJECTS.items()}
     _write_models(root, meshes)

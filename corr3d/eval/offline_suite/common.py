@@ -6,6 +6,10 @@ import io
 import numpy as np
 from PIL import Image
 
+from corr3d.geometry import project
+from corr3d.geometry.icosphere import look_at_pose
+from corr3d.render import render_views
+
 
 def orbit_position(azimuth_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
     """Camera centre on a y-up orbit around the origin."""
@@ -14,14 +18,10 @@ def orbit_position(azimuth_deg: float, elevation_deg: float, distance: float) ->
 
 
 def orbit_pose(azimuth_deg: float, elevation_deg: float, distance: float, target=(0.0, 0.0, 0.0)) -> np.ndarray:
-    from corr3d.geometry.icosphere import look_at_pose
-
     return look_at_pose(orbit_position(azimuth_deg, elevation_deg, distance) + np.asarray(target), target)
 
 
 def render(mesh, K: np.ndarray, poses: np.ndarray, width: int, height: int, lighting=None) -> dict[str, np.ndarray]:
-    from corr3d.render import render_views
-
     return render_views(mesh, K, np.asarray(poses), width, height, lighting=lighting)
 
 
@@ -38,8 +38,6 @@ def handheld_pose(azimuth_deg: float, elevation_deg: float, distance: float, tar
 def visibility(points: np.ndarray, K: np.ndarray, pose: np.ndarray, xyz_map: np.ndarray, mask: np.ndarray,
                tol: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
     """Project object points; visible = in front, inside the image, and the pixel sees the same surface point."""
-    from corr3d.geometry import project
-
     uv, z = project(np.asarray(points, dtype=np.float64), K, pose)
     h, w = mask.shape
     cols, rows = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)

@@ -2,11 +2,11 @@
 
 Objects are scaled to ``OBJECT_SIZE_M`` metres. The reference capture is a tripod-like ring of views with the object
 centred; the test capture is hand-held (v3): the object drifts off-centre (aim jitter), its distance changes by
-~+-20 % and the camera rolls by up to ~20 degrees, under another light rig (object-fixed lights instead of the
-reference's camera-fixed ones) and another exposure / white balance. A test frame therefore never repeats a
-reference view pixel for pixel: matching must survive viewpoint, scale, roll and shading changes, which raw colour
-patches and the position embeddings of a random-init ViT do not (suite v2 kept the object centred at a fixed scale
-under identical lighting, so a random ViT's position-biased colour matching beat DINOv2). The "SfM model" is a set of surface points sampled on the mesh
+~+-13 % and the camera rolls by up to 10 degrees, with another exposure / white balance. A test frame therefore
+never repeats a reference view pixel for pixel: matching must survive viewpoint, scale and roll changes, which raw
+colour patches and the position embeddings of a random-init ViT do not (suite v2 kept the object centred at a fixed
+scale, so a random ViT's position-biased colour matching beat DINOv2). A harsher first v3 (roll 20 degrees, +-20 %
+distance, object-fixed lights in the test capture, 12 reference views) left DINOv2-S at 5 % (5cm-5deg): too hard. The "SfM model" is a set of surface points sampled on the mesh
 (``anno_3d_average.npz`` ``keypoints3d``); every reference frame's ``anno_loftr`` JSON holds the projections of the
 points visible in that frame (ray-cast visibility) and the ``assign_matrix`` linking them. Poses and intrinsics are
 exact (written in OnePose's integer-pixel convention, i.e. principal point and keypoints shifted by -0.5).
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corr3d.assets.objects import load_object
 from corr3d.eval.offline_suite.common import (
     background,
     camera_effects,
@@ -29,6 +30,8 @@ from corr3d.eval.offline_suite.common import (
     texture_photos,
     visibility,
 )
+from corr3d.geometry import intrinsics
+from corr3d.render.raycast import OBJECT_LIGHTS, Lighting
 
 # held-out procedural objects (corr3d.assets.objects procedural_split), some as two seeded variants (other texture
 # crops / proportions): ten independent objects, the unit of the pose CI
@@ -41,11 +44,12 @@ OBJECTS = (("0700-mugcat-others", "procedural:mug_cat"), ("0701-gearastronaut-ot
 SIZE = 192
 FOCAL = 285.0
 OBJECT_SIZE_M = 0.2          # unit-extent object -> 20 cm
-REF_VIEWS = 12               # a full loop around the object, alternating two elevations (30 degrees apart)
+REF_VIEWS = 16               # a full loop around the object, alternating two elevations (22.5 degrees apart)
 TEST_FRAMES = 60             # every 10th (eval.pose.query_step, in the authors' lexicographic order) is a query: 6
 SFM_POINTS = 3000
 AIM_JITTER = 0.12            # test capture: the camera aims up to this far (object units) from the object centre
-ROLL_DEG = 20.0              # test capture: camera roll amplitude
+ROLL_DEG = 10.0              # test capture: camera roll amplitude
+DISTANCE_SWING = 0.3         # test capture: camera distance 2.35 +- this (object units), i.e. +-13 %
 # the two sequences are separate captures (OnePose records them on different days): the test sequence has another
 # exposure and white balance; both carry sensor noise and JPEG-like compression
 CAPTURE = {1: {"gain": 1.0, "cast": (1.0, 1.0, 1.0)}, 2: {"gain": 0.85, "cast": (1.08, 1.0, 0.88)}}
@@ -75,15 +79,11 @@ def _to_metres(pose: np.ndarray) -> np.ndarray:
 def make_object(out: Path, name: str, spec: str, seed: int) -> None:
     import trimesh
 
-    from corr3d.assets.objects import load_object
-    from corr3d.geometry import intrinsics
 
     mesh = load_object(spec)
     K = intrinsics(FOCAL, SIZE, SIZE)
     short = name.split("-")[1]
     obj_dir = out / "lowtexture_test_data" / name
-    from corr3d.render.raycast import OBJECT_LIGHTS, Lighting
-
     rng = np.random.default_rng(seed)
     # reference sequence: a ring of views at two elevations, object centred
     ref_poses = np.stack([orbit_pose(360.0 * i / REF_VIEWS, 15.0 if i % 2 == 0 else 40.0, 2.4)
@@ -94,10 +94,10 @@ def make_object(out: Path, name: str, spec: str, seed: int) -> None:
     for k in range(TEST_FRAMES):
         aim = AIM_JITTER * np.array([np.sin(k / 5.0 + phase[0]), np.sin(k / 6.0 + phase[1]), 0.0])
         test_poses.append(handheld_pose(11.0 + 330.0 * k / TEST_FRAMES, 27.0 + 10.0 * np.sin(k / 7.0 + phase[2]),
-                                        2.35 + 0.45 * np.sin(k / 9.0 + phase[3]), aim,
+                                        2.35 + DISTANCE_SWING * np.sin(k / 9.0 + phase[3]), aim,
                                         ROLL_DEG * np.sin(k / 8.0 + phase[0])))
     test_poses = np.stack(test_poses)
-    lights = {1: Lighting(), 2: Lighting(lights=OBJECT_LIGHTS, follow_camera=False)}
+    lights = {1: Lighting(), 2: Lighting()}   # the same camera-fixed rig (OBJECT_LIGHTS for the test: too hard)
     points, _ = trimesh.sample.sample_surface(mesh, SFM_POINTS, seed=seed)
     points = np.asarray(points, dtype=np.float64)
     for seq_no, poses, with_anno in ((1, ref_poses, True), (2, test_poses, False)):

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from corr3d.assets.objects import load_object
+from corr3d.eval.datasets.pfpascal import write_pairs_csv
 from corr3d.eval.offline_suite.common import background, composite, orbit_pose, render, save_image, visibility
+from corr3d.geometry import intrinsics
 
 CATEGORIES = ("mug_cat", "house", "rocket_ship", "gear_astronaut", "vase_coffee", "tori_chain")
 SIZES = ((160, 120), (120, 160), (144, 144))   # (W, H)
@@ -49,16 +52,12 @@ class Renderer:
         self._views = {}
 
     def mesh(self, category: str, seed: int):
-        from corr3d.assets.objects import load_object
-
         key = (category, seed)
         if key not in self._meshes:
             self._meshes[key] = load_object(f"procedural:{category}:{seed}")
         return self._meshes[key]
 
     def view(self, category: str, seed: int, azimuth: float, elevation: float, size: tuple[int, int]) -> dict:
-        from corr3d.geometry import intrinsics
-
         key = (category, seed, round(azimuth, 3), round(elevation, 3), size)
         if key in self._views:
             return self._views[key]
@@ -101,8 +100,6 @@ def _pair_specs(rng: np.random.Generator, n: int, min_gap: float, max_gap: float
 
 def _write_pfpascal(root: Path, renderer: Renderer, rng: np.random.Generator) -> int:
     from scipy.io import savemat
-
-    from corr3d.eval.datasets.pfpascal import write_pairs_csv
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "class_names.txt").write_text("\n".join(CATEGORIES) + "\n")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from corr3d.assets.objects import load_object
+from corr3d.eval.datasets.tapvid import write_tapvid_pickle
 from corr3d.eval.offline_suite.common import (
     background,
     camera_effects,
@@ -22,6 +24,7 @@ from corr3d.eval.offline_suite.common import (
     texture_photos,
     visibility,
 )
+from corr3d.geometry import intrinsics
 
 VIDEOS = (  # (object spec, yaw degrees per frame, horizontal drift per frame (object units), camera elevation)
     ("procedural:mug_cat", 2.5, 0.008, 20.0),
@@ -60,9 +63,6 @@ def _motion(theta_deg: float, tilt_deg: float, shift: float) -> np.ndarray:
 
 
 def make_video(spec: str, deg_per_frame: float, shift_per_frame: float, elevation: float, seed: int) -> dict:
-    from corr3d.assets.objects import load_object
-    from corr3d.geometry import intrinsics
-
     mesh = load_object(spec)
     K = intrinsics(FOCAL, WIDTH, HEIGHT)
     cam = orbit_pose(25.0 + 40.0 * seed % 360, elevation, DISTANCE)
@@ -95,8 +95,6 @@ def make_video(spec: str, deg_per_frame: float, shift_per_frame: float, elevatio
 
 
 def generate(out: Path) -> dict:
-    from corr3d.eval.datasets.tapvid import write_tapvid_pickle
-
     videos = {}
     for i, (spec, deg, shift, elev) in enumerate(VIDEOS):
         videos[f"synth{i:02d}_{'_'.join(spec.split(':')[1:])}"] = make_video(spec, deg, shift, elev, seed=100 + i)
