@@ -131,19 +131,23 @@ class TrainerConfig:
     devices: int = ranged(1, gt=0)
     num_nodes: int = ranged(1, gt=0)
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
     log_every_n_steps: int = ranged(10, gt=0)
     checkpoint_every_n_steps: int = ranged(1000, ge=0)
     val_every_n_steps: int = ranged(1000, ge=0)
     select_best: bool = False
     image_log_every_n_steps: int = ranged(50, ge=0)
     deterministic: bool = False
+    cache_frozen_prefix: bool = False
 
 
 @dataclass
 class EquivarianceConfig:
+    protocol: str = "fast"
     objects: List[str] = _list("procedural:sphere_astronaut", "procedural:torus_coffee", "procedural:box_chelsea",
-                               "procedural:cone_voronoi", "procedural:vase_coffee")
+                               "procedural:cone_voronoi", "procedural:vase_coffee", "procedural:gear_astronaut",
+                               "procedural:knot_immuno", "procedural:mug_cat", "procedural:house",
+                               "procedural:tori_chain")
     object_list: Optional[str] = None
     max_views_per_object: int = ranged(0, ge=0)
     max_pairs_per_object: int = ranged(20, ge=0)
@@ -155,7 +159,20 @@ class EquivarianceConfig:
     batch_size: int = ranged(4, gt=0)
     mvimgnet: bool = False
     mvimgnet_objects: int = ranged(100, ge=0)
-    stereo_check: bool = True
+    real_pairs: bool = True
+    reference_models: List[str] = _list("random", "oracle")
+
+
+@dataclass
+class RealPairsEvalConfig:
+    stereo: bool = True
+    homography_images: List[str] = _list("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "clock",
+                                         "immunohistochemistry")
+    homographies_per_image: int = ranged(2, ge=0)
+    homography_strength: float = ranged(0.15, ge=0)
+    num_points: int = ranged(1000, ge=0)
+    target_stride: int = ranged(2, gt=0)
+    thresholds: List[float] = _list(0.01, 0.02, 0.05)
 
 
 @dataclass
@@ -208,7 +225,7 @@ class PoseYcbvEvalConfig:
     ransac_iters: int = ranged(10000, gt=0)
     min_matches: int = 4
     min_inliers: int = 6
-    thresholds: List[float] = _list(1.0, 3.0, 5.0)
+    thresholds: List[int] = _list(1, 3, 5)
     auc_max_mm: float = ranged(100.0, gt=0)
     add_diameter_frac: float = ranged(0.1, gt=0)
     max_model_points: int = ranged(2000, gt=0)
@@ -255,14 +272,17 @@ class EvalConfig:
     backbone: Optional[str] = None
     ckpt: Optional[str] = None
     out_dir: Optional[str] = None
-    models: List[str] = _list("pretrained", "finetuned")
+    models: List[str] = _list("pretrained", "random", "finetuned", "oracle")
     device: str = "auto"
     batch_size: int = ranged(4, gt=0)
     feature_cache_size: int = ranged(256, ge=0)
     seed: int = 0
+    n_boot: int = ranged(2000, gt=0)
     real_data: bool = True
+    real_pairs: RealPairsEvalConfig = field(default_factory=RealPairsEvalConfig)
     offline: OfflineEvalConfig = field(default_factory=OfflineEvalConfig)
     pose: PoseEvalConfig = field(default_factory=PoseEvalConfig)
+    pose_ycbv: PoseYcbvEvalConfig = field(default_factory=PoseYcbvEvalConfig)
     tracking: TrackingEvalConfig = field(default_factory=TrackingEvalConfig)
     semantic: SemanticEvalConfig = field(default_factory=SemanticEvalConfig)
 
