@@ -86,7 +86,7 @@ def time_losses(kind: str, reps: int = 5, device="cpu", points: int = 3000) -> d
             raw0.grad = None
             _sync(device)
             start = time.perf_counter()
-            values[name] = fn()
+            values[name] = tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in fn())
             _sync(device)
             if rep:
                 times[name].append(time.perf_counter() - start)

@@ -159,3 +159,78 @@ def test_layer_and_prenorm_options():
     assert not torch.allclose(layered(torch.rand(1, 3, 48, 48)), model(torch.rand(1, 3, 48, 48)))
     with pytest.raises(ValueError):
         vit_tokens(vit, x, layer=6)
+
+
+# -- GPU path on CPU: autocast, fused attention, frozen-prefix caching (issue 13) --------------------------------
+def test_autocast_switch_and_bf16_forward_on_cpu():
+    from corr3d.models.features import autocast_context, autocast_dtype
+
+    assert autocast_dtype("cpu", "auto") is None and autocast_dtype("cuda", "auto") == torch.bfloat16
+    assert autocast_dtype("cpu", "bf16") == torch.bfloat16 and autocast_dtype("cuda", "fp16") == torch.float16
+    with pytest.raises(ValueError):
+        autocast_dtype("cpu", "fp8")
+    model = tiny_model(14).eval()
+    images = torch.rand(2, 3, 42, 42)
+    with torch.no_grad():
+        ref = model(images)
+        with autocast_context("cpu", "bf16"):  # the CUDA code path, on CPU where torch supports bf16 autocast
+            low = model(images)
+    assert low.dtype == torch.bfloat16
+    cos = torch.nn.functional.cosine_similarity(low.float().flatten(1), ref.flatten(1), dim=1)
+    assert (cos > 0.99).all()
+
+
+def test_timm_blocks_use_fused_sdpa_and_match_explicit_attention():
+    from corr3d.models.features import enable_fused_attention, fused_attention_status
+
+    model = tiny_model(14).eval()
+    status = fused_attention_status(model.vit)
+    assert status["timm_use_fused_attn"] and status["all_fused"], status
+    images = torch.rand(1, 3, 42, 42)
+    with torch.no_grad():
+        fused = model(images)
+        for block in model.vit.blocks:
+            block.attn.fused_attn = False
+        explicit = model(images)
+        assert enable_fused_attention(model.vit) == len(model.vit.blocks)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_prefix_continuation_equals_full_forward():
+    from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
+
+    model = tiny_model(16).eval()  # 6 blocks, LoRA on the last 2
+    assert frozen_prefix_depth(model.vit) == 4
+    images = torch.rand(2, 3, 48, 48)
+    size = model.input_size(48, 48)
+    with torch.no_grad():
+        prefix, grid = vit_prefix_tokens(model.vit, model.preprocess(images, size), 4)
+        tokens = vit_tokens_from(model.vit, prefix, 4)
+        torch.testing.assert_close(model.head(tokens_to_map(tokens, model.spec.num_prefix_tokens, grid)),
+                                   model(images), atol=1e-6, rtol=0)
+    assert frozen_prefix_depth(tiny_model(16, unfreeze_blocks=6).vit) == 0
+
+
+def test_cached_prefix_training_features_and_gradients_equal_uncached():
+    from corr3d.losses import smooth_ap_loss
+    from corr3d.training.module import MultiviewFinetuneModule
+
+    model = tiny_model(16)
+    with torch.no_grad():
+        for block in model.vit.blocks[-2:]:  # LoRA B != 0 so the adapted blocks matter
+            block.attn.qkv.lora_b_q.normal_(0, 0.1)
+    gen = torch.Generator().manual_seed(0)
+    batch = {"image0": torch.rand(1, 3, 48, 48, generator=gen), "image1": torch.rand(1, 3, 48, 48, generator=gen),
+             "points0": torch.rand(1, 20, 2, generator=gen) * 48, "points1": torch.rand(1, 20, 2, generator=gen) * 48,
+             "object_id": ["o"], "view0": torch.tensor([3]), "view1": torch.tensor([5])}
+    plain = MultiviewFinetuneModule(model, smooth_ap_loss)
+    cached = MultiviewFinetuneModule(model, smooth_ap_loss, cache_frozen_prefix=True)
+    grads = []
+    for module in (plain, cached, cached):  # the second cached call is a cache hit
+        model.zero_grad()
+        _, f0, f1 = module.pair_features(batch)
+        (f0 * f1).sum().backward()
+        grads.append(model.vit.blocks[-1].attn.qkv.lora_a_q.grad.clone())
+    assert len(cached._prefix_cache) == 2
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[2], grads[0], atol=1e-6, rtol=1e-5)
