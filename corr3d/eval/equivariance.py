@@ -8,6 +8,17 @@ Protocol (paper §4.1, made explicit here):
 - prediction: cosine nearest neighbour among the target view's foreground pixels (every ``target_stride``-th pixel);
 - error: distance to the true projection / shortest image edge; APE = mean (%), PCDP@t = fraction under t (%).
 The same code path serves every backbone, pretrained or with an adapter, the validation callback and ``make eval``.
+
+Sampling is a pure function of (``seed``, object id, view pair) through ``corr3d.utils.seeding.stable_seed``, so
+every process, model and resumed run scores the same pairs and points. Per-item results (item = view pair, unit =
+object, weight = number of points; see ``pair_item``) feed the bootstrap CIs of ``corr3d.eval.stats``.
+
+Protocols (``equivariance.protocol``): ``fast`` uses the sampling knobs of the config section (CPU default);
+``paper`` evaluates every ordered view pair within the rotation limit and every visible foreground pixel against
+every target foreground pixel (the paper's dense protocol; GPU work).
+
+``OracleModel`` is the ceiling: its features are the true object coordinates of each pixel (from the xyz maps),
+matched by the same cosine nearest neighbour; it must score near-zero APE or the protocol itself is broken.
 """
 from __future__ import annotations
 
@@ -26,6 +37,8 @@ from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixe
 from corr3d.geometry import project
 from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
+from corr3d.utils.seeding import stable_seed
+from corr3d.utils.torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +54,84 @@ class EquivarianceSettings:
     seed: int = 0
     batch_size: int = 4
     max_views_per_object: int = 0
+    protocol: str = "fast"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"equivariance.protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        if self.protocol == "paper":  # every ordered pair in the limit, every visible pixel, every target pixel
+            self.max_pairs_per_object = self.num_source_points = self.max_views_per_object = 0
+            self.target_stride = 1
 
     @classmethod
     def from_config(cls, cfg) -> "EquivarianceSettings":
         eq = cfg.equivariance
         return cls(max_pairs_per_object=int(eq.max_pairs_per_object), max_rotation_deg=float(eq.max_rotation_deg),
                    num_source_points=int(eq.num_source_points), target_stride=int(eq.target_stride),
-                   thresholds=tuple(eq.thresholds), visibility_tol=float(eq.visibility_tol), seed=int(cfg.seed),
-                   batch_size=int(eq.batch_size), max_views_per_object=int(eq.max_views_per_object))
+                   thresholds=tuple(eq.thresholds), visibility_tol=float(eq.visibility_tol), seed=int(cfg.eval.seed),
+                   batch_size=int(eq.batch_size), max_views_per_object=int(eq.max_views_per_object),
+                   protocol=str(eq.protocol))
+
+
+PROTOCOLS = ("fast", "paper")
 
 
 def _local_metric(settings: EquivarianceSettings, prefix: str = "equivariance/") -> EquivarianceMetric:
     """This evaluation runs on one process (rank 0 during training): never wait for other ranks."""
     return EquivarianceMetric(settings.thresholds, prefix=prefix, sync_on_compute=False)
+
+
+def object_rng(seed: int, *parts) -> np.random.Generator:
+    """The generator for one sampling decision of one object (same in every process: no salted ``hash()``)."""
+    return np.random.default_rng(stable_seed(int(seed), *parts))
+
+
+def pair_item(object_id: str, i: int, j: int, errors: torch.Tensor, thresholds: Sequence[float],
+              prefix: str = "equivariance/") -> dict:
+    """Per-item result of one view pair: APE and PCDP over its points (%), weighted by its number of points, so
+    the points-weighted mean over items equals the pooled metric of ``EquivarianceMetric``."""
+    e = errors.reshape(-1).double()
+    item = {"id": f"{object_id}/{i}-{j}", "unit": str(object_id), "weight": float(e.numel()),
+            f"{prefix}ape": 100.0 * float(e.mean())}
+    for t in thresholds:
+        item[f"{prefix}pcdp@{float(t):g}"] = 100.0 * float((e < float(t)).double().mean())
+    return item
+
+
+class OracleModel(torch.nn.Module):
+    """Ground-truth features: each pixel's true object-space point (the rendered xyz map), Fourier-encoded.
+
+    ``[sin(w x_d), cos(w x_d)]`` over the 3 coordinates and frequencies ``w`` has constant norm, so the cosine
+    normalisation every model goes through changes nothing, and the dot product ``sum cos(w (x_d - y_d))`` is
+    largest exactly at the same surface point (frequencies <= pi keep it monotone over a unit-extent object).
+    Matching then uses the same code as any model; the remaining error is the target-pixel lattice and the
+    visibility tolerance, i.e. the ceiling of the protocol."""
+
+    is_oracle = True
+    frequencies = (torch.pi / 4, torch.pi / 2, torch.pi)
+
+    def describe(self) -> str:
+        return "oracle: true 3D object coordinates of every pixel as features (rendered xyz maps)"
+
+    def forward(self, images):  # pragma: no cover - the oracle reads ground truth, never pixels
+        raise TypeError("the oracle has no image features; it is evaluated from ground truth only")
+
+    def view_features(self, xyz: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        """(6F, H, W) features of an (H, W, 3) xyz map; background pixels get zeros (never candidates)."""
+        x = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W)
+        w = torch.tensor(self.frequencies, dtype=torch.float32).view(-1, 1, 1, 1)
+        angles = (w * x[None]).flatten(0, 1)
+        feats = torch.cat([angles.sin(), angles.cos()], 0)
+        return feats * torch.from_numpy(np.asarray(mask, dtype=bool))[None]
+
+    def sample_points(self, fmap, points_xy, image_size, input_size=None, stride=None, normalize=True):
+        from corr3d.models.features import sample_feature_map
+
+        return sample_feature_map(fmap, points_xy, tuple(image_size), normalize=normalize)
+
+
+def is_oracle(model) -> bool:
+    return bool(getattr(model, "is_oracle", False))
 
 
 def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int, rng: np.random.Generator,
@@ -74,27 +152,16 @@ def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int
 
 
 def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
-                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                            rng: np.random.Generator, views=None) -> tuple[np.ndarray, np.ndarray]:
     """Source pixels of view i visible in view j and their true (continuous) location in view j.
 
     Visible: the point projects in front of camera j, inside the image, onto a foreground pixel whose own surface
-    point lies within ``tol`` (+ two pixel footprints) of it, i.e. no other surface occludes it."""
-    mask_i, xyz_i = obj.mask(i), obj.xyz(i)
-    src = pixel_centers(mask_i)
-    points = xyz_i[mask_i]  # row-major, same order as pixel_centers(mask_i)
-    uv, z = project(points, obj.K, obj.poses[j])
-    h, w = obj.height, obj.width
-    cols, rows = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
-    inside = (z > 0) & (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
-    keep = np.zeros(len(points), dtype=bool)
-    idx = np.nonzero(inside)[0]
-    mask_j, xyz_j = obj.mask(j), obj.xyz(j)
-    on_fg = mask_j[rows[idx], cols[idx]]
-    # a pixel spans z/f object units: allow two of them on top of ``tol`` so low resolutions keep visible points
-    footprint = z[idx] / float(obj.K[0, 0])
-    same_point = np.linalg.norm(xyz_j[rows[idx], cols[idx]] - points[idx], axis=1) < tol + 2.0 * footprint
-    keep[idx[on_fg & same_point]] = True
-    src, gt = src[keep], uv[keep].astype(np.float32)
+    point lies within ``tol`` (+ two pixel footprints) of it, i.e. no other surface occludes it (a pixel spans z/f
+    object units: two of them on top of ``tol`` keep visible points at low resolutions). ``views``: a
+    ``corr3d.eval.matching.ViewCache`` of ``obj`` so that each view is decoded once across pairs."""
+    from corr3d.eval.matching import ViewCache, visible_points
+
+    src, gt = visible_points(views if views is not None else ViewCache(obj, max_views=2), i, j, tol)
     if num_points and len(src) > num_points:
         pick = rng.choice(len(src), size=num_points, replace=False)
         src, gt = src[pick], gt[pick]
@@ -102,14 +169,20 @@ def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
 
 
 @torch.no_grad()
-def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int = 4) -> list[torch.Tensor]:
-    """Raw (not normalised, as in training) dense maps (C, h, w) for each uint8 HxWx3 image, in batches."""
+def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int = 4,
+                          precision: str = "auto") -> list[torch.Tensor]:
+    """Raw (not normalised, as in training) dense fp32 maps (C, h, w) for each uint8 HxWx3 image, in batches, left
+    on the model's device; ``precision``: ``corr3d.models.features.autocast_context`` (auto: bf16 on CUDA)."""
     from corr3d.eval.features import model_device, to_tensor
+    from corr3d.models.features import autocast_context
 
+    device = model_device(model)
     maps: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start:start + batch_size], model_device(model))
-        maps.extend(model(batch).float().cpu())
+        batch = to_tensor(images[start:start + batch_size], device)
+        with autocast_context(device, precision):
+            out = model(batch)
+        maps.extend(out.float())
     return maps
 
 
@@ -117,76 +190,85 @@ def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int =
 def nearest_neighbor_matches(model, fmap_src: torch.Tensor, fmap_tgt: torch.Tensor, src_xy: np.ndarray,
                              tgt_xy: np.ndarray, image_size: tuple[int, int],
                              target_size: tuple[int, int] | None = None, chunk: int = 1024) -> np.ndarray:
-    """For each source point the target candidate with the highest cosine similarity; returns its (x, y)."""
-    target_size = target_size or image_size
-    f_src = F.normalize(model.sample_points(fmap_src[None], torch.from_numpy(src_xy)[None], image_size)[0], dim=-1)
-    f_tgt = F.normalize(model.sample_points(fmap_tgt[None], torch.from_numpy(tgt_xy)[None], target_size)[0], dim=-1)
-    best = torch.cat([(f_src[s:s + chunk] @ f_tgt.T).argmax(dim=1) for s in range(0, len(f_src), chunk)])
-    return tgt_xy[best.numpy()]
+    """For each source point the target candidate with the highest cosine similarity; returns its (x, y).
+    Blocked GEMM + argmax (corr3d/eval/matching.py); ``chunk`` is kept for callers and ignored."""
+    from corr3d.eval.matching import match_points
+
+    return match_points(model, fmap_src, fmap_tgt, src_xy, tgt_xy, image_size, target_size)
+
+
+def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]], settings: EquivarianceSettings,
+                        views=None) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """(predicted, true) target locations of every pair's source points, {(i, j): (pred (N, 2), gt (N, 2))}.
+
+    Same result as ``visible_correspondences`` + ``nearest_neighbor_matches`` per pair, but each view is decoded
+    once (``ViewCache``), each target view's candidate features are sampled once, and all pairs that share a target
+    view are matched in one blocked GEMM (``corr3d.eval.matching.nearest_neighbors_grouped``)."""
+    from corr3d.eval.matching import ViewCache, nearest_neighbors_grouped, sample_normalized
+
+    views = views if views is not None else ViewCache(obj)
+    size = (obj.height, obj.width)
+    found, queries, groups = [], [], []
+    for i, j in pairs:
+        src, gt = visible_correspondences(obj, i, j, settings.num_source_points, settings.visibility_tol,
+                                          object_rng(settings.seed, "points", obj.object_id, i, j), views=views)
+        if len(src) == 0:
+            continue
+        found.append((i, j, gt))
+        queries.append(sample_normalized(model, maps[i], src, size))
+        groups.append(j)
+    candidates = {j: views.candidates(j, settings.target_stride) for j in set(groups)}
+    features = {j: sample_normalized(model, maps[j], xy, size) for j, xy in candidates.items()}
+    results = nearest_neighbors_grouped(queries, groups, features)
+    return {(i, j): (candidates[j][res.index.cpu().numpy()], gt) for (i, j, gt), res in zip(found, results)}
+
+
+def object_view_features(model, obj, views: Sequence[int], batch_size: int) -> dict[int, torch.Tensor]:
+    """Feature maps of the object's views, each view once (the oracle reads the xyz maps instead of pixels)."""
+    if is_oracle(model):
+        return {v: model.view_features(obj.xyz(v), obj.mask(v)) for v in views}
+    return dict(zip(views, extract_view_features(model, [obj.rgb(v) for v in views], batch_size)))
 
 
 def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, desc: str = "equivariance",
-                     per_object: dict | None = None) -> dict[str, float]:
-    """APE/PCDP over all objects; ``per_object`` (if given) receives each object's own metrics."""
+                     per_object: dict | None = None, items: list | None = None) -> dict[str, float]:
+    """APE/PCDP over all objects; ``per_object`` (if given) receives each object's own metrics, ``items`` (if
+    given) one ``pair_item`` per evaluated view pair.
+
+    Pairs are drawn from (seed, object id) and each pair's source points from (seed, object id, i, j): the items do
+    not depend on the process, the model or which other objects are evaluated."""
     total = _local_metric(settings)
-    was_training = model.training
-    model.eval()
-    objects = list(objects)
-    for obj in tqdm(objects, desc=desc, leave=False):
-        rng = np.random.default_rng([settings.seed, abs(hash(obj.object_id)) % (2**31)])
-        pairs = sample_view_pairs(obj.poses, settings.max_rotation_deg, settings.max_pairs_per_object, rng,
-                                  settings.max_views_per_object)
-        if not pairs:
-            log.warning("object %s has no view pair within %.0f deg; skipped", obj.object_id,
-                        settings.max_rotation_deg)
-            continue
-        views = sorted({v for pair in pairs for v in pair})
-        maps = dict(zip(views, extract_view_features(model, [obj.rgb(v) for v in views], settings.batch_size)))
-        size = (obj.height, obj.width)
-        metric = _local_metric(settings)
-        for i, j in pairs:
-            src, gt = visible_correspondences(obj, i, j, settings.num_source_points, settings.visibility_tol, rng)
-            if len(src) == 0:
+    with eval_mode(model):
+        objects = list(objects)
+        for obj in tqdm(objects, desc=desc, leave=False):
+            pairs = sample_view_pairs(obj.poses, settings.max_rotation_deg, settings.max_pairs_per_object,
+                                      object_rng(settings.seed, "pairs", obj.object_id), settings.max_views_per_object)
+            if not pairs:
+                log.warning("object %s has no view pair within %.0f deg; skipped", obj.object_id,
+                            settings.max_rotation_deg)
                 continue
-            candidates = pixel_centers(obj.mask(j), settings.target_stride)
-            pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, size)
-            errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
-            metric.update(errors)
-            total.update(errors)
-        if per_object is not None and int(metric.count) > 0:
-            per_object[obj.object_id] = _to_floats(metric.compute())
-    model.train(was_training)
+            views = sorted({v for pair in pairs for v in pair})
+            maps = object_view_features(model, obj, views, settings.batch_size)
+            size = (obj.height, obj.width)
+            metric = _local_metric(settings)
+            matches = object_pair_matches(model, obj, maps, pairs, settings)
+            for i, j in pairs:
+                if (i, j) not in matches:
+                    continue
+                pred, gt = matches[i, j]
+                errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
+                metric.update(errors)
+                total.update(errors)
+                if items is not None:
+                    items.append(pair_item(obj.object_id, i, j, errors, settings.thresholds))
+            if per_object is not None and int(metric.count) > 0:
+                per_object[obj.object_id] = _to_floats(metric.compute())
+            del maps
     return _to_floats(total.compute())
 
 
 def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items()}
-
-
-def stereo_motorcycle_check(model, settings: EquivarianceSettings, num_points: int = 2000) -> dict[str, float]:
-    """APE/PCDP on the real Middlebury motorcycle pair shipped by scikit-image (x_right = x_left - disparity)."""
-    from skimage import data as skdata
-
-    left, right, disp = skdata.stereo_motorcycle()
-    h, w = disp.shape
-    valid = np.isfinite(disp) & (disp > 0)
-    src = pixel_centers(valid)
-    d = disp[valid].astype(np.float32)
-    gt = src - np.stack([d, np.zeros_like(d)], axis=1)
-    inside = (gt[:, 0] >= 0) & (gt[:, 0] < w)
-    src, gt = src[inside], gt[inside]
-    rng = np.random.default_rng(settings.seed)
-    pick = rng.choice(len(src), size=min(num_points, len(src)), replace=False)
-    src, gt = src[pick], gt[pick]
-    was_training = model.training
-    model.eval()
-    f_left, f_right = extract_view_features(model, [left, right], 2)
-    candidates = pixel_centers(np.ones((h, w), dtype=bool), settings.target_stride)
-    pred = nearest_neighbor_matches(model, f_left, f_right, src, candidates, (h, w))
-    model.train(was_training)
-    metric = _local_metric(settings, "stereo/")
-    metric.add_points(torch.from_numpy(pred), torch.from_numpy(gt), (h, w))
-    return _to_floats(metric.compute())
 
 
 def open_rendered_objects(paths: Iterable[Path]):
@@ -211,16 +293,17 @@ def render_evaluation_objects(cfg) -> list[Path]:
 
 
 def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
-                          per_object: dict | None = None) -> dict[str, float]:
-    """The full equivariance evaluation of ``cfg.equivariance`` for ``model`` (any backbone, with or without adapter)."""
+                          per_object: dict | None = None, items: list | None = None) -> dict[str, float]:
+    """The full equivariance evaluation of ``cfg.equivariance`` for ``model`` (any backbone, with or without adapter,
+    or the ``OracleModel``); ``items`` (if given) receives the per-pair results (see ``evaluate_objects``).
+    Real photographs are the ``real_pairs`` task (corr3d/eval/real_pairs.py)."""
     settings = EquivarianceSettings.from_config(cfg)
     if object_dirs is None:
         object_dirs = render_evaluation_objects(cfg)
-    results = evaluate_objects(model, open_rendered_objects(object_dirs), settings, per_object=per_object)
-    if cfg.equivariance.stereo_check:
-        results.update(stereo_motorcycle_check(model, settings))
-    if cfg.equivariance.mvimgnet:
-        results.update(evaluate_mvimgnet(model, cfg, settings))
+    results = evaluate_objects(model, open_rendered_objects(object_dirs), settings, per_object=per_object,
+                               items=items)
+    if cfg.equivariance.mvimgnet and not is_oracle(model):  # sparse COLMAP points: no dense ground truth
+        results.update(evaluate_mvimgnet(model, cfg, settings, items=items))
     return results
 
 
@@ -240,7 +323,7 @@ def _frame_scale(obj, frame: int, image: np.ndarray) -> np.ndarray:
     return np.array([image.shape[1] / width, image.shape[0] / height], dtype=np.float32)
 
 
-def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings) -> dict[str, float]:
+def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings, items: list | None = None) -> dict[str, float]:
     """APE/PCDP on MVImgNet's sparse COLMAP correspondences: source keypoints of frame i, nearest neighbour over
     every ``target_stride``-th pixel of frame j (no mask), error to the keypoint of the same 3D point."""
     from corr3d.data.mvimgnet import discover_objects, open_objects
@@ -254,23 +337,25 @@ def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings) -> dict[str, f
     for path, reason in skipped.items():
         log.warning("MVImgNet object %s skipped: %s", path, reason)
     metric = _local_metric(settings, "mvimgnet/")
-    was_training = model.training
-    model.eval()
-    for obj in tqdm(objects, desc="mvimgnet", leave=False):
-        rng = np.random.default_rng([settings.seed, abs(hash(obj.object_id)) % (2**31)])
-        pairs = mvimgnet_pairs(obj, int(cfg.data.mvimgnet_min_matches), settings.max_pairs_per_object, rng)
-        frames = sorted({f for pair in pairs for f in pair})
-        images = {f: obj.rgb(f) for f in frames}
-        maps = dict(zip(frames, extract_view_features(model, [images[f] for f in frames], 1)))
-        for i, j in pairs:
-            src, gt, _ = obj.correspondences(i, j)
-            src, gt = src * _frame_scale(obj, i, images[i]), gt * _frame_scale(obj, j, images[j])
-            if settings.num_source_points and len(src) > settings.num_source_points:
-                pick = rng.choice(len(src), size=settings.num_source_points, replace=False)
-                src, gt = src[pick], gt[pick]
-            size = images[j].shape[:2]
-            candidates = pixel_centers(np.ones(size, dtype=bool), settings.target_stride)
-            pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, images[i].shape[:2], size)
-            metric.add_points(torch.from_numpy(pred), torch.from_numpy(gt), size)
-    model.train(was_training)
+    with eval_mode(model):
+        for obj in tqdm(objects, desc="mvimgnet", leave=False):
+            pairs = mvimgnet_pairs(obj, int(cfg.data.mvimgnet_min_matches), settings.max_pairs_per_object,
+                                   object_rng(settings.seed, "mvimgnet_pairs", obj.object_id))
+            frames = sorted({f for pair in pairs for f in pair})
+            images = {f: obj.rgb(f) for f in frames}
+            maps = dict(zip(frames, extract_view_features(model, [images[f] for f in frames], 1)))
+            for i, j in pairs:
+                src, gt, _ = obj.correspondences(i, j)
+                src, gt = src * _frame_scale(obj, i, images[i]), gt * _frame_scale(obj, j, images[j])
+                if settings.num_source_points and len(src) > settings.num_source_points:
+                    rng = object_rng(settings.seed, "mvimgnet_points", obj.object_id, i, j)
+                    pick = rng.choice(len(src), size=settings.num_source_points, replace=False)
+                    src, gt = src[pick], gt[pick]
+                size = images[j].shape[:2]
+                candidates = pixel_centers(np.ones(size, dtype=bool), settings.target_stride)
+                pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, images[i].shape[:2], size)
+                errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
+                metric.update(errors)
+                if items is not None:
+                    items.append(pair_item(f"mvimgnet:{obj.object_id}", i, j, errors, settings.thresholds, "mvimgnet/"))
     return _to_floats(metric.compute())

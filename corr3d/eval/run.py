@@ -6,7 +6,16 @@ model)`` per element and ``gather_eval(cfg, parts_dir)`` at the end.
 
 Metric keys are flat: ``pose/acc@1cm1deg``, ``tracking/aj``, ``semantic/pck@0.10`` (real datasets) and the same keys
 under ``offline/`` for the synthetic offline suite (e.g. ``offline/tracking/aj``); equivariance keys come from
-``corr3d.eval.equivariance`` (``equivariance/ape``...). Values are percentages.
+``corr3d.eval.equivariance`` (``equivariance/ape``...), real photographs from ``corr3d.eval.real_pairs``
+(``real_pairs/pck@0.05``...). Values are percentages (``*median_px``: pixels).
+
+Trust: every task also returns per-item results (``tables["items"]``, written to ``parts/<task>/<model>.json``);
+gathering adds to metrics.json ``"ci"`` ({model: {key: [lo, hi]}}, cluster bootstrap) and ``"deltas"``
+({"<model>-<ref>": {key: {delta, lo, hi, significant}}}, paired bootstrap on identical items; each model against
+``pretrained``, and ``finetuned`` against ``pretrained_head_init``), see ``corr3d.eval.stats``. The models
+(``corr3d.models.compared_model``) share one configuration and differ only in weights / adapter / head;
+``random`` is the floor and ``oracle`` (ground truth as features, ``ORACLE_TASKS`` only) the ceiling of the
+validity section of report.md.
 """
 from __future__ import annotations
 
@@ -24,15 +33,21 @@ from corr3d.utils import report
 
 log = logging.getLogger(__name__)
 
-TASKS = ("pose", "tracking", "semantic", "equivariance")
+TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")
+ORACLE_TASKS = ("equivariance", "real_pairs", "pose", "tracking", "semantic", "pose_ycbv")  # tasks with a ground-truth oracle (dense GT for every point)
+MODEL_ORDER = ("oracle", "pretrained", "pretrained_head_init", "random", "finetuned")
 HEADLINE = {
     "pose": ["acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg"],
     "tracking": ["aj", "delta_avg", "oa"],
     "semantic": ["pck@0.05", "pck@0.10", "pck@0.15", "pck_bbox@0.10", "same/pck@0.10", "spair/pck@0.10",
                  "spair/pck_img@0.10"],
     "equivariance": ["ape", "pcdp@0.05", "pcdp@0.1", "pcdp@0.2"],
+    "real_pairs": ["pck@0.01", "pck@0.02", "pck@0.05", "median_px", "stereo/pck@0.01", "stereo/pck@0.02",
+                   "stereo/pck@0.05", "stereo/median_px", "homography/pck@0.01", "homography/pck@0.02",
+                   "homography/pck@0.05", "homography/median_px"],
+    "pose_ycbv": ["acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg", "add_s_auc", "add_s@0.1d"],
 }
-LOWER_IS_BETTER = ("ape", "err")
+LOWER_IS_BETTER = ("ape", "err", "median_px")
 
 
 def _say(msg: str) -> None:
@@ -87,6 +102,10 @@ def load_eval_model(cfg: DictConfig, name: str):
     finetuned adapter's resolution, layer and norm (or the experiment's when there is no adapter)."""
     from corr3d.models import compared_model
 
+    if name == "oracle":
+        from corr3d.eval.equivariance import OracleModel
+
+        return OracleModel()
     adapter = resolve_adapter(cfg)
     if name == "finetuned" and adapter is None:
         raise FileNotFoundError("no adapter to evaluate as 'finetuned'")
@@ -146,6 +165,20 @@ def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) 
             p = _suite(cfg, task)
             out.append({"name": "offline_onepose", "prefix": "offline/pose/", "source": "offline",
                         "data_dir": p["onepose_data"], "sfm_dir": p["onepose_sfm"]})
+    elif task == "pose_ycbv":
+        from corr3d.eval.datasets import bop
+
+        if e.real_data:
+            if bop.data_present(e.pose_ycbv.test_dir, e.pose_ycbv.models_dir):
+                out.append({"name": "ycbv", "prefix": "pose_ycbv/", "source": "real", "test_dir": Path(
+                    e.pose_ycbv.test_dir), "models_dir": Path(e.pose_ycbv.models_dir), "targets": e.pose_ycbv.targets})
+            else:
+                messages.append("pose_ycbv: YCB-V missing — " + bop.DOWNLOAD_HINT.format(
+                    test_dir=e.pose_ycbv.test_dir, models_dir=e.pose_ycbv.models_dir))
+        if e.offline.enabled:
+            p = _suite(cfg, task)
+            out.append({"name": "offline_ycbv", "prefix": "offline/pose_ycbv/", "source": "offline",
+                        "test_dir": p["bop_ycbv_test"], "models_dir": p["bop_ycbv_models"], "targets": None})
     elif task == "tracking":
         if e.real_data:
             if Path(e.tracking.data).exists():
@@ -194,7 +227,21 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
 
         objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(cfg.eval.pose.objects) or None,
                                cfg.eval.pose.ref_seq, cfg.eval.pose.test_seq)
+        if getattr(model, "is_oracle", False):   # ground-truth 2D-3D matches -> the same PnP (the ceiling)
+            from corr3d.eval.pose import evaluate_oracle_pose
+
+            return evaluate_oracle_pose(objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
         return evaluate_objects(model, objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
+    if task == "pose_ycbv":
+        from corr3d.eval.pose_ycbv import YcbvSettings, evaluate_bop_dataset
+
+        settings = YcbvSettings.from_config(cfg)
+        if offline:
+            settings.ref_step = int(cfg.eval.pose_ycbv.offline_ref_step)
+        features = None if getattr(model, "is_oracle", False) else model   # None: ground-truth matches (ceiling)
+        return evaluate_bop_dataset(features, ds["test_dir"], ds["models_dir"], settings,
+                                    None if offline else (list(cfg.eval.pose_ycbv.scenes) or None), ds["targets"],
+                                    ds["prefix"], desc)
     if task == "tracking":
         from corr3d.eval.datasets.tapvid import iter_videos
         from corr3d.eval.tracking import TrackingSettings, evaluate_videos
@@ -207,6 +254,10 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
             settings.frame_size = None
         videos = iter_videos(ds["path"], t.query_mode, int(t.query_stride), str(t.format),
                              t.frames_dir, None if t.max_videos is None else int(t.max_videos))
+        if getattr(model, "is_oracle", False):   # ground-truth tracks and occlusion (the ceiling)
+            from corr3d.eval.tracking import evaluate_oracle_tracking
+
+            return evaluate_oracle_tracking(videos, settings, ds["prefix"], desc)
         return evaluate_videos(model, videos, settings, ds["prefix"], desc)
     if task == "semantic":
         from corr3d.eval.semantic import (
@@ -219,7 +270,12 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         settings = SemanticSettings.from_config(cfg)
         if offline:
             settings.image_size = int(cfg.eval.offline.semantic_image_size)
-        matcher = SemanticMatcher(model, settings)
+        if getattr(model, "is_oracle", False):   # ground-truth keypoints (the ceiling)
+            from corr3d.eval.semantic import GroundTruthMatcher
+
+            matcher = GroundTruthMatcher(settings)
+        else:
+            matcher = SemanticMatcher(model, settings)
         if ds["name"].endswith("pfpascal"):
             return evaluate_pfpascal(matcher, ds["path"], list(cfg.eval.semantic.pfpascal_views), ds["prefix"], desc)
         return evaluate_spair(matcher, ds["path"], str(cfg.eval.semantic.spair_split), ds["prefix"], desc)
@@ -231,36 +287,108 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
     """Evaluate one model on one task (all of its datasets); returns and (optionally) writes the part JSON."""
     torch.manual_seed(int(cfg.eval.seed))
     messages: list[str] = []
+    part: dict[str, Any] = {"task": task, "model": model_name, "description": "", "metrics": {}, "tables": {},
+                            "timings": {}, "datasets": [], "messages": messages}
+    items: list[dict] = []
+    if model_name == "oracle" and task not in ORACLE_TASKS:
+        part["description"] = f"oracle: not defined for {task} (no dense ground truth)"
+        return _finish_part(part, items, task, model_name, parts_dir)
     own_model = model is None
     if own_model:
         model = load_eval_model(cfg, model_name)
-    part: dict[str, Any] = {"task": task, "model": model_name, "description": describe_model(cfg, model_name, model),
-                            "metrics": {}, "tables": {}, "timings": {}, "datasets": [], "messages": messages}
+    part["description"] = describe_model(cfg, model_name, model)
     with torch.no_grad():
-        if task == "equivariance":
-            from corr3d.eval.equivariance import evaluate_equivariance
-
+        if task in ("equivariance", "real_pairs"):
             start = time.perf_counter()
-            part["metrics"].update({k: float(v) for k, v in evaluate_equivariance(model, cfg).items()})
-            part["timings"]["equivariance"] = time.perf_counter() - start
-            part["datasets"].append({"name": "equivariance", "source": "rendered"})
+            if task == "equivariance":
+                from corr3d.eval.equivariance import evaluate_equivariance
+
+                metrics = evaluate_equivariance(model, cfg, items=items)
+                part["datasets"].append({"name": task, "source": "rendered"})
+            else:
+                from corr3d.eval.real_pairs import evaluate_real_pairs
+
+                metrics = evaluate_real_pairs(model, cfg, items=items)
+                part["datasets"].append({"name": task, "source": "real"})
+            part["metrics"].update({k: float(v) for k, v in metrics.items()})
+            part["timings"][task] = time.perf_counter() - start
         else:
             for ds in datasets_for(cfg, task, messages):
                 start = time.perf_counter()
                 metrics, tables = _run_dataset(cfg, model, task, ds, f"{model_name} {ds['name']}")
                 part["timings"][ds["name"]] = time.perf_counter() - start
                 part["metrics"].update(metrics)
+                tables = dict(tables)
+                # a dataset's items get its name in id and unit: real and offline sets may reuse object names
+                items += [{**it, "id": f"{ds['name']}/{it['id']}", "unit": f"{ds['name']}/{it['unit']}"}
+                          for it in tables.pop("items", None) or []]
                 part["tables"].update({f"{ds['name']}__{k}": v for k, v in tables.items()})
                 part["datasets"].append({"name": ds["name"], "source": ds["source"], "prefix": ds["prefix"]})
     for msg in messages:
         _say(msg)
-    part = report.to_jsonable(part)
-    if parts_dir is not None:
-        report.write_json(Path(parts_dir) / f"{task}__{model_name}.json", part)
     if own_model:
         del model
         gc.collect()
-    return part
+    return _finish_part(part, items, task, model_name, parts_dir)
+
+
+def _record_failed_part(task: str, model_name: str, err: Exception, parts_dir) -> dict:
+    """A task that raised: its part records the error (report "Missing data"), the other tasks still run."""
+    import traceback
+
+    message = f"{task} FAILED for {model_name}: {type(err).__name__}: {err}"
+    _say(message)
+    part = {"task": task, "model": model_name, "description": "", "metrics": {}, "tables": {}, "timings": {},
+            "datasets": [], "messages": [message], "status": "failed",
+            "error": {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}}
+    return _finish_part(part, [], task, model_name, parts_dir)
+
+
+def _finish_part(part: dict, items: list[dict], task: str, model_name: str, parts_dir) -> dict:
+    """Write the part summary (``<task>__<model>.json``) and its items (``<task>/<model>.json``); return both."""
+    part["num_items"] = len(items)
+    # a metric over zero items is NaN in the metric modules; in JSON and reports it is n/a (null), never 0
+    part["metrics"] = {k: None if isinstance(v, float) and v != v else v for k, v in part["metrics"].items()}
+    part = report.to_jsonable(part)
+    items = report.to_jsonable(items)
+    if parts_dir is not None:
+        report.write_json(Path(parts_dir) / f"{task}__{model_name}.json", part)
+        report.write_json(items_path(parts_dir, task, model_name), items, indent=None)
+    return {**part, "items": items}
+
+
+def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
+    return Path(parts_dir) / task / f"{model_name}.json"
+
+
+def delta_pairs(models) -> list[tuple[str, str]]:
+    """Which paired deltas to compute: every model against ``pretrained``, and ``finetuned`` against
+    ``pretrained_head_init`` (what training did beyond adding an untrained head)."""
+    models = list(models)
+    pairs = [(m, "pretrained") for m in models if m != "pretrained" and "pretrained" in models]
+    if "finetuned" in models and "pretrained_head_init" in models:
+        pairs.append(("finetuned", "pretrained_head_init"))
+    return pairs
+
+
+def confidence(items_by_task: dict[str, dict[str, list[dict]]], metrics: dict[str, dict[str, float]],
+               n_boot: int, seed: int) -> tuple[dict, dict]:
+    """("ci", "deltas") of metrics.json from per-task item lists; only keys that are metrics of the model.
+
+    Deltas are computed task by task: items of one task must match across models (same pairs, frames, videos),
+    a task whose items differ is left without deltas (logged) rather than compared on different items."""
+    from corr3d.eval.stats import ci_table, delta_table
+
+    ci: dict[str, dict] = {}
+    deltas: dict[str, dict] = {}
+    for task, by_model in items_by_task.items():
+        for model, values in ci_table(by_model, n_boot=n_boot, seed=seed).items():
+            ci.setdefault(model, {}).update({k: v for k, v in values.items() if k in metrics.get(model, {})})
+        for name, values in delta_table(by_model, delta_pairs(by_model), n_boot=n_boot, seed=seed).items():
+            a, b = name.split("-", 1)
+            deltas.setdefault(name, {}).update({k: v for k, v in values.items()
+                                                if k in metrics.get(a, {}) and k in metrics.get(b, {})})
+    return ci, {k: v for k, v in deltas.items() if v}
 
 
 # ------------------------------------------------------------------------------------------------------- gather
@@ -281,22 +409,29 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     parts_dir = Path(parts_dir)
     out = Path(out_dir) if out_dir else parts_dir.parent
     parts = [report.read_json(p) for p in sorted(parts_dir.glob("*__*.json"))]
-    order = {n: i for i, n in enumerate(["pretrained", "finetuned"])}
+    order = {n: i for i, n in enumerate(MODEL_ORDER)}
     parts.sort(key=lambda p: (order.get(p["model"], 9), TASKS.index(p["task"]) if p["task"] in TASKS else 9))
     metrics: dict[str, dict[str, float]] = {}
     descriptions: dict[str, str] = {}
     timings: list[dict] = []
     messages: list[str] = []
     tables: dict[str, list[dict]] = {}
+    items_by_task: dict[str, dict[str, list[dict]]] = {}
     for part in parts:
+        if not part["metrics"] and part["model"] == "oracle":
+            continue  # the oracle is not defined for this task
         metrics.setdefault(part["model"], {}).update(part["metrics"])
         descriptions[part["model"]] = part.get("description", "")
+        path = items_path(parts_dir, part["task"], part["model"])
+        if path.exists():
+            items_by_task.setdefault(part["task"], {})[part["model"]] = report.read_json(path)
         for ds, secs in part.get("timings", {}).items():
             timings.append({"model": part["model"], "task": part["task"], "dataset": ds, "seconds": secs})
         messages += [m for m in part.get("messages", []) if m not in messages]
         for name, rows in part.get("tables", {}).items():
             tables.setdefault(name, []).extend({"model": part["model"], **r} for r in rows)
-    report.write_json(out / "metrics.json", metrics)
+    ci, deltas = confidence(items_by_task, metrics, int(cfg.eval.n_boot), int(cfg.eval.seed))
+    report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas})
     meta = {"experiment": cfg.experiment, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "models": descriptions, "timings": timings, "messages": messages,
             "config": OmegaConf.to_container(cfg.eval, resolve=True)}
@@ -304,26 +439,65 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     for name, rows in tables.items():
         report.write_csv(out / "csv" / f"{name}.csv", rows)
     report.write_csv(out / "csv" / "timings.csv", timings)
-    flat_rows = [{"model": m, "metric": k, "value": v} for m, vals in metrics.items() for k, v in vals.items()]
+    flat_rows = [{"model": m, "metric": k, "value": v, "ci_lo": ci.get(m, {}).get(k, [None, None])[0],
+                  "ci_hi": ci.get(m, {}).get(k, [None, None])[1]} for m, vals in metrics.items() for k, v in vals.items()]
     report.write_csv(out / "metrics.csv", flat_rows)
-    text = render_report(cfg, metrics, descriptions, tables, timings, messages, out)
+    delta_rows = [{"delta": name, "metric": k, **d} for name, values in deltas.items() for k, d in values.items()]
+    report.write_csv(out / "deltas.csv", delta_rows)
+    text = render_report(cfg, metrics, descriptions, tables, timings, messages, out, ci=ci, deltas=deltas)
     report.write_text(out / "report.md", text)
     _say(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
-    return {"metrics": metrics, "out_dir": str(out)}
+    return {"metrics": metrics, "ci": ci, "deltas": deltas, "out_dir": str(out)}
 
 
-def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Path) -> str:
+def _lower_is_better(key: str) -> bool:
+    return any(s in key for s in LOWER_IS_BETTER)
+
+
+def validity_section(metrics, deltas, groups: dict[str, list[str]]) -> list[str]:
+    """Markdown: per benchmark, oracle / pretrained / random and the paired Δ pretrained − random, with the
+    verdict of ``corr3d.eval.stats.validity`` (a benchmark random init passes does not measure pretraining)."""
+    from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, validity
+
+    rows, flagged = [], []
+    for group, keys in groups.items():
+        for key in keys:
+            v = validity(key, metrics, deltas, _lower_is_better(key))
+            rows.append({"benchmark": group, "metric": key, "oracle": report.format_value(v["oracle"]),
+                         "pretrained": report.format_value(v["pretrained"]),
+                         "random": report.format_value(v["random"]),
+                         "Δ pretrained − random": report.format_delta(v["pretrained-random"]),
+                         "verdict": v["verdict"]})
+            if v["verdict"] != "ok" and group not in flagged:
+                flagged.append(group)
+    lines = ["## Validity: floors and ceilings", "",
+             "A benchmark measures what pretraining learned only if a random-init backbone scores significantly "
+             "worse than the pretrained one (paired Δ CI excludes 0), and its oracle (ground truth as features, "
+             f"where defined) is near perfect (≥ {ORACLE_MIN_SCORE:g} % / error ≤ {ORACLE_MAX_ERROR:g}). Rows that "
+             "fail are reported but marked **does not discriminate** (or **oracle far from perfect**).", "",
+             report.markdown_table(rows)]
+    if flagged:
+        lines += [f"Benchmarks with a flag: {', '.join(flagged)}.", ""]
+    return lines
+
+
+def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Path, ci=None, deltas=None) -> str:
+    ci, deltas = ci or {}, deltas or {}
     lines = [f"# Downstream evaluation — {cfg.experiment}", "",
-             f"Generated {_dt.datetime.now().isoformat(timespec='seconds')}. Values in percent. "
-             "`offline/...` keys: the synthetic offline suite (not comparable with the paper's numbers).", "",
-             "## Models", ""]
+             f"Generated {_dt.datetime.now().isoformat(timespec='seconds')}. Values in percent (`median_px`: "
+             "pixels). `offline/...` keys: the synthetic offline suite (not comparable with the paper's numbers).",
+             "", report.CI_LEGEND, "", "## Models", ""]
     lines += [f"- **{name}**: {desc}" for name, desc in descriptions.items()] + [""]
     baseline = "pretrained" if "pretrained" in metrics else next(iter(metrics), None)
+    models = [m for m in MODEL_ORDER if m in metrics] + [m for m in metrics if m not in MODEL_ORDER]
+    delta_names = [f"{a}-{b}" for a, b in delta_pairs(models) if a != "oracle"]
     plots = out / "plots"
-    for group, keys in _headline_keys(metrics).items():
+    groups = _headline_keys(metrics)
+    for group, keys in groups.items():
         lines += [f"## {group}", ""]
         if baseline is not None:
-            lines.append(report.before_after_table(metrics, baseline, keys, LOWER_IS_BETTER))
+            lines.append(report.markdown_table(report.ci_comparison_rows(metrics, ci, deltas, models, keys,
+                                                                         delta_names)))
         values = {m: {k.split("/", 1 if not group.startswith("offline/") else 2)[-1]: v for k, v in vals.items()
                       if k in keys} for m, vals in metrics.items()}
         try:
@@ -331,6 +505,8 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
             lines += [f"![{group}](plots/{png.name})", ""]
         except Exception as err:  # pragma: no cover - plotting must never fail an evaluation
             log.warning("plot failed: %s", err)
+    if groups:
+        lines += validity_section(metrics, deltas, groups)
     detail = [(n, r) for n, r in tables.items() if n.endswith(("_objects", "_videos", "_classes", "_viewpoints"))]
     if detail:
         lines += ["## Details", ""]
@@ -340,7 +516,8 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
         lines += ["## Timings (s)", "", report.markdown_table(timings), ""]
     if messages:
         lines += ["## Missing data", ""] + [f"- {m}" for m in messages] + [""]
-    lines += ["CSV files: `csv/` (per pair / frame / video / object rows), `metrics.csv` (all keys).", ""]
+    lines += ["CSV files: `csv/` (per pair / frame / video / object rows), `metrics.csv` (all keys, with CIs), "
+              "`deltas.csv` (paired deltas); per-item results: `parts/<task>/<model>.json`.", ""]
     return "\n".join(lines)
 
 
@@ -351,6 +528,12 @@ def run_eval(cfg: DictConfig) -> dict:
     parts_dir.mkdir(parents=True, exist_ok=True)
     for stale in parts_dir.glob("*__*.json"):
         stale.unlink()
+    for stale in parts_dir.glob("*/*.json"):
+        stale.unlink()
+    started = time.perf_counter()
+    from corr3d.assets.objaverse import check_experiment_disjoint
+
+    check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
     tasks = selected_tasks(cfg)
     names = model_names(cfg)
     _say(f"tasks {tasks}; models {names}; output {out}")
@@ -358,8 +541,13 @@ def run_eval(cfg: DictConfig) -> dict:
         model = load_eval_model(cfg, name)
         for task in tasks:
             start = time.perf_counter()
-            run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir)
+            try:
+                run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir)
+            except Exception as err:  # noqa: BLE001 - one bad dataset file fails its task, not the evaluation
+                _record_failed_part(task, name, err, parts_dir)
+                continue
             _say(f"{name} / {task}: {time.perf_counter() - start:.1f} s")
         del model
         gc.collect()
+    _say(f"evaluation: {time.perf_counter() - started:.1f} s")
     return gather_eval(cfg, parts_dir, out)

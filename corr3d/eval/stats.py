@@ -90,13 +90,16 @@ def bootstrap_ci(items: Sequence[Mapping[str, Any]], key: str, n_boot: int = 200
                  seed: int = 0) -> tuple[float, float, float]:
     """(value, lo, hi): the weighted mean of ``key`` and its 95% cluster-bootstrap interval over ``item["unit"]``.
 
-    Items lacking ``key`` (or with a None / non-finite value) are skipped. nan when no item carries the key."""
+    Items lacking ``key`` (or with a None / non-finite value) are skipped. nan when no item carries the key; the
+    interval is (nan, nan) with fewer than 2 units (one unit says nothing about the spread between units)."""
     units, weights, values = _collect(items, key)
     if not units or weights.sum() <= 0:
         return float("nan"), float("nan"), float("nan")
     order = sorted(set(units))
     num, den = _unit_sums(units, weights, values, order)
     value = float(num.sum() / den.sum())
+    if len(order) < 2:
+        return value, float("nan"), float("nan")
     samples = _ratio(resample_counts(len(order), int(n_boot), seed), num, den)
     lo, hi = _interval(samples)
     return value, lo, hi
@@ -119,7 +122,8 @@ def paired_delta(items_a: Sequence[Mapping[str, Any]], items_b: Sequence[Mapping
     Items are matched by ``id``; both lists must hold the same ids (else ValueError: the models were not scored on
     the same items) and a matched pair must share its unit. Items where either side lacks the key are dropped from
     both sides. Each model keeps its own weights, so ``delta`` equals metric(a) − metric(b) exactly.
-    Returns ``{"delta", "lo", "hi", "significant", "n_items", "n_units"}``."""
+    Returns ``{"delta", "lo", "hi", "significant", "n_items", "n_units"}``; with fewer than 2 units the interval is
+    (nan, nan) and the delta is never significant."""
     a, b = _by_id(items_a, "items_a"), _by_id(items_b, "items_b")
     if a.keys() != b.keys():
         only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
@@ -145,6 +149,8 @@ def paired_delta(items_a: Sequence[Mapping[str, Any]], items_b: Sequence[Mapping
     num_a, den_a = _unit_sums(units, np.asarray(wa), np.asarray(va), order)
     num_b, den_b = _unit_sums(units, np.asarray(wb), np.asarray(vb), order)
     delta = float(num_a.sum() / den_a.sum() - num_b.sum() / den_b.sum())
+    if len(order) < 2:
+        return {"delta": delta, "lo": nan, "hi": nan, "significant": False, "n_items": len(units), "n_units": 1}
     counts = resample_counts(len(order), int(n_boot), seed)  # the same units for both models
     samples = _ratio(counts, num_a, den_a) - _ratio(counts, num_b, den_b)
     lo, hi = _interval(samples)
@@ -193,5 +199,55 @@ def delta_table(items_by_model: Mapping[str, Sequence[Mapping[str, Any]]], pairs
         except ValueError as err:
             log.warning("no paired delta %s-%s: %s", a, b, err)
             continue
-        out[f"{a}-{b}"] = {k: v for k, v in table.items() if v["n_items"]}
+        # JSON has no NaN: an undefined interval (one unit) is stored as null
+        out[f"{a}-{b}"] = {k: {**v, "lo": _or_none(v["lo"]), "hi": _or_none(v["hi"])}
+                           for k, v in table.items() if v["n_items"]}
     return out
+
+
+def _or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------------ validity
+# An oracle (ground truth as features / predictions) must come close to the perfect score, or the benchmark (its
+# ground truth, its protocol) is broken: at least this many percent for percentage scores, at most this error for
+# error metrics (APE in % of the shortest side, or pixels).
+ORACLE_MIN_SCORE = 90.0
+ORACLE_MAX_ERROR = 2.0
+DOES_NOT_DISCRIMINATE = "does not discriminate"
+
+
+def validity(key: str, metrics: Mapping[str, Mapping[str, float]],
+             deltas: Mapping[str, Mapping[str, Mapping[str, Any]]], lower_is_better: bool) -> dict[str, Any]:
+    """Floor / ceiling check of one benchmark metric: oracle, pretrained and random side by side, the paired
+    delta pretrained − random, and a verdict.
+
+    ``does not discriminate`` when random init is not significantly worse than pretrained (the paired delta
+    random − pretrained, from ``deltas["random-pretrained"]``, does not exclude 0 on the bad side): such a benchmark
+    does not measure what pretraining learned. ``oracle far from perfect`` when the oracle misses
+    ``ORACLE_MIN_SCORE`` / ``ORACLE_MAX_ERROR``. Missing models give ``no ... measured`` notes instead."""
+    pre = metrics.get("pretrained", {}).get(key)
+    rnd = metrics.get("random", {}).get(key)
+    orc = metrics.get("oracle", {}).get(key)
+    d = deltas.get("random-pretrained", {}).get(key)
+    flags = []
+    if pre is None or rnd is None:
+        flags.append("no random floor measured")
+    elif d is not None and (d["lo"] is None or not math.isfinite(d["lo"])):
+        flags.append("no CI (one unit)")
+    else:
+        worse = d is not None and d["significant"] and (d["lo"] > 0 if lower_is_better else d["hi"] < 0)
+        if not worse:
+            flags.append(DOES_NOT_DISCRIMINATE)
+    if orc is not None:
+        ok = orc <= ORACLE_MAX_ERROR if lower_is_better else orc >= ORACLE_MIN_SCORE
+        if not ok:
+            flags.append("oracle far from perfect")
+    flipped = None
+    if d is not None:  # report pretrained − random (positive = pretrained higher)
+        neg = (lambda x: None if x is None else -x)
+        flipped = {"delta": -d["delta"], "lo": neg(d["hi"]), "hi": neg(d["lo"]), "significant": d["significant"]}
+    return {"metric": key, "oracle": orc, "pretrained": pre, "random": rnd, "pretrained-random": flipped,
+            "verdict": "; ".join(flags) if flags else "ok",
+            "discriminates": bool(pre is not None and rnd is not None and DOES_NOT_DISCRIMINATE not in flags)}

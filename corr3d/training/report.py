@@ -1,4 +1,9 @@
-"""report.md for a training run: before/after equivariance table, per-object breakdown, plots."""
+"""report.md for a training run: before/after tables with 95% CIs and paired deltas, validity, per-object
+breakdown, plots.
+
+The numbers come from metrics.json: per model the flat metrics, ``"ci"`` ({model: {key: [lo, hi]}}) and ``"deltas"``
+({"<a>-<b>": {key: {delta, lo, hi, significant}}}), computed by ``corr3d.training.run.add_confidence`` from the
+per-item parts (``<run>/parts/<task>/<model>.json``) with ``corr3d.eval.stats``."""
 from __future__ import annotations
 
 import logging
@@ -7,19 +12,47 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from corr3d.utils.torch_utils import eval_mode
-from corr3d.utils.report import before_after_table, markdown_table, plot_grouped_bars, plot_lines, write_text
+from corr3d.utils.report import (
+    CI_LEGEND,
+    before_after_table,
+    ci_comparison_rows,
+    format_delta,
+    format_value,
+    markdown_table,
+    plot_grouped_bars,
+    plot_lines,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
 MODELS = ("pretrained", "pretrained_head_init", "finetuned")
+REFERENCES = ("random", "oracle")
 DESCRIPTIONS = {"pretrained": "pretrained backbone, no head", "pretrained_head_init": "pretrained + untrained conv head",
-                "finetuned": "after finetuning (LoRA + head)"}
+                "finetuned": "after finetuning (LoRA + head)", "random": "random-init backbone (floor)",
+                "oracle": "ground truth as features (ceiling)"}
+# the deltas a training report shows: what training did, what the untrained head alone did
+DELTAS = ("finetuned-pretrained", "finetuned-pretrained_head_init", "pretrained_head_init-pretrained")
+SECTIONS = (("equivariance/", "Equivariance on held-out objects (APE % lower is better, PCDP % higher is better)"),
+            ("real_pairs/", "Real photographs: real_pairs (PCK % higher is better, median error px lower is better)"))
+LOWER_IS_BETTER = ("ape", "median_px")
 
 
 def _scores(values: dict) -> dict[str, float]:
     """Quality numbers only (drop counts and timings)."""
     return {k: v for k, v in values.items()
-            if isinstance(v, (int, float)) and not k.endswith(("num_points", "seconds"))}
+            if isinstance(v, (int, float)) and not k.endswith(("num_points", "num_pairs", "seconds"))}
+
+
+def _seconds(metrics: dict) -> str:
+    """Evaluation wall time per model (equivariance + real_pairs), e.g. ``pretrained 41.2 s, finetuned 40.8 s``."""
+    out = []
+    for m in (*MODELS, *REFERENCES):
+        values = metrics.get(m, {})
+        secs = sum(v for k, v in values.items() if k.endswith("eval_seconds") and isinstance(v, (int, float)))
+        if secs:
+            out.append(f"{m} {secs:.1f} s")
+    return ", ".join(out) or "?"
 
 
 def per_object_rows(metrics: dict) -> list[dict]:
@@ -45,6 +78,37 @@ def plot_loss_curve(run: Path, path: Path) -> bool:
     plot_lines([s.step for s in scalars], {"train/loss": [s.value for s in scalars]}, path,
                title="SmoothAP training loss", xlabel="step", ylabel="loss")
     return True
+
+
+def _lower(key: str) -> bool:
+    return any(s in key for s in LOWER_IS_BETTER)
+
+
+def comparison_section(metrics: dict, scores: dict, prefix: str) -> list[str]:
+    """Values with CIs for the trained / baseline models and the paired deltas of ``DELTAS``."""
+    keys = [k for k in next(iter(scores.values())) if k.startswith(prefix)]
+    if not keys:
+        return []
+    ci, deltas = metrics.get("ci", {}), metrics.get("deltas", {})
+    if not ci and not deltas:  # an older metrics.json: plain before/after
+        return [before_after_table(scores, "pretrained" if "pretrained" in scores else next(iter(scores)),
+                                   keys, lower_is_better=LOWER_IS_BETTER), ""]
+    names = [d for d in DELTAS if d in deltas]
+    return [markdown_table(ci_comparison_rows(scores, ci, deltas, [m for m in MODELS if m in scores], keys,
+                                              names)), ""]
+
+
+def validity_rows(metrics: dict, prefixes: tuple[str, ...]) -> list[dict]:
+    from corr3d.eval.stats import validity
+
+    keys = [k for k in _scores(metrics.get("pretrained", {})) if k.startswith(prefixes)]
+    rows = []
+    for key in keys:
+        v = validity(key, metrics, metrics.get("deltas", {}), _lower(key))
+        rows.append({"metric": key, "oracle": format_value(v["oracle"]), "pretrained": format_value(v["pretrained"]),
+                     "random": format_value(v["random"]), "Δ pretrained − random": format_delta(v["pretrained-random"]),
+                     "verdict": v["verdict"]})
+    return rows
 
 
 # ---- figures: the same views through each compared model (PNG files embedded in report.md) ----------------------
@@ -136,12 +200,23 @@ def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
              f"- held-out evaluation objects: {', '.join(map(str, cfg.equivariance.objects))}",
              f"- feature grid: target_res {cfg.model.target_res} / downsample {cfg.model.downsample_factor}; "
              f"steps: {train.get('global_step', '?')}; wall time: {train.get('wall_seconds', '?')} s; "
-             f"peak memory: {train.get('peak_rss_mb', '?')} MB", "",
-             "## Equivariance before and after (APE % lower is better, PCDP % higher is better)", "",
-             "; ".join(f"`{m}` = {DESCRIPTIONS[m]}" for m in scores), ""]
+             f"peak memory: {train.get('peak_rss_mb', '?')} MB",
+             f"- equivariance protocol `{cfg.equivariance.protocol}`; sampling seed {cfg.eval.seed} "
+             f"(stable per object: identical pairs in every process); evaluation time "
+             f"{_seconds(metrics)}", "",
+             "; ".join(f"`{m}` = {DESCRIPTIONS[m]}" for m in (*scores, *REFERENCES) if m in metrics), "",
+             CI_LEGEND, ""]
+    for prefix, title in SECTIONS if scores else ():
+        section = comparison_section(metrics, scores, prefix)
+        if section:
+            parts += [f"## {title}", ""] + section
     if scores:
-        parts += [before_after_table(scores, "pretrained" if "pretrained" in scores else next(iter(scores)),
-                                     lower_is_better=("ape",)), ""]
+        rows = validity_rows(metrics, tuple(p for p, _ in SECTIONS))
+        if rows and any(m in metrics for m in REFERENCES):
+            parts += ["## Validity: floors and ceilings", "",
+                      "A metric random-init features do not significantly lose on does not measure what pretraining "
+                      "learned (**does not discriminate**); the oracle must be near perfect.", "",
+                      markdown_table(rows), ""]
         eq_keys = [k for k in next(iter(scores.values())) if k.startswith("equivariance/")]
         plot_grouped_bars(scores, run / "equivariance.png", title="held-out objects", ylabel="%", keys=eq_keys)
         parts += ["![equivariance](equivariance.png)", ""]

@@ -62,14 +62,62 @@ def _write_metrics(run: Path, metrics: dict) -> None:
 
 
 def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], label: str,
-                         per_object: dict | None = None) -> dict[str, float]:
+                         per_object: dict | None = None, parts_dir: Path | None = None) -> dict[str, float]:
+    """Equivariance on the held-out objects (and the real_pairs task when ``equivariance.real_pairs``) of one
+    compared model; the per-item results go to ``<parts_dir>/<task>/<label>.json`` for the CIs and paired deltas."""
     from corr3d.eval.equivariance import evaluate_equivariance
+    from corr3d.utils.report import write_json
 
     start = time.perf_counter()
-    results = evaluate_equivariance(model, cfg, object_dirs=object_dirs, per_object=per_object)
+    items: list[dict] = []
+    results = evaluate_equivariance(model, cfg, object_dirs=object_dirs, per_object=per_object, items=items)
     results["equivariance/eval_seconds"] = round(time.perf_counter() - start, 1)
+    found = {"equivariance": items}
+    if cfg.equivariance.real_pairs:
+        from corr3d.eval.real_pairs import evaluate_real_pairs
+
+        start = time.perf_counter()
+        found["real_pairs"] = []
+        results.update(evaluate_real_pairs(model, cfg, items=found["real_pairs"]))
+        results["real_pairs/eval_seconds"] = round(time.perf_counter() - start, 1)
+    if parts_dir is not None:
+        for task, task_items in found.items():
+            write_json(Path(parts_dir) / task / f"{label}.json", task_items, indent=None)
     log.info("%s: %s", label, ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return results
+
+
+def read_parts(parts_dir: Path) -> dict[str, dict[str, list[dict]]]:
+    """{task: {model: items}} from ``<parts_dir>/<task>/<model>.json``."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(Path(parts_dir).glob("*/*.json")):
+        out.setdefault(path.parent.name, {})[path.stem] = json.loads(path.read_text())
+    return out
+
+
+def reference_model(name: str, cfg: DictConfig):
+    """A floor / ceiling model of ``equivariance.reference_models``: a compared model or the ground-truth oracle."""
+    if name == "oracle":
+        from corr3d.eval.equivariance import OracleModel
+
+        return OracleModel()
+    from corr3d.models import compared_model
+
+    return compared_model(name, cfg.model, seed=int(cfg.seed))
+
+
+def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
+    """metrics.json's ``"ci"`` and ``"deltas"`` (finetuned − pretrained, finetuned − pretrained_head_init,
+    pretrained_head_init − pretrained, random/oracle − pretrained) from the per-item parts."""
+    from corr3d.eval.run import confidence
+
+    models = {k: v for k, v in metrics.items() if k in MODEL_LABELS}
+    metrics["ci"], metrics["deltas"] = confidence(read_parts(parts_dir), models, int(cfg.eval.n_boot),
+                                                  int(cfg.eval.seed))
+    return metrics
+
+
+MODEL_LABELS = ("pretrained", "pretrained_head_init", "random", "oracle", "finetuned")
 
 
 def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
@@ -85,7 +133,7 @@ def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) 
                                  save_last=True, save_top_k=-1, every_n_train_steps=int(t.checkpoint_every_n_steps))
     return L.Trainer(
         default_root_dir=run, max_steps=int(t.max_steps), max_epochs=-1, accelerator=t.accelerator,
-        devices=t.devices, num_nodes=int(t.num_nodes), strategy=t.strategy, precision=t.precision,
+        devices=t.devices, num_nodes=int(t.num_nodes), strategy=t.strategy, precision=trainer_precision(t.precision, t.accelerator),
         gradient_clip_val=float(cfg.optim.grad_clip), log_every_n_steps=int(t.log_every_n_steps),
         deterministic=bool(t.deterministic), logger=TensorBoardLogger(str(run), name="tensorboard", version=""),
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1),
@@ -94,13 +142,24 @@ def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) 
     )
 
 
+def trainer_precision(precision: str, accelerator: str = "auto") -> str:
+    """``trainer.precision``; ``auto``: bf16 autocast (``bf16-mixed``) when training runs on CUDA, else 32-true."""
+    if precision != "auto":
+        return precision
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if cuda else "32-true"
+
+
 def build_module(cfg: DictConfig, model):
     from corr3d.losses import build_loss
     from corr3d.training.module import MultiviewFinetuneModule
 
     loss_fn = build_loss(cfg.loss)  # loss.name: smooth_ap (paper) | infonce | diff_procrustes
     return MultiviewFinetuneModule(model, loss_fn, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-                                   image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps))
+                                   image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps),
+                                   # frozen-block activations are per view only when views are never augmented
+                                   cache_frozen_prefix=bool(cfg.trainer.cache_frozen_prefix)
+                                   and not bool(cfg.data.augment.enabled))
 
 
 def resume_checkpoint(run: Path) -> Path | None:
@@ -132,6 +191,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
         log_metrics_to_tensorboard,
     )
 
+    from corr3d.assets.objaverse import check_experiment_disjoint
+
+    check_experiment_disjoint(cfg)   # refuse to train on the held-out evaluation objects (before any run dir)
     run = _resolve_run_dir(cfg, run_dir)
     os.environ[RUN_DIR_ENV] = str(run)
     rank0 = launch_rank() == 0
@@ -142,23 +204,30 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     eval_dirs = render_evaluation_objects(cfg) if rank0 and evaluation_object_specs(cfg) else []
     metrics = _read_metrics(run)
 
+    parts_dir = run / "parts"
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if rank0 and eval_dirs and "pretrained" not in metrics:
         baseline = compared_model("pretrained", cfg.model, seed=int(cfg.seed))
         per_object: dict = {}
-        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object)
+        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object, parts_dir)
         metrics.setdefault("per_object", {})["pretrained"] = per_object
         metrics["weights"] = f"{baseline.weights_info.source}: {baseline.weights_info.label}"
         del baseline
         _write_metrics(run, metrics)
+    for name in cfg.equivariance.reference_models if rank0 and eval_dirs else ():
+        if str(name) not in metrics:  # floor (random init) and ceiling (oracle) of the validity section
+            reference = reference_model(str(name), cfg)
+            metrics[str(name)] = measure_equivariance(reference, cfg, eval_dirs, str(name), parts_dir=parts_dir)
+            del reference
+            _write_metrics(run, metrics)
 
     # training starts from exactly the model the "pretrained_head_init" row measures (same seed, same head init)
     model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
     if rank0 and eval_dirs and int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
         # the untrained conv head alone changes the features: report it so training is not credited for it
         per_object = {}
-        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained + untrained head",
-                                                               per_object)
+        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained_head_init",
+                                                               per_object, parts_dir)
         metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
         _write_metrics(run, metrics)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -188,8 +257,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     model.save_adapter(run / "adapter.safetensors")
     if eval_dirs:
         per_object = {}
-        metrics["finetuned"] = measure_equivariance(model, cfg, eval_dirs, "finetuned", per_object)
+        metrics["finetuned"] = measure_equivariance(model, cfg, eval_dirs, "finetuned", per_object, parts_dir)
         metrics.setdefault("per_object", {})["finetuned"] = per_object
+        add_confidence(metrics, parts_dir, cfg)
     metrics["train"] = {"global_step": int(trainer.global_step),
                         "wall_seconds": round(time.perf_counter() - started, 1),
                         "peak_rss_mb": _peak_rss_mb()}

@@ -250,3 +250,49 @@ def _save_figure(fig, path: str | os.PathLike) -> Path:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ CIs and deltas
+SIGNIFICANT_MARK = "✱"
+
+
+def format_ci(value: Any, lo_hi: Sequence[float] | None = None, digits: int = 2) -> str:
+    """``18.31 [17.90, 18.75]`` (value and its 95% CI); the bare value when there is no CI."""
+    text = format_value(value, digits)
+    if value is None or not lo_hi or not all(math.isfinite(float(x)) for x in lo_hi):
+        return text
+    return f"{text} [{format_value(lo_hi[0], digits)}, {format_value(lo_hi[1], digits)}]"
+
+
+def format_delta(delta: Mapping[str, Any] | None, digits: int = 2) -> str:
+    """``-0.52 [-0.80, -0.21] ✱`` for a paired delta (``corr3d.eval.stats.paired_delta``); ✱ = significant."""
+    if not delta:
+        return ""
+
+    def signed(x) -> str:
+        x = round(float(x), digits)
+        return f"{x + 0.0:+.{digits}f}"  # + 0.0: no "-0.00"
+
+    if any(delta.get(k) is None or not math.isfinite(float(delta[k])) for k in ("lo", "hi")):
+        return f"{signed(delta['delta'])} (no CI: one unit)"
+    text = f"{signed(delta['delta'])} [{signed(delta['lo'])}, {signed(delta['hi'])}]"
+    return text + (f" {SIGNIFICANT_MARK}" if delta.get("significant") else "")
+
+
+def ci_comparison_rows(metrics: Mapping[str, Mapping[str, float]], ci: Mapping[str, Mapping[str, Sequence[float]]],
+                       deltas: Mapping[str, Mapping[str, Mapping[str, Any]]], models: Sequence[str],
+                       keys: Iterable[str], delta_names: Sequence[str], digits: int = 2) -> list[dict[str, str]]:
+    """One row per metric: each model's ``value [lo, hi]`` and each paired delta ``Δ a−b`` with its CI and mark."""
+    rows = []
+    for key in keys:
+        row = {"metric": key}
+        for model in models:
+            row[model] = format_ci(metrics.get(model, {}).get(key), ci.get(model, {}).get(key), digits)
+        for name in delta_names:
+            row[f"Δ {name.replace('-', ' − ', 1)}"] = format_delta(deltas.get(name, {}).get(key), digits)
+        rows.append(row)
+    return rows
+
+
+CI_LEGEND = (f"Values: metric [95% cluster-bootstrap CI]. Δ a − b: paired difference on identical items [95% paired "
+             f"bootstrap CI]; {SIGNIFICANT_MARK} = significant (the CI excludes 0).")

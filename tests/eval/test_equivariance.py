@@ -9,11 +9,13 @@ from torch import nn
 from corr3d.assets.objects import load_object
 from corr3d.eval.equivariance import (
     EquivarianceSettings,
+    OracleModel,
     evaluate_objects,
     pixel_centers,
     sample_view_pairs,
     visible_correspondences,
 )
+from corr3d.eval.stats import weighted_mean
 from corr3d.geometry import icosphere_poses, intrinsics, project, relative_rotation_deg
 from corr3d.models.features import sample_feature_map
 from corr3d.render import render_views
@@ -109,3 +111,98 @@ def test_oracle_features_give_near_zero_error(rendered_object):
     constant = evaluate_objects(PixelFeatureModel(False), [rendered_object], settings)
     assert constant["equivariance/ape"] > 5 * oracle["equivariance/ape"]
     assert constant["equivariance/pcdp@0.05"] < oracle["equivariance/pcdp@0.05"]
+
+
+def test_items_are_view_pairs_whose_weighted_mean_is_the_metric(rendered_object):
+    settings = EquivarianceSettings(max_pairs_per_object=5, num_source_points=150, target_stride=1)
+    items = []
+    pooled = evaluate_objects(PixelFeatureModel(False), [rendered_object], settings, items=items)
+    assert len(items) == 5 and len({it["id"] for it in items}) == 5
+    assert {it["unit"] for it in items} == {"obj"}
+    assert sum(it["weight"] for it in items) == pooled["equivariance/num_points"]
+    for key in ("equivariance/ape", "equivariance/pcdp@0.05", "equivariance/pcdp@0.1", "equivariance/pcdp@0.2"):
+        assert weighted_mean(items, key) == pytest.approx(pooled[key], rel=1e-9), key
+    # the same pairs and points for a different model: items pair up by id
+    other = []
+    evaluate_objects(PixelFeatureModel(True), [rendered_object], settings, items=other)
+    assert [it["id"] for it in other] == [it["id"] for it in items]
+    assert [it["weight"] for it in other] == [it["weight"] for it in items]
+
+
+def test_ground_truth_oracle_is_near_perfect(rendered_object):
+    settings = EquivarianceSettings(max_pairs_per_object=6, num_source_points=300, target_stride=1)
+    oracle = evaluate_objects(OracleModel(), [rendered_object], settings)
+    assert oracle["equivariance/num_points"] > 500
+    assert oracle["equivariance/ape"] < 1.5            # ~a pixel at 64 px: the target lattice only
+    assert oracle["equivariance/pcdp@0.05"] > 97.0
+
+
+def test_oracle_features_peak_at_the_same_point():
+    xyz = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 400, 3)).astype(np.float32)
+    feats = OracleModel().view_features(xyz, np.ones((1, 400), bool)).reshape(-1, 400).T  # (400, C)
+    sims = torch.nn.functional.normalize(feats, dim=1) @ torch.nn.functional.normalize(feats, dim=1).T
+    assert (sims.argmax(1) == torch.arange(400)).all()
+    # similarity decreases with 3D distance: nearest neighbour in feature space = nearest in 3D for most points
+    d = torch.cdist(torch.from_numpy(xyz[0]), torch.from_numpy(xyz[0])).fill_diagonal_(9)
+    sims.fill_diagonal_(-9)
+    assert (sims.argmax(1) == d.argmin(1)).float().mean() > 0.9
+
+
+def test_paper_protocol_uses_every_pair_and_pixel(rendered_object):
+    s = EquivarianceSettings(max_pairs_per_object=12, num_source_points=800, target_stride=2,
+                             max_views_per_object=10, protocol="paper")
+    assert (s.max_pairs_per_object, s.num_source_points, s.max_views_per_object, s.target_stride) == (0, 0, 0, 1)
+    with pytest.raises(ValueError, match="protocol"):
+        EquivarianceSettings(protocol="dense")
+    obj = rendered_object
+    items = []
+    evaluate_objects(OracleModel(), [obj], s, items=items)
+    want = [(i, j) for i in range(len(obj.poses)) for j in range(len(obj.poses))
+            if i != j and relative_rotation_deg(obj.poses[i], obj.poses[j]) <= 70.0]
+    assert sorted(it["id"] for it in items) == sorted(f"obj/{i}-{j}" for i, j in want
+                                                      if len(visible_correspondences(obj, i, j, 0, 0.02, None)[0]))
+    i, j = want[0]
+    every = len(visible_correspondences(obj, i, j, 0, 0.02, None)[0])
+    assert next(it["weight"] for it in items if it["id"] == f"obj/{i}-{j}") == every  # every visible pixel
+
+
+SCRIPT = """
+import json, sys
+import numpy as np, torch
+sys.path.insert(0, {repo!r})
+from tests.eval.test_equivariance import InMemoryObject, SIZE
+from tests.helpers.models import tiny_model
+from corr3d.assets.objects import load_object
+from corr3d.eval.equivariance import EquivarianceSettings, evaluate_objects
+from corr3d.geometry import icosphere_poses, intrinsics
+from corr3d.render import render_views
+torch.set_num_threads(1)
+poses = icosphere_poses(1, 2.0)[:12]
+K = intrinsics(70.0, SIZE, SIZE)
+objs = [InMemoryObject(render_views(load_object(s), K, poses, SIZE, SIZE), K, poses, s)
+        for s in ("procedural:torus_checker", "procedural:box_stripes")]
+torch.manual_seed(0)
+items = []
+m = evaluate_objects(tiny_model(16, target_res=64).eval(), objs, EquivarianceSettings(max_pairs_per_object=3,
+                     num_source_points=50, seed=7), items=items)
+print(json.dumps({{"metrics": m, "items": items}}, sort_keys=True))
+"""
+
+
+def test_same_metrics_in_processes_with_different_hash_seeds():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    outs = []
+    for salt in ("1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": salt, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run([sys.executable, "-c", SCRIPT.format(repo=repo)], env=env, capture_output=True,
+                             text=True, cwd=repo, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert outs[0] == outs[1]
+    assert len(outs[0]["items"]) == 6 and outs[0]["metrics"]["equivariance/num_points"] > 0

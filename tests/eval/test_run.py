@@ -46,11 +46,14 @@ def test_run_eval_end_to_end(suite_dir, tmp_path):
                                f"eval.offline.dir={suite_dir}", f"eval.out_dir={tmp_path / 'eval'}",
                                f"data_root={tmp_path / 'nodata'}", f"output_dir={tmp_path / 'runs'}",
                                "eval.tasks=[pose,tracking,semantic]", "eval.pose.ransac_iters=300",
+                               "eval.models=[pretrained]",
                                "eval.offline.semantic_image_size=128"])
     result = run_eval(cfg)
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["pretrained"]
+    assert list(metrics) == ["pretrained", "ci", "deltas"]
+    ci, deltas = metrics.pop("ci"), metrics.pop("deltas")
+    assert deltas == {}                                   # one model: nothing to compare
     m = metrics["pretrained"]
     for key in ("offline/pose/acc@1cm1deg", "offline/pose/acc@5cm5deg", "offline/tracking/aj",
                 "offline/tracking/delta_avg", "offline/tracking/oa", "offline/semantic/pck@0.10",
@@ -77,3 +80,75 @@ def test_unknown_task_is_rejected(tmp_path):
     cfg = load_config("base", ["eval.tasks=[posse]"])
     with pytest.raises(ValueError, match="unknown eval task"):
         selected_tasks(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ trust
+def _trust_config(tmp_path, *extra):
+    return load_config("base", ["model.backbone=test_vit.r160_in1k", "model.weights=random", "model.target_res=128",
+                                "model.lora.blocks=2", f"eval.out_dir={tmp_path / 'eval'}",
+                                f"data_root={tmp_path / 'data'}", f"output_dir={tmp_path / 'runs'}",
+                                "data.render.width=96", "data.render.height=96", "data.render.focal=105.0",
+                                "data.render.icosphere_subdivisions=0",   # 12 views: neighbours 63 deg apart
+                                "equivariance.objects=[procedural:sphere_astronaut,procedural:box_chelsea]",
+                                "equivariance.max_pairs_per_object=3", "equivariance.num_source_points=60",
+                                "eval.real_pairs.homography_images=[coins,camera]", "eval.real_pairs.num_points=80",
+                                "eval.real_pairs.target_stride=4", "eval.n_boot=300", "eval.device=cpu", *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_equivariance_and_real_pairs_with_cis_deltas_and_validity(tmp_path):
+    from corr3d.eval.run import run_eval
+
+    cfg = _trust_config(tmp_path, "eval.tasks=[equivariance,real_pairs]",
+                        "eval.models=[pretrained,pretrained_head_init,random,finetuned,oracle]")
+    result = run_eval(cfg)     # no adapter: finetuned is skipped with a message
+    out = tmp_path / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [k for k in metrics if k not in ("ci", "deltas")] == ["oracle", "pretrained", "pretrained_head_init",
+                                                                  "random"]
+    assert metrics["oracle"]["equivariance/ape"] < 2.0 and metrics["oracle"]["real_pairs/pck@0.05"] == 100.0
+    assert metrics["oracle"]["real_pairs/pck@0.01"] > 99.0   # stride-4 lattice: snapping moves <= 2.8 px
+    for model in ("pretrained", "random", "oracle"):
+        lo, hi = metrics["ci"][model]["equivariance/ape"]
+        assert lo <= metrics[model]["equivariance/ape"] <= hi
+        items = json.loads((out / "parts" / "equivariance" / f"{model}.json").read_text())
+        assert {it["unit"] for it in items} == {"procedural_sphere_astronaut", "procedural_box_chelsea"}
+        real = json.loads((out / "parts" / "real_pairs" / f"{model}.json").read_text())
+        assert [it["id"] for it in real] == ["stereo/motorcycle", "homography/coins/0", "homography/coins/1",
+                                             "homography/camera/0", "homography/camera/1"]
+    assert set(metrics["deltas"]) == {"random-pretrained", "pretrained_head_init-pretrained", "oracle-pretrained"}
+    d = metrics["deltas"]["random-pretrained"]["equivariance/ape"]
+    assert d["delta"] == pytest.approx(metrics["random"]["equivariance/ape"] - metrics["pretrained"]["equivariance/ape"])
+    assert d["lo"] <= d["delta"] <= d["hi"]
+    text = (out / "report.md").read_text()
+    assert "## Validity: floors and ceilings" in text and "does not discriminate" in text  # random vs random weights
+    assert "Δ random − pretrained" in text and "[" in text and "significant" in text
+    assert result["deltas"] == metrics["deltas"]
+
+
+def test_compared_models_differ_only_in_weights_lora_and_head():
+    from corr3d.models import COMPARED_MODELS, compared_model_config, reference_model_config
+
+    ref = reference_model_config(load_config("dinov2_single_object").model)
+    configs = {name: compared_model_config(ref, name, seed=3) for name in COMPARED_MODELS}
+    free = {"weights", "lora", "head", "unfreeze_blocks"}
+    for name, cfg in configs.items():
+        assert {k: v for k, v in cfg.items() if k not in free} == {k: v for k, v in ref.items() if k not in free}, name
+    assert configs["random"]["weights"] == "random:3" and configs["pretrained"]["weights"] == ref["weights"]
+    assert configs["pretrained"]["head"]["num_layers"] == 0 and configs["finetuned"]["head"] == ref["head"]
+
+
+def test_make_eval_runs_pretrained_and_finetuned_at_the_adapters_resolution(tmp_path):
+    from corr3d.eval.run import load_eval_model
+    from tests.helpers.models import tiny_model
+
+    adapter = tiny_model(16, target_res=96).save_adapter(tmp_path / "adapter.safetensors")
+    # the experiment says 640 px / 8: the baselines must still run where the adapter was trained (96 / 8 = 12 tokens)
+    cfg = load_config("base", ["model.backbone=test_vit.r160_in1k", f"eval.ckpt={adapter}", "eval.device=cpu"])
+    models = {name: load_eval_model(cfg, name) for name in ("pretrained", "random", "pretrained_head_init",
+                                                            "finetuned")}
+    sizes = {name: m.input_size(512, 384) for name, m in models.items()}
+    assert set(sizes.values()) == {(12 * 16, 9 * 16)}, sizes
+    for key in ("target_res", "downsample_factor", "layer", "final_norm", "backbone"):
+        assert len({str(m.config[key]) for m in models.values()}) == 1, key

@@ -54,7 +54,9 @@ def test_value_is_the_weighted_mean_and_weight_defaults_to_one():
              {"id": "c", "unit": "y", "m": None}, {"id": "d", "unit": "y", "m": float("nan")}]
     assert weighted_mean(items, "m") == pytest.approx((1 + 9) / 4)
     value, lo, hi = bootstrap_ci(items, "m")
-    assert value == pytest.approx(2.5) and lo == hi == pytest.approx(2.5)  # one unit: nothing to resample
+    assert value == pytest.approx(2.5) and np.isnan(lo) and np.isnan(hi)  # one unit: no spread between units
+    d = paired_delta(items, [{**it, "m": 0.0 if it["m"] is not None else None} for it in items], "m")
+    assert d["delta"] == pytest.approx(2.5) and np.isnan(d["lo"]) and d["significant"] is False
 
 
 def test_one_unit_resampled_drives_the_interval():
@@ -130,3 +132,34 @@ def test_tables_and_speed():
     assert list(deltas) == ["finetuned-pretrained"]
     d = deltas["finetuned-pretrained"]["m"]
     assert d["significant"] and d["hi"] < 0 and d["lo"] > -0.6
+
+
+def test_validity_flags_floor_and_ceiling():
+    from corr3d.eval.stats import validity
+
+    metrics = {"pretrained": {"pck": 60.0, "ape": 18.0}, "random": {"pck": 40.0, "ape": 25.0},
+               "oracle": {"pck": 99.0, "ape": 5.0}}
+    deltas = {"random-pretrained": {"pck": {"delta": -20.0, "lo": -25.0, "hi": -15.0, "significant": True},
+                                    "ape": {"delta": 7.0, "lo": -1.0, "hi": 12.0, "significant": False}}}
+    ok = validity("pck", metrics, deltas, lower_is_better=False)
+    assert ok["verdict"] == "ok" and ok["discriminates"]
+    assert ok["pretrained-random"] == {"delta": 20.0, "lo": 15.0, "hi": 25.0, "significant": True}
+    bad = validity("ape", metrics, deltas, lower_is_better=True)
+    assert "does not discriminate" in bad["verdict"] and "oracle far from perfect" in bad["verdict"]
+    # random significantly BETTER than pretrained is the clearest failure
+    better = {"random-pretrained": {"pck": {"delta": 5.0, "lo": 2.0, "hi": 8.0, "significant": True}}}
+    assert validity("pck", metrics, better, False)["verdict"] == "does not discriminate"
+    assert validity("pck", {"pretrained": {"pck": 1.0}}, {}, False)["verdict"] == "no random floor measured"
+
+
+def test_one_unit_delta_is_stored_without_interval_and_not_flagged_significant():
+    from corr3d.eval.stats import validity
+    from corr3d.utils.report import format_delta
+
+    a = [{"id": "p", "unit": "stereo", "m": 3.0}]
+    b = [{"id": "p", "unit": "stereo", "m": 1.0}]
+    d = delta_table({"random": a, "pretrained": b}, [("random", "pretrained")], ["m"])["random-pretrained"]["m"]
+    assert d["lo"] is None and d["hi"] is None and d["significant"] is False and d["delta"] == 2.0
+    assert format_delta(d) == "+2.00 (no CI: one unit)"
+    v = validity("m", {"pretrained": {"m": 1.0}, "random": {"m": 3.0}}, {"random-pretrained": {"m": d}}, False)
+    assert v["verdict"] == "no CI (one unit)" and v["pretrained-random"]["lo"] is None

@@ -44,7 +44,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
         "model.backbone=test_vit.r160_in1k", "model.weights=random", "model.target_res=64",
         "data.render.width=64", "data.render.height=64", "data.render.focal=70.0", "data.num_workers=0",
         "data.pairs.num_points=100", "data.pairs_per_epoch=2", "data.augment.enabled=false",
-        "equivariance.objects=[]", "equivariance.stereo_check=false",
+        "equivariance.objects=[]", "equivariance.real_pairs=false",
         "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=2", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
         "launcher.name=slurm", "launcher.cpus_per_task=1", "launcher.mem_gb=1", "launcher.time_min=15",
         *overrides])
@@ -163,8 +163,8 @@ def test_eval_array_gathers_parts(cluster, job_env, tmp_path):
     parts = sorted(p.name for p in (out / "parts").glob("*.json"))
     assert parts == ["semantic__finetuned.json", "semantic__pretrained.json"], logs_of(out / "slurm")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"pretrained", "finetuned"}
-    assert all(any(k.startswith("offline/semantic/") for k in m) for m in metrics.values()), metrics
+    assert set(metrics) == {"pretrained", "finetuned", "ci", "deltas"}  # + CIs and paired deltas (eval/stats.py)
+    assert all(any(k.startswith("offline/semantic/") for k in metrics[m]) for m in ("pretrained", "finetuned"))
     assert "finetuned" in (out / "report.md").read_text()
     record = json.loads((out / "slurm" / "jobs.json").read_text())[-1]
     assert record["gather_job_id"] == gather.job_id and record["suite_job_id"]  # suite generated once, up front

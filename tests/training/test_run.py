@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -32,11 +33,21 @@ def test_training_run_leaves_every_output(tmp_path):
                  "DONE", "checkpoints/last.ckpt", "equivariance.png", "train.log"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    for label in ("pretrained", "pretrained_head_init", "finetuned"):
+    for label in ("pretrained", "pretrained_head_init", "finetuned", "random"):
         assert 0 < metrics[label]["equivariance/ape"] < 100
         assert 0 <= metrics[label]["equivariance/pcdp@0.05"] <= metrics[label]["equivariance/pcdp@0.2"] <= 100
+        items = json.loads((run / "parts" / "equivariance" / f"{label}.json").read_text())
+        assert len(items) == 2 and {it["unit"] for it in items} == {"procedural_sphere_astronaut"}
+    assert metrics["oracle"]["equivariance/ape"] < 3.0   # ground truth as features: the protocol's ceiling
     assert metrics["train"]["global_step"] == 6
+    for name in ("finetuned-pretrained", "finetuned-pretrained_head_init", "pretrained_head_init-pretrained",
+                 "random-pretrained"):
+        d = metrics["deltas"][name]["equivariance/ape"]
+        a, b = name.split("-", 1)
+        assert d["delta"] == pytest.approx(metrics[a]["equivariance/ape"] - metrics[b]["equivariance/ape"])
     assert "equivariance/ape" in result.stdout  # the before/after table is printed
+    report = (run / "report.md").read_text()
+    assert "Δ finetuned − pretrained_head_init" in report and "Validity: floors and ceilings" in report
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     # the adapter loads with no training code and reproduces the finetuned model's features
     import corr3d
@@ -109,3 +120,10 @@ def test_sigkill_then_rerun_resumes_to_the_same_state(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     done = json.loads((run / "metrics.json").read_text())
     assert done["train"]["global_step"] == steps
+    # the baselines were measured in other processes (other PYTHONHASHSEEDs) than the reference's: same numbers
+    ref = json.loads((_latest(reference) / "metrics.json").read_text())
+    for label in ("pretrained", "pretrained_head_init", "random", "oracle"):
+        strip = (lambda m: {k: v for k, v in m.items() if not k.endswith("seconds")})
+        assert strip(done[label]) == strip(ref[label]), label
+    assert (_latest(reference) / "parts" / "equivariance" / "pretrained.json").read_text() == \
+        (run / "parts" / "equivariance" / "pretrained.json").read_text()
