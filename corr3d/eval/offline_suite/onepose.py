@@ -77,7 +77,7 @@ def _to_metres(pose: np.ndarray) -> np.ndarray:
 
 
 def make_object(out: Path, name: str, spec: str, seed: int) -> None:
-    import trimesh
+    import trimesh  # deferred: heavy optional dependency, loaded only when used
 
 
     mesh = load_object(spec)
