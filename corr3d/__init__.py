@@ -11,6 +11,6 @@ def load_model(backbone: str = "dinov2_s14", weights: str = "auto", adapter=None
     ``point_features(images, points_xy)`` -> (B, N, C), both L2-normalised. Imported lazily so that
     ``import corr3d`` stays cheap.
     """
-    from corr3d.models import load_model as _load_model
+    from corr3d.models import load_model as _load_model  # deferred: `import corr3d` stays light
 
     return _load_model(backbone, weights=weights, adapter=adapter, **kwargs)

@@ -15,11 +15,11 @@ from corr3d.config import ConfigError, available_experiments, load_config
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.overrides)
     if cfg.launcher.name == "slurm":
-        from corr3d.launch.slurm import submit_train
+        from corr3d.launch.slurm import submit_train  # deferred: a command loads only its own stack
 
         submit_train(cfg)
         return 0
-    from corr3d.training.run import train
+    from corr3d.training.run import train  # deferred: a command loads only its own stack
 
     train(cfg)
     return 0
@@ -35,11 +35,11 @@ def _eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.backbone={args.backbone}")
     cfg = load_config(args.experiment, overrides)
     if cfg.launcher.name == "slurm":
-        from corr3d.launch.slurm import submit_eval
+        from corr3d.launch.slurm import submit_eval  # deferred: a command loads only its own stack
 
         submit_eval(cfg)
         return 0
-    from corr3d.eval.run import run_eval
+    from corr3d.eval.run import run_eval  # deferred: a command loads only its own stack
 
     run_eval(cfg)
     return 0
@@ -48,18 +48,18 @@ def _eval(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.overrides)
     if cfg.launcher.name == "slurm":
-        from corr3d.launch.slurm import submit_render
+        from corr3d.launch.slurm import submit_render  # deferred: a command loads only its own stack
 
         submit_render(cfg)
         return 0
-    from corr3d.render.batch import render_experiment_objects
+    from corr3d.render.batch import render_experiment_objects  # deferred: a command loads only its own stack
 
     render_experiment_objects(cfg)
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from corr3d.training.sweep import run_sweep, split_values
+    from corr3d.training.sweep import run_sweep, split_values  # deferred: a command loads only its own stack
 
     # key=v1,v2 (a comma outside brackets) is an axis; key=[a,b] or key=v is a plain override
     axes = [a for a in args.overrides if "=" in a and len(split_values(a.partition("=")[2])) > 1]
@@ -70,14 +70,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from corr3d.perf import run_benchmarks
+    from corr3d.perf import run_benchmarks  # deferred: a command loads only its own stack
 
     run_benchmarks(only=args.only, quick=args.quick, out=args.out)
     return 0
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from corr3d.models.checkpoints import import_checkpoint
+    from corr3d.models.checkpoints import import_checkpoint  # deferred: a command loads only its own stack
 
     out = args.out or str(Path(args.path).with_suffix("")) + "_corr3d"
     saved = import_checkpoint(args.path, args.backbone, out, base_weights=args.base_weights,
@@ -128,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user fixes by changing an input (file, identifier, config, weights); printed without a traceback."""
-    from corr3d.assets.meshes import MeshLoadError
-    from corr3d.errors import Corr3dUserError
-    from corr3d.models.weights import WeightsUnavailableError
+    from corr3d.assets.meshes import MeshLoadError  # deferred: a command loads only its own stack
+    from corr3d.errors import Corr3dUserError  # deferred: a command loads only its own stack
+    from corr3d.models.weights import WeightsUnavailableError  # deferred: a command loads only its own stack
 
     return Corr3dUserError, ConfigError, FileNotFoundError, WeightsUnavailableError, MeshLoadError
 

@@ -27,14 +27,14 @@ SPEC_PREFIX = "objaverse:"
 
 def set_cache_dir(versioned_path: str | os.PathLike) -> None:
     """Use ``versioned_path`` (the ``hf-objaverse-v1`` folder) as the objaverse cache for this process."""
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     objaverse._VERSIONED_PATH = str(versioned_path)
     objaverse.BASE_PATH = str(Path(versioned_path).parent)
 
 
 def cache_dir() -> Path:
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     return Path(objaverse._VERSIONED_PATH)
 
@@ -81,7 +81,7 @@ def read_uid_file(path: str | os.PathLike) -> list[str]:
 
 def lvis_uids(categories: Iterable[str]) -> list[str]:
     """Uids annotated with any of the LVIS ``categories`` (Objaverse-LVIS), in annotation order."""
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     annotations = objaverse.load_lvis_annotations()
     unknown = [c for c in categories if c not in annotations]
@@ -98,7 +98,7 @@ def select_uids(uid_file: str | os.PathLike | None = None, lvis_categories: Sequ
     sorting before sampling makes it independent of the order of the package's JSON. ``exclude``: uids (or any
     list entries / specs) never to select, e.g. a training list when picking held-out evaluation objects.
     """
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     candidates: list[str] = []
     if uid_file is not None:
@@ -165,7 +165,7 @@ def download_objects(uids: Sequence[str], processes: int = 1) -> dict[str, Path]
 
     Uids unknown to Objaverse are skipped (the package warns). Already-cached objects cost no network access.
     """
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     paths = objaverse.load_objects(list(uids), download_processes=max(1, int(processes)))
     return {uid: Path(paths[uid]) for uid in uids if uid in paths}
@@ -188,7 +188,7 @@ def cached_object_path(uid: str) -> Path:
 
 def object_metadata(uids: Sequence[str]) -> dict[str, dict]:
     """Name, license and url of each uid from the package's per-shard metadata (downloaded if missing)."""
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     keep = ("name", "license", "uri", "viewerUrl")
     annotations = objaverse.load_annotations(list(uids))

@@ -53,7 +53,7 @@ def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
     sat = rng.uniform(0.55, 0.95, n)
     val = np.where(np.arange(n) % 2 == 0, rng.uniform(0.75, 1.0, n), rng.uniform(0.35, 0.6, n))
     hsv = np.stack([hues, sat, val], axis=1)
-    from skimage.color import hsv2rgb
+    from skimage.color import hsv2rgb  # deferred: heavy optional dependency, loaded only when used
 
     return hsv2rgb(hsv[None])[0]
 
@@ -87,7 +87,7 @@ def stripes_texture(rng, size: int = TEXTURE_SIZE) -> np.ndarray:
 
 def noise_texture(rng, size: int = TEXTURE_SIZE, octaves: int = 4, mild: bool = False) -> np.ndarray:
     """Fractal value noise mapped through a colour ramp (``mild``: low-contrast greyish variant)."""
-    from scipy.ndimage import zoom
+    from scipy.ndimage import zoom  # deferred: heavy optional dependency, loaded only when used
 
     field = np.zeros((size, size))
     for o in range(octaves):
@@ -109,7 +109,7 @@ def noise_texture(rng, size: int = TEXTURE_SIZE, octaves: int = 4, mild: bool = 
 
 def voronoi_texture(rng, size: int = TEXTURE_SIZE) -> np.ndarray:
     """Cells with random colours and dark borders (distance to nearest vs second-nearest site)."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
 
     sites = rng.random((int(rng.integers(20, 60)), 2))
     u, v = _uv_grid(size)
@@ -121,7 +121,7 @@ def voronoi_texture(rng, size: int = TEXTURE_SIZE) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
-    import skimage.data
+    import skimage.data  # deferred: heavy optional dependency, loaded only when used
 
     img = np.asarray(getattr(skimage.data, name)())
     if img.ndim == 2:
@@ -376,7 +376,7 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
 def objaverse_path(uid: str) -> Path:
     """Local path of an Objaverse GLB via the objaverse package's cache (no download: the cache must hold it)."""
 
-    import objaverse
+    import objaverse  # deferred: heavy optional dependency, loaded only when used
 
     base = Path(objaverse._VERSIONED_PATH)
     index = base / "object-paths.json.gz"

@@ -39,7 +39,7 @@ class ViewAugmenter:
 
     def __init__(self, geometric_p: float = 0.5, shift: float = 0.25, scale: float = 0.25, rotate_deg: float = 45.0,
                  color_p: float = 0.5, geometric: bool = True, color: bool = True):
-        import albumentations as A
+        import albumentations as A  # deferred: heavy optional dependency, loaded only when used
 
         transforms = []
         self.geometric = bool(geometric and geometric_p > 0)

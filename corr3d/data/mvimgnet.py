@@ -112,7 +112,7 @@ class MVImgNetObject:
 
     @classmethod
     def open(cls, object_dir: str | os.PathLike, extent_percentile: float = 1.0) -> "MVImgNetObject":
-        import pycolmap
+        import pycolmap  # deferred: heavy optional dependency, loaded only when used
 
         object_dir = Path(object_dir)
         if not (object_dir / "images").is_dir():

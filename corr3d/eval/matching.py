@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from corr3d.geometry import project
 from corr3d.geometry.pixels import containing_pixel, pixel_centres, visible_pixels
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -231,8 +232,6 @@ def visible_points(cache: ViewCache, i: int, j: int, tol: float) -> tuple[np.nda
 
     Visible: in front of camera j, inside the image, on a foreground pixel of j whose own surface point lies within
     ``tol`` + two pixel footprints (z / f) of it (no other surface occludes it). Row-major source order."""
-    from corr3d.geometry import project
-
     obj = cache.obj
     src, points = cache.foreground(i)
     if len(points) == 0:

@@ -91,7 +91,7 @@ def add_distance(pose_pred: np.ndarray, pose_gt: np.ndarray, points: np.ndarray)
 
 def adds_distance(pose_pred: np.ndarray, pose_gt: np.ndarray, points: np.ndarray) -> float:
     """ADD-S: mean distance from each ground-truth-posed point to the closest predicted-posed point."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
 
     dist, _ = cKDTree(transform(points, pose_pred)).query(transform(points, pose_gt), k=1)
     return float(np.mean(dist))
@@ -195,7 +195,7 @@ def oracle_matches(bank_pts: np.ndarray, grid: np.ndarray, K: np.ndarray, pose_g
                    visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Perfect matching: template points that project (true pose) onto the instance's visible mask, each paired with
     its nearest query-grid point (the protocol's grid quantisation is kept)."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
 
     if len(grid) == 0 or len(bank_pts) == 0:
         return np.zeros((0, 3)), np.zeros((0, 2))

@@ -103,7 +103,7 @@ def gpus_per_task_node(cfg: DictConfig, gpus: int) -> int:
 
 
 def make_executor(log_root: Path, params: dict[str, Any], max_requeues: int = 10):
-    import submitit
+    import submitit  # deferred: heavy optional dependency, loaded only when used
 
     # <log_root>/<job id>/ holds the sbatch script, stdout/stderr of every task and the pickled call
     executor = submitit.AutoExecutor(folder=Path(log_root) / "%j", cluster="slurm",
@@ -213,7 +213,7 @@ def eval_plan(cfg: DictConfig) -> tuple[DictConfig, list[tuple[str, str]], Path]
     Pinning matters: the array runs later, and a training run finishing in between would otherwise change which
     adapter "finetuned" means (``runs/<exp>/latest``) halfway through the array.
     """
-    from corr3d.eval import run as eval_run
+    from corr3d.eval import run as eval_run  # deferred: a SLURM job loads only the stack of its task
 
     cfg = copy.deepcopy(cfg)
     out = eval_run.output_dir(cfg).resolve()
@@ -235,6 +235,7 @@ def missing_offline_parts(cfg: DictConfig, tasks: Iterable[str]) -> list[str]:
     """Offline-suite parts the tasks need that are not generated yet (all of them with eval.offline.regenerate)."""
     if not cfg.eval.offline.enabled:
         return []
+    # deferred: a SLURM job loads only the stack of its task
     from corr3d.eval.offline_suite import TASK_PARTS, is_complete
 
     needed = list(dict.fromkeys(part for task in tasks for part in TASK_PARTS.get(task, ())))

@@ -63,7 +63,7 @@ def append_event(path: Path, event: dict[str, Any]) -> None:
 
 
 def _requeue_submission(task: Any):
-    from submitit.helpers import DelayedSubmission
+    from submitit.helpers import DelayedSubmission  # deferred: heavy optional dependency, loaded only when used
 
     return DelayedSubmission(task)
 
@@ -79,6 +79,7 @@ class TrainTask:
         return Path(self.run_dir) / "slurm" / ATTEMPTS_FILE
 
     def __call__(self) -> str:
+        # deferred: heavy optional dependency, loaded only when used
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         if global_rank() == 0:
@@ -141,6 +142,7 @@ class OfflineSuiteTask:
         self.root, self.tasks, self.force = str(root), list(tasks), bool(force)
 
     def __call__(self) -> None:
+        # deferred: a SLURM job loads only the stack of its task
         from corr3d.eval.offline_suite import ensure_offline_suite
 
         ensure_offline_suite(self.root, self.tasks, force=self.force)
@@ -158,7 +160,8 @@ class RenderChunkTask:
         self.specs, self.root, self.render_cfg_yaml, self.chunk = list(specs), str(root), render_cfg_yaml, chunk
 
     def __call__(self) -> list[dict]:
-        from corr3d.assets.objects import object_dir_name
+        from corr3d.assets.objects import object_dir_name  # deferred: a SLURM job loads only the stack of its task
+        # deferred: a SLURM job loads only the stack of its task
         from corr3d.render.batch import is_complete, render_object, render_settings
 
         render_cfg = OmegaConf.create(self.render_cfg_yaml)

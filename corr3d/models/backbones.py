@@ -57,7 +57,7 @@ class BackboneSpec:
     @property
     def hf_hub_id(self) -> str:
         """Hugging Face repository timm publishes these weights under (``timm/<arch>.<tag>``)."""
-        import timm
+        import timm  # deferred: heavy optional dependency, loaded only when used
 
         cfg = timm.models.get_pretrained_cfg(self.timm_id)
         hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -126,7 +126,7 @@ def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSp
 
 
 def _timm_cfg(timm_id: str):
-    import timm
+    import timm  # deferred: heavy optional dependency, loaded only when used
 
     return timm.models.get_pretrained_cfg(timm_id)
 
@@ -141,7 +141,7 @@ def resolve_backbone(name: str) -> BackboneSpec | None:
     for spec in BACKBONES.values():  # a timm id that the table knows under a short name
         if name in (spec.timm_id, spec.architecture):
             return spec
-    import timm
+    import timm  # deferred: heavy optional dependency, loaded only when used
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
@@ -182,7 +182,7 @@ def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
     ``dynamic_img_size`` lets one model run at any input size (position embeddings resampled on the fly);
     ``num_classes=0`` drops classifier heads we never use.
     """
-    import timm
+    import timm  # deferred: heavy optional dependency, loaded only when used
 
     spec = spec_or_name if isinstance(spec_or_name, BackboneSpec) else resolve_backbone(spec_or_name)
     if spec is not None and spec.kind == "convnet":

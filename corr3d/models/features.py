@@ -7,6 +7,8 @@ patches (the authors' timm path did, and misplaced points on /16 models).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -186,8 +188,6 @@ def autocast_dtype(device, precision: str = "auto") -> torch.dtype | None:
 
 def autocast_context(device, precision: str = "auto"):
     """``torch.autocast`` for ``autocast_dtype(device, precision)``, or a no-op context for fp32."""
-    import contextlib
-
     dtype = autocast_dtype(device, precision)
     if dtype is None:
         return contextlib.nullcontext()

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from corr3d.config import load_config
+from corr3d.eval.equivariance import EquivarianceSettings, evaluate_objects, open_rendered_objects
+from corr3d.models import compared_model
+from corr3d.render import ensure_rendered
 
 SETTINGS = {
     # name: (objects, max_pairs_per_object, max_views_per_object)
@@ -54,9 +57,6 @@ class TimedModel(nn.Module):
 
 def measure(name: str, model, root: Path, quick: bool = False) -> dict[str, float | str]:
     """Run ``evaluate_objects`` for one setting of ``SETTINGS``; returns pairs/s, backbone share and counts."""
-    from corr3d.eval.equivariance import EquivarianceSettings, evaluate_objects, open_rendered_objects
-    from corr3d.render import ensure_rendered
-
     objects, max_pairs, max_views = SETTINGS[name]
     if quick:
         objects, max_pairs, max_views = objects[:1], 4, 4
@@ -82,8 +82,6 @@ def measure(name: str, model, root: Path, quick: bool = False) -> dict[str, floa
 
 
 def run(quick: bool = False) -> dict:
-    from corr3d.models import compared_model
-
     cfg = load_config("dinov2_single_object", [])
     model = compared_model("pretrained", cfg.model)
     if torch.cuda.is_available():

@@ -43,7 +43,7 @@ def similarity_speedup(model, image_size: int = 840, num_keypoints: int = 20) ->
 
 
 def run(quick: bool = False) -> dict[str, float | str]:
-    from corr3d.eval.run import run_eval_part
+    from corr3d.eval.run import run_eval_part  # deferred: pulls the training/evaluation stack only when used
 
     torch.set_grad_enabled(False)
     backbone, weights = ("test_vit.r160_in1k", "random") if quick else ("dinov2_s14", "auto")

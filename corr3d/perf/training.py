@@ -47,7 +47,7 @@ def _model(backbone="dinov2_s14", target_res=256, device="cpu", meta=False, weig
 
 
 def _batch(points=3000, size=512, device="cpu", seed=0):
-    from corr3d.perf.loss import make_inputs
+    from corr3d.perf.loss import make_inputs  # deferred: pulls the training/evaluation stack only when used
 
     gen = torch.Generator().manual_seed(seed)
     _, _, x0, x1 = make_inputs("realistic", points, seed=seed)
@@ -82,7 +82,8 @@ class _SavedBytes:
 def step_functions(model, batch):
     """{name: fn() -> loss} for the three steps (each: forward, loss, backward, optimizer step)."""
     from corr3d.losses import smooth_ap_loss
-    from corr3d.perf.loss import authors_smooth_ap
+    from corr3d.perf.loss import authors_smooth_ap  # deferred: pulls the training/evaluation stack only when used
+    # deferred: pulls the training/evaluation stack only when used
     from corr3d.training.module import MultiviewFinetuneModule
 
     module = MultiviewFinetuneModule(model, smooth_ap_loss)

@@ -7,12 +7,14 @@ from corr3d.render.raycast import PAPER_LIGHTS, Lighting, RaycastRenderer, rende
 
 
 def render_object(spec, out_dir, render_cfg=None):
+    # deferred: circular (corr3d.render.batch imports this package)
     from corr3d.render.batch import render_object as _render_object
 
     return _render_object(spec, out_dir, render_cfg)
 
 
 def ensure_rendered(specs, root, render_cfg=None, workers=None, progress=False):
+    # deferred: circular (corr3d.render.batch imports this package)
     from corr3d.render.batch import ensure_rendered as _ensure_rendered
 
     return _ensure_rendered(specs, root, render_cfg, workers=workers, progress=progress)

@@ -207,7 +207,7 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     """
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
+            import ctypes  # deferred: Linux-only module
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)

@@ -89,7 +89,7 @@ class RaycastRenderer:
     """Holds the acceleration structure and appearance of one mesh; ``render(K, pose, w, h)`` per view."""
 
     def __init__(self, mesh: trimesh.Trimesh, lighting: Lighting | None = None):
-        import open3d as o3d
+        import open3d as o3d  # deferred: heavy optional dependency, loaded only when used
 
         self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
         self.faces = np.asarray(mesh.faces, dtype=np.int64)

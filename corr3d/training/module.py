@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
 from corr3d.utils.visualize import correspondence_figure, pca_rgb
 
 
@@ -53,8 +54,6 @@ class MultiviewFinetuneModule(L.LightningModule):
 
     def _cached_maps(self, batch: dict, images: torch.Tensor) -> torch.Tensor:
         """``self.model(images)`` with the frozen prefix's tokens looked up per (object, view) (see __init__)."""
-        from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
-
         model = self.model
         depth = frozen_prefix_depth(model.vit)
         if depth == 0 or "object_id" not in batch:

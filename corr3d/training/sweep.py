@@ -296,6 +296,7 @@ def run_sweep(experiment: str, axis_specs: Sequence[str] = (), overrides: Sequen
         submit_sweep(plan)
         return plan.root
     if train_fn is None:
+        # deferred: pulls the training/evaluation stack only when used
         from corr3d.training.run import train as train_fn
     plan.write_manifest()
     rows: dict[tuple[str, str], Path] = {}  # (row, signature) -> a finished cell holding that row
@@ -337,6 +338,7 @@ def submit_sweep(plan: SweepPlan, entry: str | None = None):
 
     Returns (array jobs, gather job). Baselines are not shared between array tasks (they run concurrently).
     """
+    # deferred: pulls the training/evaluation stack only when used
     from corr3d.launch.slurm import (
         _announce,
         align_trainer_with_launcher,
@@ -346,6 +348,7 @@ def submit_sweep(plan: SweepPlan, entry: str | None = None):
         record_jobs,
         slurm_parameters,
     )
+    # deferred: pulls the training/evaluation stack only when used
     from corr3d.launch.tasks import TRAIN_ENTRY, TrainTask, cfg_to_yaml
 
     plan.write_manifest()
@@ -378,7 +381,7 @@ def submit_sweep(plan: SweepPlan, entry: str | None = None):
     _announce("sweep", job_ids or [gather.job_id], log_root,
               f"\n[corr3d]   {len(cells)} cells to run; gather job {gather.job_id} writes {root / RESULTS_FILE}")
     if launcher.wait:
-        from corr3d.launch.slurm import wait_for_jobs
+        from corr3d.launch.slurm import wait_for_jobs  # deferred: pulls the training/evaluation stack only when used
 
         wait_for_jobs([*(j.job_id for j in array[:1]), gather.job_id])
     return array, gather
@@ -629,7 +632,7 @@ def plot_sweep(sweep_dir: Path, axes: Sequence[str], rows: Sequence[dict], key: 
 # ---- Fig. 3: correlation of APE with the other metrics ---------------------------------------------------------
 def pearson_spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """(Pearson r, Spearman rho) of paired samples; NaN when fewer than 3 points or a constant series."""
-    from scipy import stats
+    from scipy import stats  # deferred: heavy optional dependency, loaded only when used
 
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return float("nan"), float("nan")

@@ -132,7 +132,7 @@ class RunLock:
 
     def acquire(self, blocking: bool = False, record: bool = True) -> "RunLock":
         """Take the lock (``blocking``: wait for it); ``record`` writes this process's pid/host into the file."""
-        import fcntl
+        import fcntl  # deferred: Linux-only module
 
         if self._fd is not None:
             return self
@@ -168,7 +168,7 @@ class RunLock:
     def release(self, clear: bool = True) -> None:
         if self._fd is None:
             return
-        import fcntl
+        import fcntl  # deferred: Linux-only module
 
         try:
             if clear:
@@ -206,7 +206,7 @@ def directory_lock(directory: str | os.PathLike):
     Locking the directory's own descriptor leaves no lock file behind; on filesystems without flock on
     directories it degrades to no serialisation (the steps it guards are still individually atomic).
     """
-    import fcntl
+    import fcntl  # deferred: Linux-only module
 
     fd = os.open(directory, os.O_RDONLY)
     try:

@@ -159,7 +159,7 @@ def load_models_info(models_dir: str | Path) -> dict[int, dict]:
 def load_object_model(models_dir: str | Path, obj_id: int, max_points: int = 2000, seed: int = 0,
                       info: dict | None = None) -> BopObjectModel:
     """Vertices of ``obj_<id>.ply`` (a deterministic subsample of at most ``max_points``) and models_info facts."""
-    import trimesh
+    import trimesh  # deferred: heavy optional dependency, loaded only when used
 
     models_dir = Path(models_dir)
     info = info if info is not None else load_models_info(models_dir)[obj_id]

@@ -75,7 +75,7 @@ def _mat_bbox(root: Path, category: str, image: Path) -> np.ndarray | None:
     ann = root / "Annotations" / category / f"{image.stem}.mat"
     if not ann.exists():
         return None
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # deferred: heavy optional dependency, loaded only when used
 
     data = loadmat(ann)
     if "bbox" not in data:

@@ -69,12 +69,16 @@ def generate_part(root: str | Path, part: str) -> Path:
     tmp.mkdir(parents=True)
     # deferred: load only the generator of the part being built (circular otherwise: the parts import this package)
     if part == "onepose":
+        # deferred: pulls the training/evaluation stack only when used
         from corr3d.eval.offline_suite.onepose import generate
     elif part == "tapvid":
+        # deferred: pulls the training/evaluation stack only when used
         from corr3d.eval.offline_suite.tapvid import generate
     elif part == "semantic":
+        # deferred: pulls the training/evaluation stack only when used
         from corr3d.eval.offline_suite.semantic import generate
     elif part == "bop":
+        # deferred: pulls the training/evaluation stack only when used
         from corr3d.eval.offline_suite.bop import generate
     else:
         raise ValueError(f"unknown suite part {part!r}; known: {PARTS}")

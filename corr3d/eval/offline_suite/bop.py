@@ -59,8 +59,8 @@ def _write_models(out: Path, meshes: dict) -> None:
         scaled.apply_scale(OBJECT_MM)
         scaled.export(models / f"obj_{obj_id:06d}.ply")
         v = np.asarray(scaled.vertices)
-        from scipy.spatial import ConvexHull
-        from scipy.spatial.distance import pdist
+        from scipy.spatial import ConvexHull  # deferred: heavy optional dependency, loaded only when used
+        from scipy.spatial.distance import pdist  # deferred: heavy optional dependency, loaded only when used
 
         hull = v[ConvexHull(v).vertices]
         lo, size = v.min(0), v.max(0) - v.min(0)

@@ -58,7 +58,7 @@ def background(height: int, width: int, seed: int, exclude: tuple[str, ...] = ()
 
     ``exclude``: photos not to use (e.g. the object's own texture, which would camouflage it).
     """
-    from skimage import data as skdata
+    from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
 
     names = tuple(n for n in BACKGROUNDS if n not in exclude) or BACKGROUNDS
     rng = np.random.default_rng(seed)
