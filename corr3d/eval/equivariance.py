@@ -33,10 +33,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from corr3d.assets.experiment import evaluation_objects
+from corr3d.data.mvimgnet import discover_objects, open_objects
+from corr3d.eval.features import model_device, to_tensor
+from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grouped, sample_normalized, visible_points
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 from corr3d.geometry import project
 from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
+from corr3d.models.features import autocast_context, sample_feature_map
+from corr3d.render.batch import ensure_rendered
+from corr3d.render.store import RenderedObject
 from corr3d.utils.seeding import stable_seed
 from corr3d.utils.torch_utils import eval_mode
 
@@ -125,8 +131,6 @@ class OracleModel(torch.nn.Module):
         return feats * torch.from_numpy(np.asarray(mask, dtype=bool))[None]
 
     def sample_points(self, fmap, points_xy, image_size, input_size=None, stride=None, normalize=True):
-        from corr3d.models.features import sample_feature_map
-
         return sample_feature_map(fmap, points_xy, tuple(image_size), normalize=normalize)
 
 
@@ -159,8 +163,6 @@ def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
     point lies within ``tol`` (+ two pixel footprints) of it, i.e. no other surface occludes it (a pixel spans z/f
     object units: two of them on top of ``tol`` keep visible points at low resolutions). ``views``: a
     ``corr3d.eval.matching.ViewCache`` of ``obj`` so that each view is decoded once across pairs."""
-    from corr3d.eval.matching import ViewCache, visible_points
-
     src, gt = visible_points(views if views is not None else ViewCache(obj, max_views=2), i, j, tol)
     if num_points and len(src) > num_points:
         pick = rng.choice(len(src), size=num_points, replace=False)
@@ -173,9 +175,6 @@ def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int =
                           precision: str = "auto") -> list[torch.Tensor]:
     """Raw (not normalised, as in training) dense fp32 maps (C, h, w) for each uint8 HxWx3 image, in batches, left
     on the model's device; ``precision``: ``corr3d.models.features.autocast_context`` (auto: bf16 on CUDA)."""
-    from corr3d.eval.features import model_device, to_tensor
-    from corr3d.models.features import autocast_context
-
     device = model_device(model)
     maps: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
@@ -192,8 +191,6 @@ def nearest_neighbor_matches(model, fmap_src: torch.Tensor, fmap_tgt: torch.Tens
                              target_size: tuple[int, int] | None = None, chunk: int = 1024) -> np.ndarray:
     """For each source point the target candidate with the highest cosine similarity; returns its (x, y).
     Blocked GEMM + argmax (corr3d/eval/matching.py); ``chunk`` is kept for callers and ignored."""
-    from corr3d.eval.matching import match_points
-
     return match_points(model, fmap_src, fmap_tgt, src_xy, tgt_xy, image_size, target_size)
 
 
@@ -204,8 +201,6 @@ def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]]
     Same result as ``visible_correspondences`` + ``nearest_neighbor_matches`` per pair, but each view is decoded
     once (``ViewCache``), each target view's candidate features are sampled once, and all pairs that share a target
     view are matched in one blocked GEMM (``corr3d.eval.matching.nearest_neighbors_grouped``)."""
-    from corr3d.eval.matching import ViewCache, nearest_neighbors_grouped, sample_normalized
-
     views = views if views is not None else ViewCache(obj)
     size = (obj.height, obj.width)
     found, queries, groups = [], [], []
@@ -272,8 +267,6 @@ def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def open_rendered_objects(paths: Iterable[Path]):
-    from corr3d.render.store import RenderedObject
-
     return [RenderedObject.open(p) for p in paths]
 
 
@@ -284,8 +277,6 @@ def evaluation_object_specs(cfg) -> list[str]:
 
 def render_evaluation_objects(cfg) -> list[Path]:
     """Directories of the held-out evaluation objects, rendering the missing ones."""
-    from corr3d.render.batch import ensure_rendered
-
     specs = evaluation_object_specs(cfg)
     if not specs:
         raise ValueError("no equivariance evaluation objects: set equivariance.objects or equivariance.object_list")
@@ -326,8 +317,6 @@ def _frame_scale(obj, frame: int, image: np.ndarray) -> np.ndarray:
 def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings, items: list | None = None) -> dict[str, float]:
     """APE/PCDP on MVImgNet's sparse COLMAP correspondences: source keypoints of frame i, nearest neighbour over
     every ``target_stride``-th pixel of frame j (no mask), error to the keypoint of the same 3D point."""
-    from corr3d.data.mvimgnet import discover_objects, open_objects
-
     root = Path(cfg.data.mvimgnet_dir)
     dirs = discover_objects(root)[: int(cfg.equivariance.mvimgnet_objects) or None]
     if not dirs:

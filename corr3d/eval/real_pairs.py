@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from corr3d.eval.equivariance import extract_view_features, is_oracle, nearest_neighbor_matches, pixel_centers
+from corr3d.eval.stats import metric_keys, weighted_mean
 from corr3d.utils.seeding import stable_seed
 from corr3d.utils.torch_utils import eval_mode
 
@@ -91,7 +92,7 @@ def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ stereo
 def stereo_pair(settings: RealPairsSettings) -> ImagePair:
     """The Middlebury motorcycle pair: left pixel centre (x, y) -> right (x − d, y)."""
-    from skimage import data as skdata
+    from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
 
     left, right, disp = skdata.stereo_motorcycle()
     h, w = disp.shape
@@ -136,7 +137,7 @@ def warp_image(image: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """(warped uint8 image, mask of target pixels whose pre-image lies inside the source) for target = H(source).
 
     Our coordinates put pixel (r, c)'s centre at (c + 0.5, r + 0.5); scikit-image's at (c, r): shift by 0.5."""
-    from skimage.transform import warp
+    from skimage.transform import warp  # deferred: heavy optional dependency, loaded only when used
 
     h, w = image.shape[:2]
     H_inv = np.linalg.inv(H)
@@ -153,7 +154,7 @@ def warp_image(image: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def photo(name: str) -> np.ndarray:
-    from skimage import data as skdata
+    from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
 
     if not hasattr(skdata, name):
         raise ValueError(f"eval.real_pairs.homography_images: scikit-image has no image {name!r}")
@@ -188,7 +189,7 @@ def build_pairs(settings: RealPairsSettings) -> list[ImagePair]:
 # ------------------------------------------------------------------------------------------------ evaluation
 def snap_to_candidates(gt_xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """The oracle's prediction: the candidate nearest to each ground-truth point."""
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
 
     _, idx = cKDTree(candidates).query(gt_xy)
     return candidates[idx]
@@ -208,8 +209,6 @@ def pair_item(pair: ImagePair, pred: np.ndarray, thresholds: Sequence[float]) ->
 
 def metrics_from_items(items: Sequence[dict]) -> dict[str, float]:
     """Headline = weighted (here: plain) mean over the items carrying each key."""
-    from corr3d.eval.stats import metric_keys, weighted_mean
-
     keys = [k for k in metric_keys(items) if k.startswith(PREFIX)]
     out = {k: weighted_mean(items, k) for k in keys}
     out[f"{PREFIX}num_pairs"] = float(len(items))

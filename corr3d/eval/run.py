@@ -23,13 +23,28 @@ import datetime as _dt
 import gc
 import logging
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.assets.objaverse import check_experiment_disjoint
+from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
+from corr3d.eval.datasets.onepose import list_objects
+from corr3d.eval.datasets.tapvid import iter_videos
+from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
+from corr3d.eval.offline_suite import ensure_offline_suite
+from corr3d.eval.pose import PoseSettings, evaluate_objects, evaluate_oracle_pose
+from corr3d.eval.pose_ycbv import YcbvSettings, evaluate_bop_dataset
+from corr3d.eval.real_pairs import evaluate_real_pairs
+from corr3d.eval.semantic import GroundTruthMatcher
+from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, ci_table, delta_table, validity
+from corr3d.eval.tracking import TrackingSettings, evaluate_oracle_tracking, evaluate_videos
+from corr3d.models import compared_model
 from corr3d.utils import report
+from corr3d.utils.run_dir import latest_run
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +89,6 @@ def resolve_adapter(cfg: DictConfig) -> Path | None:
         return found
     if cfg.eval.backbone and cfg.eval.backbone != cfg.model.backbone:
         return None
-    from corr3d.utils.run_dir import latest_run
-
     run = latest_run(cfg.output_dir, cfg.experiment)
     return _adapter_from(run) if run is not None else None
 
@@ -100,11 +113,7 @@ def eval_device(cfg: DictConfig) -> torch.device:
 def load_eval_model(cfg: DictConfig, name: str):
     """Compared model ``name`` (:func:`corr3d.models.compared_model`): every model of one evaluation shares the
     finetuned adapter's resolution, layer and norm (or the experiment's when there is no adapter)."""
-    from corr3d.models import compared_model
-
     if name == "oracle":
-        from corr3d.eval.equivariance import OracleModel
-
         return OracleModel()
     adapter = resolve_adapter(cfg)
     if name == "finetuned" and adapter is None:
@@ -131,8 +140,6 @@ def output_dir(cfg: DictConfig) -> Path:
     adapter = resolve_adapter(cfg)
     if adapter is not None and (adapter.parent / "config.yaml").exists():
         return adapter.parent / "eval"
-    from corr3d.utils.run_dir import latest_run
-
     run = latest_run(cfg.output_dir, cfg.experiment)
     if run is not None and not cfg.eval.backbone:
         return run / "eval"
@@ -141,15 +148,11 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def _suite(cfg: DictConfig, task: str) -> dict[str, Path]:
-    from corr3d.eval.offline_suite import ensure_offline_suite
-
     return ensure_offline_suite(cfg.eval.offline.dir, [task], force=bool(cfg.eval.offline.regenerate))
 
 
 def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) -> list[dict]:
     """[{name, prefix, source, ...paths}] for a task: the real dataset when present, the offline suite if enabled."""
-    from corr3d.eval.datasets import onepose, pfpascal, spair, tapvid
-
     messages = messages if messages is not None else []
     out: list[dict] = []
     e = cfg.eval
@@ -166,8 +169,6 @@ def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) 
             out.append({"name": "offline_onepose", "prefix": "offline/pose/", "source": "offline",
                         "data_dir": p["onepose_data"], "sfm_dir": p["onepose_sfm"]})
     elif task == "pose_ycbv":
-        from corr3d.eval.datasets import bop
-
         if e.real_data:
             if bop.data_present(e.pose_ycbv.test_dir, e.pose_ycbv.models_dir):
                 out.append({"name": "ycbv", "prefix": "pose_ycbv/", "source": "real", "test_dir": Path(
@@ -222,19 +223,12 @@ def selected_tasks(cfg: DictConfig) -> list[str]:
 def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tuple[dict, dict]:
     offline = ds["source"] == "offline"
     if task == "pose":
-        from corr3d.eval.datasets.onepose import list_objects
-        from corr3d.eval.pose import PoseSettings, evaluate_objects
-
         objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(cfg.eval.pose.objects) or None,
                                cfg.eval.pose.ref_seq, cfg.eval.pose.test_seq)
         if getattr(model, "is_oracle", False):   # ground-truth 2D-3D matches -> the same PnP (the ceiling)
-            from corr3d.eval.pose import evaluate_oracle_pose
-
             return evaluate_oracle_pose(objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
         return evaluate_objects(model, objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
     if task == "pose_ycbv":
-        from corr3d.eval.pose_ycbv import YcbvSettings, evaluate_bop_dataset
-
         settings = YcbvSettings.from_config(cfg)
         if offline:
             settings.ref_step = int(cfg.eval.pose_ycbv.offline_ref_step)
@@ -243,9 +237,6 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
                                     None if offline else (list(cfg.eval.pose_ycbv.scenes) or None), ds["targets"],
                                     ds["prefix"], desc)
     if task == "tracking":
-        from corr3d.eval.datasets.tapvid import iter_videos
-        from corr3d.eval.tracking import TrackingSettings, evaluate_videos
-
         t = cfg.eval.tracking
         settings = (TrackingSettings.from_config(cfg, frame_size=cfg.eval.offline.tracking_frame_size or (0, 0),
                                                  argmax_radius=cfg.eval.offline.tracking_argmax_radius)
@@ -255,11 +246,10 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         videos = iter_videos(ds["path"], t.query_mode, int(t.query_stride), str(t.format),
                              t.frames_dir, None if t.max_videos is None else int(t.max_videos))
         if getattr(model, "is_oracle", False):   # ground-truth tracks and occlusion (the ceiling)
-            from corr3d.eval.tracking import evaluate_oracle_tracking
-
             return evaluate_oracle_tracking(videos, settings, ds["prefix"], desc)
         return evaluate_videos(model, videos, settings, ds["prefix"], desc)
     if task == "semantic":
+        # deferred: pulls the training/evaluation stack only when used
         from corr3d.eval.semantic import (
             SemanticMatcher,
             SemanticSettings,
@@ -271,8 +261,6 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         if offline:
             settings.image_size = int(cfg.eval.offline.semantic_image_size)
         if getattr(model, "is_oracle", False):   # ground-truth keypoints (the ceiling)
-            from corr3d.eval.semantic import GroundTruthMatcher
-
             matcher = GroundTruthMatcher(settings)
         else:
             matcher = SemanticMatcher(model, settings)
@@ -301,12 +289,9 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
         if task in ("equivariance", "real_pairs"):
             start = time.perf_counter()
             if task == "equivariance":
-                from corr3d.eval.equivariance import evaluate_equivariance
-
                 metrics = evaluate_equivariance(model, cfg, items=items)
                 part["datasets"].append({"name": task, "source": "rendered"})
             else:
-                from corr3d.eval.real_pairs import evaluate_real_pairs
 
                 metrics = evaluate_real_pairs(model, cfg, items=items)
                 part["datasets"].append({"name": task, "source": "real"})
@@ -334,8 +319,6 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
 
 def _record_failed_part(task: str, model_name: str, err: Exception, parts_dir) -> dict:
     """A task that raised: its part records the error (report "Missing data"), the other tasks still run."""
-    import traceback
-
     message = f"{task} FAILED for {model_name}: {type(err).__name__}: {err}"
     _say(message)
     part = {"task": task, "model": model_name, "description": "", "metrics": {}, "tables": {}, "timings": {},
@@ -377,8 +360,6 @@ def confidence(items_by_task: dict[str, dict[str, list[dict]]], metrics: dict[st
 
     Deltas are computed task by task: items of one task must match across models (same pairs, frames, videos),
     a task whose items differ is left without deltas (logged) rather than compared on different items."""
-    from corr3d.eval.stats import ci_table, delta_table
-
     ci: dict[str, dict] = {}
     deltas: dict[str, dict] = {}
     for task, by_model in items_by_task.items():
@@ -457,8 +438,6 @@ def _lower_is_better(key: str) -> bool:
 def validity_section(metrics, deltas, groups: dict[str, list[str]]) -> list[str]:
     """Markdown: per benchmark, oracle / pretrained / random and the paired Δ pretrained − random, with the
     verdict of ``corr3d.eval.stats.validity`` (a benchmark random init passes does not measure pretraining)."""
-    from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, validity
-
     rows, flagged = [], []
     for group, keys in groups.items():
         for key in keys:
@@ -531,8 +510,6 @@ def run_eval(cfg: DictConfig) -> dict:
     for stale in parts_dir.glob("*/*.json"):
         stale.unlink()
     started = time.perf_counter()
-    from corr3d.assets.objaverse import check_experiment_disjoint
-
     check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
     tasks = selected_tasks(cfg)
     names = model_names(cfg)

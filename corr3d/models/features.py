@@ -105,7 +105,7 @@ def add_pos_embed(vit: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """timm's ``_pos_embed`` for (B, h, w, C) patch tokens, resampling position embeddings bicubically WITHOUT
     antialiasing, as official DINOv2 and HF ``Dinov2Model`` do (timm's dynamic path antialiases, which changes
     features whenever the grid is smaller than the native one, e.g. 448 px on DINOv2)."""
-    from timm.layers import resample_abs_pos_embed
+    from timm.layers import resample_abs_pos_embed  # deferred: heavy optional dependency, loaded only when used
 
     b, h, w, c = x.shape
     prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
@@ -198,7 +198,7 @@ def fused_attention_status(vit: torch.nn.Module) -> dict[str, object]:
     """Whether the timm blocks run ``F.scaled_dot_product_attention`` (fused flash / memory-efficient kernels on
     CUDA) instead of the explicit softmax(QK^T)V: timm decides per ``Attention`` module at construction from
     ``timm.layers.use_fused_attn()`` (env ``TIMM_FUSED_ATTN``)."""
-    from timm.layers import use_fused_attn
+    from timm.layers import use_fused_attn  # deferred: heavy optional dependency, loaded only when used
 
     flags = [bool(getattr(block.attn, "fused_attn", False)) for block in getattr(vit, "blocks", [])]
     return {"timm_use_fused_attn": bool(use_fused_attn()), "blocks": len(flags), "fused_blocks": sum(flags),

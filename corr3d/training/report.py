@@ -6,14 +6,19 @@ The numbers come from metrics.json: per model the flat metrics, ``"ci"`` ({model
 per-item parts (``<run>/parts/<task>/<model>.json``) with ``corr3d.eval.stats``."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
-from corr3d.utils.torch_utils import eval_mode
+from corr3d.eval.stats import validity
+from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.utils.report import (
     CI_LEGEND,
+    _pyplot,
+    _save_figure,
     before_after_table,
     ci_comparison_rows,
     format_delta,
@@ -23,6 +28,8 @@ from corr3d.utils.report import (
     plot_lines,
     write_text,
 )
+from corr3d.utils.torch_utils import eval_mode
+from corr3d.utils.visualize import correspondence_figure, pca_rgb
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,7 @@ def per_object_rows(metrics: dict) -> list[dict]:
 
 def plot_loss_curve(run: Path, path: Path) -> bool:
     """Training loss from the TensorBoard event files."""
+    # deferred: heavy optional dependency, loaded only when used
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
@@ -99,8 +107,6 @@ def comparison_section(metrics: dict, scores: dict, prefix: str) -> list[str]:
 
 
 def validity_rows(metrics: dict, prefixes: tuple[str, ...]) -> list[dict]:
-    from corr3d.eval.stats import validity
-
     keys = [k for k in _scores(metrics.get("pretrained", {})) if k.startswith(prefixes)]
     rows = []
     for key in keys:
@@ -117,9 +123,6 @@ FIGURE_MODELS = ("pretrained", "pretrained_head_init", "finetuned")
 
 def figure_view_pair(poses, target_deg: float = 45.0) -> tuple[int, int]:
     """View 0 and the view whose rotation from it is closest to ``target_deg`` (a pair every model should match)."""
-    import numpy as np
-
-    from corr3d.geometry.rotations import relative_rotation_matrix_deg
 
     angles = relative_rotation_matrix_deg(np.asarray(poses))[0]
     angles[0] = np.inf
@@ -139,8 +142,7 @@ def write_feature_figures(run: Path, cfg: DictConfig, object_dirs, models: dict,
 
 
 def _feature_figures(run: Path, cfg: DictConfig, object_dirs: list, models: dict, num_lines: int) -> list[Path]:
-    import numpy as np
-
+    # deferred: pulls the training/evaluation stack only when used
     from corr3d.eval.equivariance import (
         extract_view_features,
         nearest_neighbor_matches,
@@ -148,9 +150,6 @@ def _feature_figures(run: Path, cfg: DictConfig, object_dirs: list, models: dict
         pixel_centers,
         visible_correspondences,
     )
-    from corr3d.utils.report import _pyplot, _save_figure
-    from corr3d.utils.visualize import correspondence_figure, pca_rgb
-
     if not object_dirs or not models:
         return []
     obj = open_rendered_objects(object_dirs[:1])[0]
@@ -232,8 +231,6 @@ def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
         parts += [f"![matches {m}](matches_{m}.png)" for m in figures] + [""]
     val = run / "val_history.json"
     if val.exists():
-        import json
-
         data = json.loads(val.read_text())
         if data.get("history"):
             rows = [{"step": h["step"], **{k: v for k, v in h.items() if k.startswith("equivariance/")

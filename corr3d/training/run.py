@@ -17,7 +17,19 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from corr3d.assets.objaverse import check_experiment_disjoint
+from corr3d.data.datamodule import build_datamodule
+from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
+from corr3d.eval.real_pairs import evaluate_real_pairs
+from corr3d.eval.run import confidence
+from corr3d.losses import build_loss
+from corr3d.models import compared_model
+from corr3d.render.batch import ensure_rendered
+from corr3d.training.module import MultiviewFinetuneModule
+from corr3d.training.report import write_feature_figures, write_training_report
+from corr3d.utils.report import write_json
 from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done, point_latest, release_run
+from corr3d.utils.safe_load import safe_checkpoint_load
 
 log = logging.getLogger("corr3d.training.run")
 RUN_DIR_ENV = "CORR3D_RUN_DIR"
@@ -65,17 +77,12 @@ def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], la
                          per_object: dict | None = None, parts_dir: Path | None = None) -> dict[str, float]:
     """Equivariance on the held-out objects (and the real_pairs task when ``equivariance.real_pairs``) of one
     compared model; the per-item results go to ``<parts_dir>/<task>/<label>.json`` for the CIs and paired deltas."""
-    from corr3d.eval.equivariance import evaluate_equivariance
-    from corr3d.utils.report import write_json
-
     start = time.perf_counter()
     items: list[dict] = []
     results = evaluate_equivariance(model, cfg, object_dirs=object_dirs, per_object=per_object, items=items)
     results["equivariance/eval_seconds"] = round(time.perf_counter() - start, 1)
     found = {"equivariance": items}
     if cfg.equivariance.real_pairs:
-        from corr3d.eval.real_pairs import evaluate_real_pairs
-
         start = time.perf_counter()
         found["real_pairs"] = []
         results.update(evaluate_real_pairs(model, cfg, items=found["real_pairs"]))
@@ -98,19 +105,13 @@ def read_parts(parts_dir: Path) -> dict[str, dict[str, list[dict]]]:
 def reference_model(name: str, cfg: DictConfig):
     """A floor / ceiling model of ``equivariance.reference_models``: a compared model or the ground-truth oracle."""
     if name == "oracle":
-        from corr3d.eval.equivariance import OracleModel
-
         return OracleModel()
-    from corr3d.models import compared_model
-
     return compared_model(name, cfg.model, seed=int(cfg.seed))
 
 
 def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
     """metrics.json's ``"ci"`` and ``"deltas"`` (finetuned − pretrained, finetuned − pretrained_head_init,
     pretrained_head_init − pretrained, random/oracle − pretrained) from the per-item parts."""
-    from corr3d.eval.run import confidence
-
     models = {k: v for k, v in metrics.items() if k in MODEL_LABELS}
     metrics["ci"], metrics["deltas"] = confidence(read_parts(parts_dir), models, int(cfg.eval.n_boot),
                                                   int(cfg.eval.seed))
@@ -121,11 +122,13 @@ MODEL_LABELS = ("pretrained", "pretrained_head_init", "random", "oracle", "finet
 
 
 def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
+    # deferred: heavy optional dependency, loaded only when used
     from lightning.pytorch.callbacks import (
         LearningRateMonitor,
         ModelCheckpoint,
         TQDMProgressBar,
     )
+    # deferred: heavy optional dependency, loaded only when used
     from lightning.pytorch.loggers import TensorBoardLogger
 
     t = cfg.trainer
@@ -151,9 +154,6 @@ def trainer_precision(precision: str, accelerator: str = "auto") -> str:
 
 
 def build_module(cfg: DictConfig, model):
-    from corr3d.losses import build_loss
-    from corr3d.training.module import MultiviewFinetuneModule
-
     loss_fn = build_loss(cfg.loss)  # loss.name: smooth_ap (paper) | infonce | diff_procrustes
     return MultiviewFinetuneModule(model, loss_fn, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
                                    image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps),
@@ -168,8 +168,6 @@ def resume_checkpoint(run: Path) -> Path | None:
     for path in candidates:
         try:
             # weights_only: a checkpoint found in a run directory must never execute code (utils/safe_load.py)
-            from corr3d.utils.safe_load import safe_checkpoint_load
-
             safe_checkpoint_load(path)
             return path
         except Exception as err:  # truncated or corrupt: try the next one
@@ -179,19 +177,17 @@ def resume_checkpoint(run: Path) -> Path | None:
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plugins=None) -> Path:
     """Run (or resume) the experiment ``cfg``; returns its run directory."""
-    from corr3d.data.datamodule import build_datamodule
+    # deferred: pulls the training/evaluation stack only when used
     from corr3d.eval.equivariance import (
         evaluation_object_specs,
         render_evaluation_objects,
     )
-    from corr3d.models import compared_model
-    from corr3d.render.batch import ensure_rendered
+    # deferred: pulls the training/evaluation stack only when used
     from corr3d.training.callbacks import (
         EquivarianceCallback,
         log_metrics_to_tensorboard,
     )
 
-    from corr3d.assets.objaverse import check_experiment_disjoint
 
     check_experiment_disjoint(cfg)   # refuse to train on the held-out evaluation objects (before any run dir)
     run = _resolve_run_dir(cfg, run_dir)
@@ -266,16 +262,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     if selected is not None:
         metrics["train"]["selected_step"] = int(selected["step"])
     if eval_dirs:  # PCA maps and predicted-vs-true matches of the same views through each model (report.md)
-        from corr3d.training.report import write_feature_figures
-
         write_feature_figures(run, cfg, eval_dirs, {
             "pretrained": compared_model("pretrained", cfg.model, seed=int(cfg.seed)),
             "pretrained_head_init": compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed)),
             "finetuned": model})
     _write_metrics(run, metrics)
     log_metrics_to_tensorboard(trainer, metrics)
-    from corr3d.training.report import write_training_report
-
     report = write_training_report(run, metrics, cfg)
     mark_done(run)
     release_run(run)
@@ -285,7 +277,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
 
 
 def _peak_rss_mb() -> float:
-    import resource
+    import resource  # deferred: Linux-only module
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if torch.cuda.is_available():

@@ -16,12 +16,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from corr3d.utils.io import atomic_write, atomic_write_text
 
 
 def _json_default(value: Any):
     try:
-        import numpy as np
         if isinstance(value, np.generic):
             return value.item()
         if isinstance(value, np.ndarray):
@@ -186,10 +187,10 @@ def before_after_table(metrics: Mapping[str, Mapping[str, float]], baseline: str
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: heavy optional dependency, loaded only when used
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy optional dependency, loaded only when used
 
     return plt
 
@@ -244,7 +245,7 @@ def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: 
 
 
 def _save_figure(fig, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy optional dependency, loaded only when used
 
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
