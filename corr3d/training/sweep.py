@@ -668,7 +668,7 @@ def correlation_rows(rows: Sequence[dict], keys: Sequence[str], x_key: str = "eq
     for row in rows:
         for model in MODELS:
             point = {k: row[f"{model}/{k}"] for k in keys if row.get(f"{model}/{k}") is not None}
-            if point:
+            if point and point not in points:  # a baseline row shared by many cells is one point, not many
                 points.append(point)
     return correlation_table(points, x_key, [k for k in keys if k != x_key]) if len(points) >= 3 else []
 
