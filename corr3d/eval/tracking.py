@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from corr3d.eval.features import extract_maps, token_centres
 from corr3d.eval.metrics.tracking import TapVidMetric, compute_tapvid_metrics
+from corr3d.utils.torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,6 @@ def _evaluate_tracks(videos: Iterable, settings: TrackingSettings, prefix: str, 
 def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
                     desc: str = "tracking") -> tuple[dict[str, float], dict[str, list]]:
     """TAP-Vid metrics (mean over videos, percent), one row per video, and ``items`` (one per video)."""
-    was_training = model.training
-    model.eval()
-
     def predict(video):
         tracker = DinoTracker(model, video.frames, settings)
         h0, w0 = video.size
@@ -208,10 +206,8 @@ def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix:
         res = settings.resolution
         return tracks * np.array([res / w1, res / h1]), occ
 
-    try:
+    with eval_mode(model):
         return _evaluate_tracks(videos, settings, prefix, desc, predict)
-    finally:
-        model.train(was_training)
 
 
 def evaluate_oracle_tracking(videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
