@@ -223,7 +223,9 @@ def test_augmented_rendered_view_keeps_surface_colours(rendered):
         assert out.mask[pixel[:, 1], pixel[:, 0]].mean() > 0.97
     errors = np.concatenate(errors)
     shuffled = np.abs(rgb[rows, cols].astype(np.float32) - np.roll(rgb[rows, cols], 7, 0)).mean(1)
-    assert np.median(errors) < 6.0 and np.median(errors) < 0.25 * np.median(shuffled)
+    # relative to the texture's contrast (wrong correspondences): bilinear resampling error grows with contrast, and
+    # the lighting (camera-fixed lights by default) sets the contrast; a misplaced warp gives ~1.0
+    assert np.median(errors) < 0.15 * np.median(shuffled)
 
 
 def test_background_is_remasked_and_colour_ops_change_pixels(rendered):
