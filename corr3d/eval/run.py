@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from corr3d.assets.objaverse import check_experiment_disjoint
+from corr3d.errors import Corr3dUserError
 from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
 from corr3d.eval.datasets.onepose import list_objects
 from corr3d.eval.datasets.tapvid import iter_videos
@@ -317,6 +318,10 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
     return _finish_part(part, items, task, model_name, parts_dir)
 
 
+class EvaluationFailed(Corr3dUserError):
+    """Some tasks of ``make eval`` failed (recorded in their parts); the others completed and were reported."""
+
+
 def _record_failed_part(task: str, model_name: str, err: Exception, parts_dir) -> dict:
     """A task that raised: its part records the error (report "Missing data"), the other tasks still run."""
     message = f"{task} FAILED for {model_name}: {type(err).__name__}: {err}"
@@ -514,6 +519,7 @@ def run_eval(cfg: DictConfig) -> dict:
     tasks = selected_tasks(cfg)
     names = model_names(cfg)
     _say(f"tasks {tasks}; models {names}; output {out}")
+    failed: list[str] = []
     for name in names:
         model = load_eval_model(cfg, name)
         for task in tasks:
@@ -522,9 +528,14 @@ def run_eval(cfg: DictConfig) -> dict:
                 run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir)
             except Exception as err:  # noqa: BLE001 - one bad dataset file fails its task, not the evaluation
                 _record_failed_part(task, name, err, parts_dir)
+                failed.append(f"{task}/{name}")
                 continue
             _say(f"{name} / {task}: {time.perf_counter() - start:.1f} s")
         del model
         gc.collect()
     _say(f"evaluation: {time.perf_counter() - started:.1f} s")
-    return gather_eval(cfg, parts_dir, out)
+    result = gather_eval(cfg, parts_dir, out)
+    if failed:  # the other tasks' metrics and the report are written; the command still reports the failure
+        raise EvaluationFailed(f"{len(failed)} task(s) failed: {', '.join(failed)}; their errors are in "
+                               f"{parts_dir}/<task>__<model>.json and {out / 'report.md'}")
+    return result

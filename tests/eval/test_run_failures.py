@@ -22,7 +22,7 @@ class _RunsShell:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bad_tracking_file_fails_its_task_and_eval_carries_on(tmp_path):
-    from corr3d.eval.run import run_eval
+    from corr3d.eval.run import EvaluationFailed, run_eval
 
     marker = tmp_path / "pwned"
     bad = tmp_path / "tapvid_davis.pkl"
@@ -36,7 +36,8 @@ def test_bad_tracking_file_fails_its_task_and_eval_carries_on(tmp_path):
                                "eval.models=[pretrained]", "eval.real_data=true", "eval.offline.enabled=false",
                                f"eval.tracking.data={bad}", f"eval.semantic.pfpascal_dir={pf}",
                                "eval.semantic.pfpascal_views=[different]", "eval.device=cpu"])
-    run_eval(cfg)
+    with pytest.raises(EvaluationFailed, match="tracking/pretrained"):  # exits non-zero after writing the rest
+        run_eval(cfg)
     out = tmp_path / "eval"
     assert not marker.exists()  # the crafted pickle never ran
     failed = json.loads((out / "parts" / "tracking__pretrained.json").read_text())
