@@ -178,16 +178,8 @@ def resume_checkpoint(run: Path) -> Path | None:
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plugins=None) -> Path:
     """Run (or resume) the experiment ``cfg``; returns its run directory."""
     # deferred: pulls the training/evaluation stack only when used
-    from corr3d.eval.equivariance import (
-        evaluation_object_specs,
-        render_evaluation_objects,
-    )
-    # deferred: pulls the training/evaluation stack only when used
-    from corr3d.training.callbacks import (
-        EquivarianceCallback,
-        log_metrics_to_tensorboard,
-    )
-
+    from corr3d.eval.equivariance import evaluation_object_specs, render_evaluation_objects
+    from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 
     check_experiment_disjoint(cfg)   # refuse to train on the held-out evaluation objects (before any run dir)
     run = _resolve_run_dir(cfg, run_dir)
