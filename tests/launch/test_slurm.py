@@ -12,28 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.slurm_cluster import DEBIAN_PACKAGES, SlurmCluster, missing_programs
-
 pytestmark = pytest.mark.slurm
 JOB_TIMEOUT = 240  # seconds per job; a tiny job takes 15-40 s on a loaded 2-core machine
 
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    missing = missing_programs()
-    if missing:
-        pytest.skip(f"SLURM/munge programs missing ({', '.join(missing)}); `make setup-test` installs the Debian "
-                    f"packages {DEBIAN_PACKAGES}")
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as slurm:
-        yield slurm
-
-
-@pytest.fixture
-def job_env(monkeypatch):
-    """What the jobs inherit from this process (sbatch exports the submitting environment)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def tiny_config(tmp_path: Path, *overrides: str):

@@ -8,27 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.slurm_cluster import DEBIAN_PACKAGES, SlurmCluster, missing_programs
 from tests.helpers.tiny import tiny_train_overrides
 
 pytestmark = pytest.mark.slurm
 JOB_TIMEOUT = 300
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    missing = missing_programs()
-    if missing:
-        pytest.skip(f"SLURM/munge programs missing ({', '.join(missing)}); `make setup-test` installs the Debian "
-                    f"packages {DEBIAN_PACKAGES}")
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as slurm:
-        yield slurm
-
-
-@pytest.fixture
-def job_env(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def _logs(root: Path) -> str:

@@ -59,7 +59,9 @@ def _rows(path: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_tiny_sweep_writes_csv_shares_work_and_resumes_finished_cells(tmp_path):
-    overrides = [*tiny_train_overrides(tmp_path, max_steps=2, pairs_per_epoch=3), "trainer.checkpoint_every_n_steps=2"]
+    # two held-out objects: objects are the bootstrap unit, and one unit has no CI (n/a)
+    overrides = [*tiny_train_overrides(tmp_path, max_steps=2, pairs_per_epoch=3), "trainer.checkpoint_every_n_steps=2",
+                 "equivariance.objects=[procedural:sphere_astronaut,procedural:torus_coffee]"]
     calls = []
 
     from corr3d.training.run import train
