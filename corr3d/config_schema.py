@@ -316,7 +316,7 @@ class SweepConfig:
     name: Optional[str] = None
     axes: Dict[str, Any] = field(default_factory=dict)
     metrics: List[str] = _list("equivariance/ape", "equivariance/pcdp@0.05", "equivariance/pcdp@0.1",
-                               "real_pairs/pck@0.05", "real_pairs/median_px", "stereo/ape", "stereo/pcdp@0.05")
+                               "real_pairs/pck@0.05", "real_pairs/median_px", "real_pairs/stereo/pck@0.05")
     share_baselines: bool = True
 
 
