@@ -120,14 +120,19 @@ def test_unknown_uids_are_skipped(cache):
     assert list(paths) == [UIDS[0]]
 
 
-def _load_cli():
+def _load_data_prep(name: str):
+    """A data_prep/ command script as a module (data_prep/ is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "data_prep" / "download_objaverse.py"
-    spec = importlib.util.spec_from_file_location("download_objaverse", path)
+    path = Path(__file__).resolve().parents[2] / "data_prep" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     return cli
+
+
+def _load_cli():
+    return _load_data_prep("download_objaverse")
 
 
 def test_cli_writes_spec_list_with_metadata(cache, tmp_path):
@@ -156,13 +161,7 @@ def test_cli_cache_dir_flag_redirects_the_package(cache, tmp_path, monkeypatch):
 
 
 def _load_heldout_cli():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "data_prep" / "make_heldout_list.py"
-    spec = importlib.util.spec_from_file_location("make_heldout_list", path)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
+    return _load_data_prep("make_heldout_list")
 
 
 def test_heldout_list_is_disjoint_from_the_authors_training_list(cache, tmp_path):
