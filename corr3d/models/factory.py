@@ -64,13 +64,8 @@ def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapt
 
 
 def build_model(model_cfg) -> Corr3DModel:
-    """From the ``model:` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
-    try:
-        if isinstance(model_cfg, DictConfig):
-            model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency; hubconf users may lack it
-        pass
-    cfg = dict(model_cfg)
+    """From the ``model:`` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
+    cfg = _plain(model_cfg)
     adapter = cfg.pop("adapter", None)
     return load_model(cfg.pop("backbone", "dinov2_s14"), cfg.pop("weights", "auto"), adapter=adapter, **cfg)
 
@@ -108,11 +103,9 @@ def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", 
 
 # ------------------------------------------------------------------------------------------------ compared models
 def _plain(model_cfg: Mapping | None) -> dict[str, Any]:
-    try:
-        if isinstance(model_cfg, DictConfig):
-            return OmegaConf.to_container(model_cfg, resolve=True)
-    except ImportError:  # pragma: no cover - hubconf users may lack omegaconf
-        pass
+    """A resolved, independent plain-dict copy of a ``model:`` section (DictConfig or mapping)."""
+    if isinstance(model_cfg, DictConfig):
+        return OmegaConf.to_container(model_cfg, resolve=True)
     return copy.deepcopy(dict(model_cfg or {}))
 
 
