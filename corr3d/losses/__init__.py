@@ -16,11 +16,8 @@ LOSSES = {"smooth_ap": smooth_ap_loss, "infonce": infonce_loss, "diff_procrustes
 
 def build_loss(loss_cfg):
     """``loss(feat0, feat1, xyz0, xyz1, valid0, valid1) -> (loss, stats)`` from the config's ``loss:`` section."""
-    try:  # an OmegaConf section: plain values (functools.partial must not hold DictConfig nodes)
-        if isinstance(loss_cfg, DictConfig):
-            loss_cfg = OmegaConf.to_container(loss_cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(loss_cfg, DictConfig):  # plain values: functools.partial must not hold DictConfig nodes
+        loss_cfg = OmegaConf.to_container(loss_cfg, resolve=True)
     cfg = dict(loss_cfg)
     name = cfg.pop("name", "smooth_ap")
     if name not in LOSSES:

@@ -70,11 +70,8 @@ def render_settings(render_cfg=None) -> dict:
     """Plain dict of render settings: ``render_cfg`` (DictConfig/dict, e.g. cfg.data.render) over the defaults."""
     settings = json.loads(json.dumps(DEFAULT_RENDER))
     if render_cfg is not None:
-        try:
-            items = OmegaConf.to_container(render_cfg, resolve=True) if OmegaConf.is_config(render_cfg) \
-                else dict(render_cfg)
-        except ImportError:  # pragma: no cover
-            items = dict(render_cfg)
+        items = OmegaConf.to_container(render_cfg, resolve=True) if OmegaConf.is_config(render_cfg) \
+            else dict(render_cfg)
         settings.update({k: v for k, v in items.items() if v is not None})
     return settings
 
