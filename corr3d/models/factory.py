@@ -146,7 +146,6 @@ def compared_model(name: str, model_cfg: Mapping | None = None, adapter: str | P
     reference = reference_model_config(model_cfg, adapter=adapter, backbone=backbone)
     cfg = compared_model_config(reference, name, seed=seed)
     torch.manual_seed(int(seed))
-    if name == "finetuned":
-        structural = {k: cfg[k] for k in ("target_res", "downsample_factor", "layer", "final_norm")}
-        return load_model(None, weights=cfg["weights"], adapter=adapter, **structural)
+    if name == "finetuned":  # the reference is the adapter's own configuration: nothing to override
+        return load_model(None, weights=cfg["weights"], adapter=adapter)
     return create_model(**cfg)
