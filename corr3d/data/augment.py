@@ -35,19 +35,24 @@ class AugmentResult:
 
 
 class ViewAugmenter:
-    """Augments one view (image, optional foreground mask, keypoints); call with a numpy Generator."""
+    """Augments one view (image, optional foreground mask, keypoints); call with a numpy Generator.
 
-    def __init__(self, geometric_p: float = 0.5, shift: float = 0.25, scale: float = 0.25, rotate_deg: float = 45.0,
-                 color_p: float = 0.5, geometric: bool = True, color: bool = True):
+    ``augment``: the ``data.augment`` config section (its ``enabled`` is the caller's choice: see the datamodule);
+    ``geometric`` / ``color`` false leave that family out."""
+
+    def __init__(self, augment, geometric: bool = True, color: bool = True):
         import albumentations as A  # deferred: heavy optional dependency, loaded only when used
 
         transforms = []
-        self.geometric = bool(geometric and geometric_p > 0)
+        shift, scale, rotate_deg = augment.shift, augment.scale, augment.rotate_deg
+        self.geometric = bool(geometric and augment.geometric_p > 0)
         if self.geometric:
             transforms.append(A.Affine(translate_percent=(-shift, shift), scale=(1.0 - scale, 1.0 + scale),
                                        rotate=(-rotate_deg, rotate_deg), keep_ratio=True,
                                        interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=geometric_p))
+                                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+                                       p=augment.geometric_p))
+        color_p = augment.color_p
         if color and color_p > 0:
             transforms += [A.GaussianBlur(blur_limit=(1, 3), p=color_p), A.ISONoise(p=color_p),
                            A.GaussNoise(std_range=_GAUSS_NOISE_STD, p=color_p), A.CLAHE(p=color_p),
@@ -55,14 +60,6 @@ class ViewAugmenter:
         keypoints = A.KeypointParams(format="xy", label_fields=["point_index"], remove_invisible=True) \
             if self.geometric else None
         self.compose = A.Compose(transforms, keypoint_params=keypoints)
-
-    @classmethod
-    def from_config(cls, cfg) -> "ViewAugmenter | None":
-        """From the ``data.augment`` config section; None when disabled."""
-        if not cfg.enabled:
-            return None
-        return cls(geometric_p=float(cfg.geometric_p), shift=float(cfg.shift), scale=float(cfg.scale),
-                   rotate_deg=float(cfg.rotate_deg), color_p=float(cfg.color_p))
 
     def _reseed(self, rng: np.random.Generator) -> None:
         seeds = rng.integers(0, 2**63 - 1, size=len(self.compose.transforms) + 1)

@@ -87,15 +87,14 @@ class MultiviewDataModule(L.LightningDataModule):
 
     def build_dataset(self, objects: list[str], stream: int, num_samples: int, augment: bool = True):
         cfg = self.cfg
-        augmenter = ViewAugmenter.from_config(cfg.augment) if augment else None
-        common = dict(num_points=int(cfg.pairs.num_points), max_rotation_deg=float(cfg.pairs.max_rotation_deg),
+        augmenter = ViewAugmenter(cfg.augment) if augment and cfg.augment.enabled else None
+        common = dict(num_points=cfg.pairs.num_points, max_rotation_deg=cfg.pairs.max_rotation_deg,
                       augmenter=augmenter, num_samples=num_samples, seed=self.seed, stream=stream)
         if cfg.kind == "rendered":  # denser positives (data.pairs.true_fraction) only on training pairs
-            true_fraction = float(cfg.pairs.get("true_fraction", 0.0)) if stream == TRAIN_STREAM else 0.0
+            true_fraction = cfg.pairs.true_fraction if stream == TRAIN_STREAM else 0.0
             return RenderedPairDataset(self._render(objects), true_fraction=true_fraction, **common)
-        return MVImgNetPairDataset(objects, min_matches=int(cfg.mvimgnet_min_matches),
-                                   long_side=cfg.mvimgnet_long_side,
-                                   extent_percentile=float(cfg.mvimgnet_extent_percentile), **common)
+        return MVImgNetPairDataset(objects, min_matches=cfg.mvimgnet_min_matches, long_side=cfg.mvimgnet_long_side,
+                                   extent_percentile=cfg.mvimgnet_extent_percentile, **common)
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, dataset, sampler: PairSampler) -> DataLoader:

@@ -96,13 +96,6 @@ class IcosphereCameras:
         self.poses = icosphere_poses(self.subdivisions, self.distance, self.up)
         self.K = intrinsics(self.focal, self.width, self.height)
 
-    @classmethod
-    def from_config(cls, render_cfg) -> "IcosphereCameras":
-        get = render_cfg.get if hasattr(render_cfg, "get") else (lambda k, d=None: getattr(render_cfg, k, d))
-        return cls(subdivisions=int(get("icosphere_subdivisions", 1)), distance=float(get("distance", 2.0)),
-                   width=int(get("width", 512)), height=int(get("height", 512)), focal=float(get("focal", 560.0)),
-                   up=tuple(float(x) for x in get("up", DEFAULT_UP)))
-
     @property
     def num_views(self) -> int:
         return len(self.poses)

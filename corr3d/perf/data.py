@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from corr3d.config import load_config
 from corr3d.data.augment import ViewAugmenter
 from corr3d.data.pairs import PairSampler, RenderedPairDataset
 from corr3d.render import ensure_rendered
@@ -37,13 +37,14 @@ def _throughput(dataset, count: int, workers: int = 0, epoch: int = 0) -> float:
 
 def run(quick: bool = False) -> dict:
     objects = OBJECTS[:1] if quick else OBJECTS
-    render_cfg = OmegaConf.create({"width": 512, "height": 512, "focal": 560.0, "distance": 2.0,
-                                   "icosphere_subdivisions": 0 if quick else 1, "background": [0, 0, 0]})
+    # the base config's 512x512 renders (f = 560, 42 views; quick: 12) and the paper's augmentation
+    data = load_config("base", [f"data.render.icosphere_subdivisions={0 if quick else 1}"]).data
     count = 8 if quick else 40
     with tempfile.TemporaryDirectory(prefix="corr3d_bench_data_") as tmp:
-        dirs = ensure_rendered(objects, Path(tmp), render_cfg)
+        dirs = ensure_rendered(objects, Path(tmp), data.render)
         plain = RenderedPairDataset(dirs, num_points=3000, num_samples=count, seed=0)
-        augmented = RenderedPairDataset(dirs, num_points=3000, augmenter=ViewAugmenter(), num_samples=count, seed=0)
+        augmented = RenderedPairDataset(dirs, num_points=3000, augmenter=ViewAugmenter(data.augment),
+                                        num_samples=count, seed=0)
         _throughput(plain, 2, epoch=99)  # warm-up: opening objects, imports
         _throughput(augmented, 2, epoch=99)
         results = {

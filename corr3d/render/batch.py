@@ -76,6 +76,16 @@ def render_settings(render_cfg=None) -> dict:
     return settings
 
 
+def render_rig(render_cfg=None) -> tuple[IcosphereCameras, Lighting]:
+    """The cameras and lights of a ``data.render`` section (or a :func:`render_settings` dict)."""
+    s = render_settings(render_cfg)
+    cameras = IcosphereCameras(subdivisions=s["icosphere_subdivisions"], distance=s["distance"], width=s["width"],
+                               height=s["height"], focal=s["focal"], up=tuple(s["up"]))
+    lighting = Lighting(lights=tuple(map(tuple, s["lights"])), ambient=s["ambient"], diffuse=s["diffuse"],
+                        mode=s["shading"], follow_camera=s["lights_follow_camera"])
+    return cameras, lighting
+
+
 def settings_hash(settings: dict) -> str:
     payload = {k: settings[k] for k in _OUTPUT_KEYS} | {"renderer": RENDERER_VERSION, "format": FORMAT_VERSION}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -154,8 +164,8 @@ def render_object(spec: str, out_dir, render_cfg=None) -> Path:
 def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> None:
     start = time.perf_counter()
     mesh = load_object(spec)
-    cameras = IcosphereCameras.from_config(settings)
-    renderer = RaycastRenderer(mesh, Lighting.from_config(settings))
+    cameras, lighting = render_rig(settings)
+    renderer = RaycastRenderer(mesh, lighting)
     depths = {}
     level = int(settings.get("png_compression", 1))
     for i, pose in enumerate(cameras.poses):

@@ -54,14 +54,6 @@ class Lighting:
         self.positions = arr[:, :3]
         self.weights = self.diffuse * arr[:, 3] / max(arr[:, 3].max(), 1e-12) if len(arr) else arr[:, 3]
 
-    @classmethod
-    def from_config(cls, render_cfg) -> "Lighting":
-        get = render_cfg.get if hasattr(render_cfg, "get") else (lambda k, d=None: d)
-        lights = get("lights", None)
-        lights = PAPER_LIGHTS if lights is None else tuple(tuple(float(x) for x in light) for light in lights)
-        return cls(lights=lights, ambient=float(get("ambient", 0.3)), diffuse=float(get("diffuse", 0.5)),
-                   mode=str(get("shading", "lambert")), follow_camera=bool(get("lights_follow_camera", True)))
-
     def object_positions(self, pose=None) -> np.ndarray:
         """(L, 3) light positions in object space for a view with object->camera ``pose``."""
         if not self.follow_camera:

@@ -18,6 +18,7 @@ from corr3d.data.pairs import (
     sample_pixels,
 )
 from corr3d.geometry import icosphere_poses, intrinsics, project, relative_rotation_deg
+from tests.helpers.config import config_section
 
 SIZE = 64
 
@@ -130,7 +131,7 @@ def test_rotation_constraint(rendered):
 
 
 def test_stream_is_a_function_of_seed_rank_epoch_index(rendered):
-    aug = ViewAugmenter()  # the full paper augmentation: determinism must include it
+    aug = ViewAugmenter(config_section("data.augment"))  # the full paper augmentation: determinism must include it
 
     def make(seed):
         return RenderedPairDataset([rendered], num_points=200, augmenter=aug, num_samples=8, seed=seed)
@@ -165,7 +166,8 @@ def test_pair_sampler_keys_follow_epochs():
 
 
 def test_stream_does_not_depend_on_worker_count(rendered):
-    ds = RenderedPairDataset([rendered], num_points=50, augmenter=ViewAugmenter(), num_samples=6, seed=2)
+    ds = RenderedPairDataset([rendered], num_points=50, augmenter=ViewAugmenter(config_section("data.augment")),
+                             num_samples=6, seed=2)
 
     def run(workers):
         loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=PairSampler(6), num_workers=workers,
@@ -185,7 +187,7 @@ def test_geometric_augmentation_moves_points_with_the_pixels():
     coords = np.stack([(xs + 0.5) / width, (ys + 0.5) / height, np.zeros_like(xs, float)], -1).astype(np.float32)
     rng = np.random.default_rng(0)
     points = np.stack([rng.uniform(0, width, 300), rng.uniform(0, height, 300)], 1).astype(np.float32)
-    aug = ViewAugmenter(geometric_p=1.0, color=False)
+    aug = ViewAugmenter(config_section("data.augment", geometric_p=1.0), color=False)
     moved = 0
     for seed in range(5):
         out = aug(coords, points, np.ones(300, bool), np.random.default_rng(seed))
@@ -210,7 +212,7 @@ def test_augmented_rendered_view_keeps_surface_colours(rendered):
     rgb, mask = rendered.rgb(view), rendered.mask(view)
     rows, cols, valid = sample_pixels(mask, 400, np.random.default_rng(0))
     points = np.stack([cols + 0.5, rows + 0.5], 1).astype(np.float32)
-    aug = ViewAugmenter(geometric_p=1.0, color=False)
+    aug = ViewAugmenter(config_section("data.augment", geometric_p=1.0), color=False)
     errors = []
     for seed in range(4):
         out = aug(rgb, points, valid, np.random.default_rng(seed), mask=mask)
@@ -232,10 +234,11 @@ def test_background_is_remasked_and_colour_ops_change_pixels(rendered):
     rgb, mask = rendered.rgb(0), rendered.mask(0)
     rows, cols, valid = sample_pixels(mask, 100, np.random.default_rng(0))
     points = np.stack([cols + 0.5, rows + 0.5], 1).astype(np.float32)
-    aug = ViewAugmenter(geometric_p=1.0, color_p=1.0)
+    aug = ViewAugmenter(config_section("data.augment", geometric_p=1.0, color_p=1.0))
     out = aug(rgb, points, valid, np.random.default_rng(1), mask=mask)
     assert (out.rgb[~out.mask] == 0).all()
-    no_colour = ViewAugmenter(geometric_p=1.0, color=False)(rgb, points, valid, np.random.default_rng(1), mask=mask)
+    no_colour = ViewAugmenter(config_section("data.augment", geometric_p=1.0), color=False)(
+        rgb, points, valid, np.random.default_rng(1), mask=mask)
     np.testing.assert_array_equal(out.points, no_colour.points)  # colour ops never move points
     assert np.abs(out.rgb.astype(int) - no_colour.rgb.astype(int))[out.mask].mean() > 2
 
@@ -243,7 +246,7 @@ def test_background_is_remasked_and_colour_ops_change_pixels(rendered):
 def test_each_transform_draws_independently():
     """Colour ops at p=0.5 must not fire all-or-nothing (what albumentations' set_random_seed would do)."""
     img = np.full((32, 32, 3), 128, np.uint8)
-    aug = ViewAugmenter(geometric=False, color_p=0.5)
+    aug = ViewAugmenter(config_section("data.augment", color_p=0.5), geometric=False)
     fired = []
     for seed in range(30):
         aug(img, np.zeros((0, 2), np.float32), np.zeros(0, bool), np.random.default_rng(seed))

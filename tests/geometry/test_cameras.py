@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from corr3d.geometry import (
-    IcosphereCameras,
     camera_center,
     depth_to_xyz,
     icosphere_directions,
@@ -113,10 +112,3 @@ def test_rotations_and_inverse():
     inv_t = invert_pose(torch.tensor(poses[:2]))
     np.testing.assert_allclose(inv_t.numpy(), invert_pose(poses[:2]), atol=1e-12)
 
-
-def test_icosphere_cameras_from_config():
-    cams = IcosphereCameras.from_config({"width": 128, "height": 96, "focal": 140.0, "distance": 2.5,
-                                         "icosphere_subdivisions": 0})
-    assert cams.num_views == 12 and len(cams) == 12
-    np.testing.assert_allclose(cams.K, [[140, 0, 64], [0, 140, 48], [0, 0, 1]])
-    np.testing.assert_allclose(np.linalg.norm(camera_center(cams.poses), axis=1), 2.5)

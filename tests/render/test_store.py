@@ -11,13 +11,25 @@ import numpy as np
 import pytest
 
 from corr3d.assets.objects import load_object
-from corr3d.geometry import IcosphereCameras
+from corr3d.geometry import camera_center
 from corr3d.render import ensure_rendered, render_object, render_views
-from corr3d.render.batch import read_manifest, render_batch, render_settings
+from corr3d.render.batch import read_manifest, render_batch, render_rig
 from corr3d.render.store import RenderedObject, detect_pose_convention, write_blenderproc_layout
+from tests.helpers.config import config_section
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = {"width": 64, "height": 64, "focal": 70.0, "icosphere_subdivisions": 0, "workers": 1}
+SMALL_RENDER = {"width": 64, "height": 64, "focal": 70.0, "icosphere_subdivisions": 0, "workers": 1}
+SMALL = config_section("data.render", **SMALL_RENDER)
+
+
+def test_render_rig_from_config_section():
+    render = config_section("data.render", width=128, height=96, focal=140.0, distance=2.5, icosphere_subdivisions=0)
+    cams, lighting = render_rig(render)
+    assert cams.num_views == 12 and len(cams) == 12
+    np.testing.assert_allclose(cams.K, [[140, 0, 64], [0, 140, 48], [0, 0, 1]])
+    np.testing.assert_allclose(np.linalg.norm(camera_center(cams.poses), axis=1), 2.5)
+    assert lighting.follow_camera and lighting.mode == "lambert"
+    np.testing.assert_allclose(lighting.positions, [light[:3] for light in render.lights])
 
 
 def test_render_object_round_trip(tmp_path):
@@ -26,7 +38,7 @@ def test_render_object_round_trip(tmp_path):
     assert obj.num_views == 12 and obj.width == 64 and obj.height == 64 and obj.layout == "corr3d"
     assert obj.object_id == "torus" and obj.spec == "procedural:torus_checker"
     assert obj.normalization["scale"] > 0 and len(obj.normalization["center"]) == 3
-    cams = IcosphereCameras.from_config(render_settings(SMALL))
+    cams, _ = render_rig(SMALL)
     np.testing.assert_allclose(obj.K, cams.K)
     np.testing.assert_allclose(obj.poses, cams.poses)
     direct = render_views(load_object("procedural:torus_checker"), cams.K, cams.poses, 64, 64)
@@ -158,7 +170,7 @@ def test_ensure_rendered_skips_finished_and_rerenders_stale(tmp_path):
     stamp = (dirs[0] / "meta.json").stat().st_mtime_ns
     assert ensure_rendered(specs, tmp_path, SMALL) == dirs
     assert (dirs[0] / "meta.json").stat().st_mtime_ns == stamp  # not re-rendered
-    bigger = dict(SMALL, width=80, height=80)
+    bigger = config_section("data.render", **dict(SMALL_RENDER, width=80, height=80))
     ensure_rendered(specs[:1], tmp_path, bigger)  # other settings: re-rendered in place
     assert RenderedObject.open(dirs[0]).width == 80
     manifest = read_manifest(tmp_path)
