@@ -23,13 +23,13 @@ matched by the same cosine nearest neighbour; it must score near-zero APE or the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from corr3d.assets.experiment import evaluation_objects
@@ -49,42 +49,22 @@ from corr3d.utils.torch_utils import eval_mode
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EquivarianceSettings:
-    max_pairs_per_object: int = 20
-    max_rotation_deg: float = 70.0
-    num_source_points: int = 800
-    target_stride: int = 2
-    thresholds: Sequence[float] = (0.05, 0.1, 0.2)
-    visibility_tol: float = 0.02   # object units: the target pixel must see the same surface point
-    seed: int = 0
-    batch_size: int = 4
-    max_views_per_object: int = 0
-    protocol: str = "fast"
-
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"equivariance.protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
-        if self.protocol == "paper":  # every ordered pair in the limit, every visible pixel, every target pixel
-            self.max_pairs_per_object = self.num_source_points = self.max_views_per_object = 0
-            self.target_stride = 1
-
-    @classmethod
-    def from_config(cls, cfg) -> "EquivarianceSettings":
-        eq = cfg.equivariance
-        return cls(max_pairs_per_object=int(eq.max_pairs_per_object), max_rotation_deg=float(eq.max_rotation_deg),
-                   num_source_points=int(eq.num_source_points), target_stride=int(eq.target_stride),
-                   thresholds=tuple(eq.thresholds), visibility_tol=float(eq.visibility_tol), seed=int(cfg.eval.seed),
-                   batch_size=int(eq.batch_size), max_views_per_object=int(eq.max_views_per_object),
-                   protocol=str(eq.protocol))
-
-
 PROTOCOLS = ("fast", "paper")
+# the ``paper`` protocol: every ordered view pair within the rotation limit, every visible foreground pixel as
+# source, every target foreground pixel as candidate
+PAPER_SAMPLING = {"max_pairs_per_object": 0, "num_source_points": 0, "max_views_per_object": 0, "target_stride": 1}
 
 
-def _local_metric(settings: EquivarianceSettings, prefix: str = "equivariance/") -> EquivarianceMetric:
+def protocol_sampling(eq):
+    """The ``equivariance`` section as its ``protocol`` samples: ``fast`` as written, ``paper`` with PAPER_SAMPLING."""
+    if eq.protocol not in PROTOCOLS:
+        raise ValueError(f"equivariance.protocol must be one of {PROTOCOLS}, not {eq.protocol!r}")
+    return OmegaConf.merge(eq, PAPER_SAMPLING) if eq.protocol == "paper" else eq
+
+
+def _local_metric(thresholds: Sequence[float], prefix: str = "equivariance/") -> EquivarianceMetric:
     """This evaluation runs on one process (rank 0 during training): never wait for other ranks."""
-    return EquivarianceMetric(settings.thresholds, prefix=prefix, sync_on_compute=False)
+    return EquivarianceMetric(thresholds, prefix=prefix, sync_on_compute=False)
 
 
 def object_rng(seed: int, *parts) -> np.random.Generator:
@@ -194,7 +174,7 @@ def nearest_neighbor_matches(model, fmap_src: torch.Tensor, fmap_tgt: torch.Tens
     return match_points(model, fmap_src, fmap_tgt, src_xy, tgt_xy, image_size, target_size)
 
 
-def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]], settings: EquivarianceSettings,
+def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]], eq, seed: int,
                         views=None) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """(predicted, true) target locations of every pair's source points, {(i, j): (pred (N, 2), gt (N, 2))}.
 
@@ -205,14 +185,14 @@ def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]]
     size = (obj.height, obj.width)
     found, queries, groups = [], [], []
     for i, j in pairs:
-        src, gt = visible_correspondences(obj, i, j, settings.num_source_points, settings.visibility_tol,
-                                          object_rng(settings.seed, "points", obj.object_id, i, j), views=views)
+        src, gt = visible_correspondences(obj, i, j, eq.num_source_points, eq.visibility_tol,
+                                          object_rng(seed, "points", obj.object_id, i, j), views=views)
         if len(src) == 0:
             continue
         found.append((i, j, gt))
         queries.append(sample_normalized(model, maps[i], src, size))
         groups.append(j)
-    candidates = {j: views.candidates(j, settings.target_stride) for j in set(groups)}
+    candidates = {j: views.candidates(j, eq.target_stride) for j in set(groups)}
     features = {j: sample_normalized(model, maps[j], xy, size) for j, xy in candidates.items()}
     results = nearest_neighbors_grouped(queries, groups, features)
     return {(i, j): (candidates[j][res.index.cpu().numpy()], gt) for (i, j, gt), res in zip(found, results)}
@@ -225,28 +205,30 @@ def object_view_features(model, obj, views: Sequence[int], batch_size: int) -> d
     return dict(zip(views, extract_view_features(model, [obj.rgb(v) for v in views], batch_size)))
 
 
-def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, desc: str = "equivariance",
+def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "equivariance",
                      per_object: dict | None = None, items: list | None = None) -> dict[str, float]:
-    """APE/PCDP over all objects; ``per_object`` (if given) receives each object's own metrics, ``items`` (if
-    given) one ``pair_item`` per evaluated view pair.
+    """APE/PCDP over all objects under ``eq`` (the ``equivariance`` section, sampled as its ``protocol``);
+    ``per_object`` (if given) receives each object's own metrics, ``items`` (if given) one ``pair_item`` per
+    evaluated view pair.
 
-    Pairs are drawn from (seed, object id) and each pair's source points from (seed, object id, i, j): the items do
-    not depend on the process, the model or which other objects are evaluated."""
-    total = _local_metric(settings)
+    Pairs are drawn from (``seed``, object id) and each pair's source points from (seed, object id, i, j): the items
+    do not depend on the process, the model or which other objects are evaluated."""
+    eq = protocol_sampling(eq)
+    total = _local_metric(eq.thresholds)
     with eval_mode(model):
         objects = list(objects)
         for obj in tqdm(objects, desc=desc, leave=False):
-            pairs = sample_view_pairs(obj.poses, settings.max_rotation_deg, settings.max_pairs_per_object,
-                                      object_rng(settings.seed, "pairs", obj.object_id), settings.max_views_per_object)
+            pairs = sample_view_pairs(obj.poses, eq.max_rotation_deg, eq.max_pairs_per_object,
+                                      object_rng(seed, "pairs", obj.object_id), eq.max_views_per_object)
             if not pairs:
                 log.warning("object %s has no view pair within %.0f deg; skipped", obj.object_id,
-                            settings.max_rotation_deg)
+                            eq.max_rotation_deg)
                 continue
             views = sorted({v for pair in pairs for v in pair})
-            maps = object_view_features(model, obj, views, settings.batch_size)
+            maps = object_view_features(model, obj, views, eq.batch_size)
             size = (obj.height, obj.width)
-            metric = _local_metric(settings)
-            matches = object_pair_matches(model, obj, maps, pairs, settings)
+            metric = _local_metric(eq.thresholds)
+            matches = object_pair_matches(model, obj, maps, pairs, eq, seed)
             for i, j in pairs:
                 if (i, j) not in matches:
                     continue
@@ -255,7 +237,7 @@ def evaluate_objects(model, objects: Iterable, settings: EquivarianceSettings, d
                 metric.update(errors)
                 total.update(errors)
                 if items is not None:
-                    items.append(pair_item(obj.object_id, i, j, errors, settings.thresholds))
+                    items.append(pair_item(obj.object_id, i, j, errors, eq.thresholds))
             if per_object is not None and int(metric.count) > 0:
                 per_object[obj.object_id] = _to_floats(metric.compute())
             del maps
@@ -288,13 +270,12 @@ def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
     """The full equivariance evaluation of ``cfg.equivariance`` for ``model`` (any backbone, with or without adapter,
     or the ``OracleModel``); ``items`` (if given) receives the per-pair results (see ``evaluate_objects``).
     Real photographs are the ``real_pairs`` task (corr3d/eval/real_pairs.py)."""
-    settings = EquivarianceSettings.from_config(cfg)
     if object_dirs is None:
         object_dirs = render_evaluation_objects(cfg)
-    results = evaluate_objects(model, open_rendered_objects(object_dirs), settings, per_object=per_object,
-                               items=items)
+    results = evaluate_objects(model, open_rendered_objects(object_dirs), cfg.equivariance, seed=cfg.eval.seed,
+                               per_object=per_object, items=items)
     if cfg.equivariance.mvimgnet and not is_oracle(model):  # sparse COLMAP points: no dense ground truth
-        results.update(evaluate_mvimgnet(model, cfg, settings, items=items))
+        results.update(evaluate_mvimgnet(model, cfg, items=items))
     return results
 
 
@@ -314,37 +295,38 @@ def _frame_scale(obj, frame: int, image: np.ndarray) -> np.ndarray:
     return np.array([image.shape[1] / width, image.shape[0] / height], dtype=np.float32)
 
 
-def evaluate_mvimgnet(model, cfg, settings: EquivarianceSettings, items: list | None = None) -> dict[str, float]:
+def evaluate_mvimgnet(model, cfg, items: list | None = None) -> dict[str, float]:
     """APE/PCDP on MVImgNet's sparse COLMAP correspondences: source keypoints of frame i, nearest neighbour over
     every ``target_stride``-th pixel of frame j (no mask), error to the keypoint of the same 3D point."""
+    eq, seed = protocol_sampling(cfg.equivariance), cfg.eval.seed
     root = Path(cfg.data.mvimgnet_dir)
-    dirs = discover_objects(root)[: int(cfg.equivariance.mvimgnet_objects) or None]
+    dirs = discover_objects(root)[: eq.mvimgnet_objects or None]
     if not dirs:
         raise FileNotFoundError(f"no MVImgNet objects under {root} (expected <category>/<object>/images and "
                                 f"sparse/0/*.bin; download MVImgNet and set data.mvimgnet_dir)")
-    objects, skipped = open_objects(dirs, float(cfg.data.mvimgnet_extent_percentile))
+    objects, skipped = open_objects(dirs, cfg.data.mvimgnet_extent_percentile)
     for path, reason in skipped.items():
         log.warning("MVImgNet object %s skipped: %s", path, reason)
-    metric = _local_metric(settings, "mvimgnet/")
+    metric = _local_metric(eq.thresholds, "mvimgnet/")
     with eval_mode(model):
         for obj in tqdm(objects, desc="mvimgnet", leave=False):
-            pairs = mvimgnet_pairs(obj, int(cfg.data.mvimgnet_min_matches), settings.max_pairs_per_object,
-                                   object_rng(settings.seed, "mvimgnet_pairs", obj.object_id))
+            pairs = mvimgnet_pairs(obj, cfg.data.mvimgnet_min_matches, eq.max_pairs_per_object,
+                                   object_rng(seed, "mvimgnet_pairs", obj.object_id))
             frames = sorted({f for pair in pairs for f in pair})
             images = {f: obj.rgb(f) for f in frames}
             maps = dict(zip(frames, extract_view_features(model, [images[f] for f in frames], 1)))
             for i, j in pairs:
                 src, gt, _ = obj.correspondences(i, j)
                 src, gt = src * _frame_scale(obj, i, images[i]), gt * _frame_scale(obj, j, images[j])
-                if settings.num_source_points and len(src) > settings.num_source_points:
-                    rng = object_rng(settings.seed, "mvimgnet_points", obj.object_id, i, j)
-                    pick = rng.choice(len(src), size=settings.num_source_points, replace=False)
+                if eq.num_source_points and len(src) > eq.num_source_points:
+                    rng = object_rng(seed, "mvimgnet_points", obj.object_id, i, j)
+                    pick = rng.choice(len(src), size=eq.num_source_points, replace=False)
                     src, gt = src[pick], gt[pick]
                 size = images[j].shape[:2]
-                candidates = pixel_centers(np.ones(size, dtype=bool), settings.target_stride)
+                candidates = pixel_centers(np.ones(size, dtype=bool), eq.target_stride)
                 pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, images[i].shape[:2], size)
                 errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
                 metric.update(errors)
                 if items is not None:
-                    items.append(pair_item(f"mvimgnet:{obj.object_id}", i, j, errors, settings.thresholds, "mvimgnet/"))
+                    items.append(pair_item(f"mvimgnet:{obj.object_id}", i, j, errors, eq.thresholds, "mvimgnet/"))
     return _to_floats(metric.compute())

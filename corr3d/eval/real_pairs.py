@@ -39,28 +39,6 @@ PREFIX = "real_pairs/"
 
 
 @dataclass
-class RealPairsSettings:
-    stereo: bool = True
-    homography_images: Sequence[str] = ("astronaut", "coffee", "chelsea", "rocket")
-    homographies_per_image: int = 2
-    homography_strength: float = 0.15
-    num_points: int = 1000
-    target_stride: int = 2
-    thresholds: Sequence[float] = (0.01, 0.02, 0.05)
-    seed: int = 0
-    batch_size: int = 2
-
-    @classmethod
-    def from_config(cls, cfg) -> "RealPairsSettings":
-        r = cfg.eval.real_pairs
-        return cls(stereo=bool(r.stereo), homography_images=tuple(str(n) for n in r.homography_images),
-                   homographies_per_image=int(r.homographies_per_image),
-                   homography_strength=float(r.homography_strength), num_points=int(r.num_points),
-                   target_stride=int(r.target_stride), thresholds=tuple(float(t) for t in r.thresholds),
-                   seed=int(cfg.eval.seed), batch_size=int(cfg.eval.batch_size))
-
-
-@dataclass
 class ImagePair:
     """Source / target images, source points with valid ground truth, their true target positions, and the target
     pixels the matcher may choose from. ``unit``: the independent unit (photograph) for the bootstrap."""
@@ -90,7 +68,7 @@ def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ stereo
-def stereo_pair(settings: RealPairsSettings) -> ImagePair:
+def stereo_pair(real_pairs, seed: int) -> ImagePair:
     """The Middlebury motorcycle pair: left pixel centre (x, y) -> right (x − d, y)."""
     from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
 
@@ -102,8 +80,8 @@ def stereo_pair(settings: RealPairsSettings) -> ImagePair:
     gt = src - np.stack([d, np.zeros_like(d)], axis=1)
     inside = (gt[:, 0] >= 0) & (gt[:, 0] < w)
     src, gt = src[inside], gt[inside]
-    pick = _subsample(len(src), settings.num_points, np.random.default_rng(stable_seed(settings.seed, "stereo")))
-    candidates = pixel_centers(np.ones((h, w), dtype=bool), settings.target_stride)
+    pick = _subsample(len(src), real_pairs.num_points, np.random.default_rng(stable_seed(seed, "stereo")))
+    candidates = pixel_centers(np.ones((h, w), dtype=bool), real_pairs.target_stride)
     return ImagePair("stereo/motorcycle", "stereo/motorcycle", "stereo", _rgb(left), _rgb(right), src[pick],
                      gt[pick], candidates)
 
@@ -161,29 +139,30 @@ def photo(name: str) -> np.ndarray:
     return _rgb(getattr(skdata, name)())
 
 
-def homography_pairs(settings: RealPairsSettings) -> list[ImagePair]:
+def homography_pairs(real_pairs, seed: int) -> list[ImagePair]:
     """``homographies_per_image`` seeded warps of each photograph; source points whose image stays inside."""
     pairs = []
-    for name in settings.homography_images:
+    for name in real_pairs.homography_images:
         image = photo(name)
         h, w = image.shape[:2]
-        for k in range(int(settings.homographies_per_image)):
-            rng = np.random.default_rng(stable_seed(settings.seed, "homography", name, k))
-            H = random_homography(h, w, settings.homography_strength, rng)
+        for k in range(real_pairs.homographies_per_image):
+            rng = np.random.default_rng(stable_seed(seed, "homography", name, k))
+            H = random_homography(h, w, real_pairs.homography_strength, rng)
             warped, valid = warp_image(image, H)
             src = pixel_centers(np.ones((h, w), dtype=bool))
             gt = apply_homography(H, src)
             # one pixel of margin: the warp's bilinear border blends into the black background
             inside = (gt[:, 0] >= 1) & (gt[:, 0] < w - 1) & (gt[:, 1] >= 1) & (gt[:, 1] < h - 1)
             src, gt = src[inside], gt[inside]
-            pick = _subsample(len(src), settings.num_points, rng)
+            pick = _subsample(len(src), real_pairs.num_points, rng)
             pairs.append(ImagePair(f"homography/{name}/{k}", f"homography/{name}", "homography", image, warped,
-                                   src[pick], gt[pick], pixel_centers(valid, settings.target_stride)))
+                                   src[pick], gt[pick], pixel_centers(valid, real_pairs.target_stride)))
     return pairs
 
 
-def build_pairs(settings: RealPairsSettings) -> list[ImagePair]:
-    return ([stereo_pair(settings)] if settings.stereo else []) + homography_pairs(settings)
+def build_pairs(real_pairs, seed: int) -> list[ImagePair]:
+    """The image pairs of the ``eval.real_pairs`` section, sampled from ``seed``."""
+    return ([stereo_pair(real_pairs, seed)] if real_pairs.stereo else []) + homography_pairs(real_pairs, seed)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -216,7 +195,7 @@ def metrics_from_items(items: Sequence[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs: Sequence[ImagePair], settings: RealPairsSettings) -> tuple[dict, list[dict]]:
+def evaluate_pairs(model, pairs: Sequence[ImagePair], thresholds: Sequence[float]) -> tuple[dict, list[dict]]:
     """(metrics, items) of ``model`` on ``pairs``; each distinct image's features are extracted once."""
     cache: dict[int, torch.Tensor] = {}
 
@@ -233,14 +212,14 @@ def evaluate_pairs(model, pairs: Sequence[ImagePair], settings: RealPairsSetting
             else:
                 pred = nearest_neighbor_matches(model, features(pair.source), features(pair.target), pair.src_xy,
                                                 pair.candidates, pair.source.shape[:2], pair.target.shape[:2])
-            items.append(pair_item(pair, pred, settings.thresholds))
+            items.append(pair_item(pair, pred, thresholds))
     return metrics_from_items(items), items
 
 
 def evaluate_real_pairs(model, cfg, items: list | None = None) -> dict[str, float]:
     """The ``real_pairs`` task for ``model`` under ``cfg.eval.real_pairs``; ``items`` receives the per-pair items."""
-    settings = RealPairsSettings.from_config(cfg)
-    metrics, found = evaluate_pairs(model, build_pairs(settings), settings)
+    real_pairs = cfg.eval.real_pairs
+    metrics, found = evaluate_pairs(model, build_pairs(real_pairs, cfg.eval.seed), real_pairs.thresholds)
     if items is not None:
         items.extend(found)
     return metrics

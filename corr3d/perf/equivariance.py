@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from corr3d.config import load_config
-from corr3d.eval.equivariance import EquivarianceSettings, evaluate_objects, open_rendered_objects
+from corr3d.eval.equivariance import evaluate_objects, open_rendered_objects
 from corr3d.models import compared_model
 from corr3d.render import ensure_rendered
 
@@ -65,10 +65,9 @@ def measure(name: str, model, root: Path, quick: bool = False) -> dict[str, floa
                                                f"equivariance.max_views_per_object={max_views}"])
     dirs = ensure_rendered(objects, root, cfg.data.render)
     timed = TimedModel(model)
-    settings = EquivarianceSettings.from_config(cfg)
     items: list = []
     start = time.perf_counter()
-    results = evaluate_objects(timed, open_rendered_objects(dirs), settings, items=items)
+    results = evaluate_objects(timed, open_rendered_objects(dirs), cfg.equivariance, seed=cfg.eval.seed, items=items)
     total = time.perf_counter() - start
     pairs = len(items)
     return {f"{name}_pairs": pairs, f"{name}_views": timed.views,

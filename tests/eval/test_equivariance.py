@@ -8,10 +8,10 @@ from torch import nn
 
 from corr3d.assets.objects import load_object
 from corr3d.eval.equivariance import (
-    EquivarianceSettings,
     OracleModel,
     evaluate_objects,
     pixel_centers,
+    protocol_sampling,
     sample_view_pairs,
     visible_correspondences,
 )
@@ -19,6 +19,7 @@ from corr3d.eval.stats import weighted_mean
 from corr3d.geometry import icosphere_poses, intrinsics, project, relative_rotation_deg
 from corr3d.models.features import sample_feature_map
 from corr3d.render import render_views
+from tests.helpers.config import config_section
 
 SIZE = 64
 
@@ -101,22 +102,22 @@ def test_pixel_centers_stride():
 
 
 def test_oracle_features_give_near_zero_error(rendered_object):
-    settings = EquivarianceSettings(max_pairs_per_object=4, num_source_points=200, target_stride=1)
+    settings = config_section("equivariance", max_pairs_per_object=4, num_source_points=200, target_stride=1)
     per_object = {}
-    oracle = evaluate_objects(PixelFeatureModel(True), [rendered_object], settings, per_object=per_object)
+    oracle = evaluate_objects(PixelFeatureModel(True), [rendered_object], settings, seed=0, per_object=per_object)
     assert oracle["equivariance/num_points"] > 100
     assert oracle["equivariance/ape"] < 3.0          # a pixel or so at 64 px: colour quantisation only
     assert oracle["equivariance/pcdp@0.05"] > 90.0
     assert per_object["obj"]["equivariance/ape"] == pytest.approx(oracle["equivariance/ape"])
-    constant = evaluate_objects(PixelFeatureModel(False), [rendered_object], settings)
+    constant = evaluate_objects(PixelFeatureModel(False), [rendered_object], settings, seed=0)
     assert constant["equivariance/ape"] > 5 * oracle["equivariance/ape"]
     assert constant["equivariance/pcdp@0.05"] < oracle["equivariance/pcdp@0.05"]
 
 
 def test_items_are_view_pairs_whose_weighted_mean_is_the_metric(rendered_object):
-    settings = EquivarianceSettings(max_pairs_per_object=5, num_source_points=150, target_stride=1)
+    settings = config_section("equivariance", max_pairs_per_object=5, num_source_points=150, target_stride=1)
     items = []
-    pooled = evaluate_objects(PixelFeatureModel(False), [rendered_object], settings, items=items)
+    pooled = evaluate_objects(PixelFeatureModel(False), [rendered_object], settings, seed=0, items=items)
     assert len(items) == 5 and len({it["id"] for it in items}) == 5
     assert {it["unit"] for it in items} == {"obj"}
     assert sum(it["weight"] for it in items) == pooled["equivariance/num_points"]
@@ -124,14 +125,14 @@ def test_items_are_view_pairs_whose_weighted_mean_is_the_metric(rendered_object)
         assert weighted_mean(items, key) == pytest.approx(pooled[key], rel=1e-9), key
     # the same pairs and points for a different model: items pair up by id
     other = []
-    evaluate_objects(PixelFeatureModel(True), [rendered_object], settings, items=other)
+    evaluate_objects(PixelFeatureModel(True), [rendered_object], settings, seed=0, items=other)
     assert [it["id"] for it in other] == [it["id"] for it in items]
     assert [it["weight"] for it in other] == [it["weight"] for it in items]
 
 
 def test_ground_truth_oracle_is_near_perfect(rendered_object):
-    settings = EquivarianceSettings(max_pairs_per_object=6, num_source_points=300, target_stride=1)
-    oracle = evaluate_objects(OracleModel(), [rendered_object], settings)
+    settings = config_section("equivariance", max_pairs_per_object=6, num_source_points=300, target_stride=1)
+    oracle = evaluate_objects(OracleModel(), [rendered_object], settings, seed=0)
     assert oracle["equivariance/num_points"] > 500
     assert oracle["equivariance/ape"] < 1.5            # ~a pixel at 64 px: the target lattice only
     assert oracle["equivariance/pcdp@0.05"] > 97.0
@@ -149,14 +150,14 @@ def test_oracle_features_peak_at_the_same_point():
 
 
 def test_paper_protocol_uses_every_pair_and_pixel(rendered_object):
-    s = EquivarianceSettings(max_pairs_per_object=12, num_source_points=800, target_stride=2,
-                             max_views_per_object=10, protocol="paper")
+    s = protocol_sampling(config_section("equivariance", max_pairs_per_object=12, num_source_points=800,
+                                         target_stride=2, max_views_per_object=10, protocol="paper"))
     assert (s.max_pairs_per_object, s.num_source_points, s.max_views_per_object, s.target_stride) == (0, 0, 0, 1)
     with pytest.raises(ValueError, match="protocol"):
-        EquivarianceSettings(protocol="dense")
+        protocol_sampling(config_section("equivariance", protocol="dense"))
     obj = rendered_object
     items = []
-    evaluate_objects(OracleModel(), [obj], s, items=items)
+    evaluate_objects(OracleModel(), [obj], s, seed=0, items=items)
     want = [(i, j) for i in range(len(obj.poses)) for j in range(len(obj.poses))
             if i != j and relative_rotation_deg(obj.poses[i], obj.poses[j]) <= 70.0]
     assert sorted(it["id"] for it in items) == sorted(f"obj/{i}-{j}" for i, j in want
@@ -173,7 +174,8 @@ sys.path.insert(0, {repo!r})
 from tests.eval.test_equivariance import InMemoryObject, SIZE
 from tests.helpers.models import tiny_model
 from corr3d.assets.objects import load_object
-from corr3d.eval.equivariance import EquivarianceSettings, evaluate_objects
+from corr3d.eval.equivariance import evaluate_objects
+from tests.helpers.config import config_section
 from corr3d.geometry import icosphere_poses, intrinsics
 from corr3d.render import render_views
 torch.set_num_threads(1)
@@ -183,8 +185,8 @@ objs = [InMemoryObject(render_views(load_object(s), K, poses, SIZE, SIZE), K, po
         for s in ("procedural:torus_checker", "procedural:box_stripes")]
 torch.manual_seed(0)
 items = []
-m = evaluate_objects(tiny_model(16, target_res=64).eval(), objs, EquivarianceSettings(max_pairs_per_object=3,
-                     num_source_points=50, seed=7), items=items)
+m = evaluate_objects(tiny_model(16, target_res=64).eval(), objs,
+                     config_section("equivariance", max_pairs_per_object=3, num_source_points=50), seed=7, items=items)
 print(json.dumps({{"metrics": m, "items": items}}, sort_keys=True))
 """
 

@@ -180,30 +180,31 @@ def test_candidates_equal_pixel_centers(rendered_object):
 def test_evaluate_objects_equals_per_pair_reference(rendered_object):
     """evaluate_objects (grouped GEMM, cached views) against the plain per-pair loop with brute-force argmax."""
     from corr3d.eval.equivariance import (
-        EquivarianceSettings,
         evaluate_objects,
         object_rng,
         sample_view_pairs,
     )
     from corr3d.eval.metrics.equivariance import normalized_pixel_error
     from corr3d.models.features import sample_feature_map
+    from tests.helpers.config import config_section
     from tests.helpers.models import tiny_model
 
     torch.manual_seed(0)
     model = tiny_model(14, target_res=SIZE).eval()
-    settings = EquivarianceSettings(max_pairs_per_object=5, num_source_points=60, target_stride=2)
+    settings = config_section("equivariance", max_pairs_per_object=5, num_source_points=60, target_stride=2)
+    seed = 0
     items: list = []
-    results = evaluate_objects(model, [rendered_object], settings, items=items)
+    results = evaluate_objects(model, [rendered_object], settings, seed=seed, items=items)
     obj = rendered_object
     pairs = sample_view_pairs(obj.poses, settings.max_rotation_deg, settings.max_pairs_per_object,
-                              object_rng(settings.seed, "pairs", obj.object_id), settings.max_views_per_object)
+                              object_rng(seed, "pairs", obj.object_id), settings.max_views_per_object)
     size = (obj.height, obj.width)
     errors_all = []
     with torch.no_grad():
         for (i, j), item in zip(pairs, items):
             assert item["id"].endswith(f"/{i}-{j}")
             src, gt = reference_visible(obj, i, j, settings.visibility_tol)
-            rng = object_rng(settings.seed, "points", obj.object_id, i, j)
+            rng = object_rng(seed, "points", obj.object_id, i, j)
             if len(src) > settings.num_source_points:
                 pick = rng.choice(len(src), size=settings.num_source_points, replace=False)
                 src, gt = src[pick], gt[pick]

@@ -6,7 +6,6 @@ import pytest
 
 from corr3d.eval.equivariance import OracleModel
 from corr3d.eval.real_pairs import (
-    RealPairsSettings,
     apply_homography,
     build_pairs,
     evaluate_pairs,
@@ -17,8 +16,10 @@ from corr3d.eval.real_pairs import (
     warp_image,
 )
 from corr3d.eval.stats import weighted_mean
+from tests.helpers.config import config_section
 
-SMALL = RealPairsSettings(homography_images=("astronaut", "coins"), homographies_per_image=2, num_points=300)
+SMALL = config_section("eval.real_pairs", homography_images=["astronaut", "coins"], homographies_per_image=2,
+                       num_points=300)
 
 
 def _at(image, xy):
@@ -29,7 +30,7 @@ def _at(image, xy):
 
 
 def test_homography_ground_truth_lands_on_the_same_content():
-    pair = homography_pairs(SMALL)[0]
+    pair = homography_pairs(SMALL, seed=0)[0]
     # bilinear warp: colours at the true match agree with the source (up to resampling), far better than a shift
     err = np.abs(_at(pair.target, pair.gt_xy) - _at(pair.source, pair.src_xy)).mean()
     shifted = np.abs(_at(pair.target, pair.gt_xy + 6) - _at(pair.source, pair.src_xy)).mean()
@@ -58,7 +59,7 @@ def test_homography_is_seeded_and_maps_corners_within_strength():
 def test_stereo_ground_truth_is_x_minus_disparity():
     from skimage import data as skdata
 
-    pair = stereo_pair(RealPairsSettings(num_points=500))
+    pair = stereo_pair(config_section("eval.real_pairs", num_points=500), seed=0)
     _, _, disp = skdata.stereo_motorcycle()
     rows, cols = np.floor(pair.src_xy[:, 1]).astype(int), np.floor(pair.src_xy[:, 0]).astype(int)
     np.testing.assert_allclose(pair.gt_xy[:, 0], pair.src_xy[:, 0] - disp[rows, cols], rtol=0, atol=1e-4)
@@ -69,8 +70,8 @@ def test_stereo_ground_truth_is_x_minus_disparity():
 
 
 def test_pair_item_hand_computed():
-    pair = homography_pairs(RealPairsSettings(homography_images=("coins",), homographies_per_image=1,
-                                              num_points=4))[0]
+    pair = homography_pairs(config_section("eval.real_pairs", homography_images=["coins"], homographies_per_image=1,
+                                           num_points=4), seed=0)[0]
     side = min(pair.target.shape[:2])           # 303 (coins is 303 x 384)
     # errors 0, 4.545, 12.12 and 5 px; thresholds 3.03, 6.06 and 15.15 px
     pred = pair.gt_xy + np.array([[0, 0], [0.015 * side, 0], [0, 0.04 * side], [3.0, 4.0]], np.float32)
@@ -84,9 +85,9 @@ def test_pair_item_hand_computed():
 
 
 def test_oracle_is_perfect_and_items_average_to_metrics():
-    pairs = build_pairs(SMALL)
+    pairs = build_pairs(SMALL, seed=0)
     assert [p.id for p in pairs][:2] == ["stereo/motorcycle", "homography/astronaut/0"] and len(pairs) == 5
-    metrics, items = evaluate_pairs(OracleModel(), pairs, SMALL)
+    metrics, items = evaluate_pairs(OracleModel(), pairs, SMALL.thresholds)
     assert metrics["real_pairs/pck@0.01"] == pytest.approx(100.0)
     assert metrics["real_pairs/median_px"] < 1.0          # half the stride-2 lattice at most
     for key, value in metrics.items():
@@ -102,8 +103,8 @@ def test_tiny_model_runs_at_its_own_resolution_and_scores_below_the_oracle():
 
     torch.manual_seed(0)
     model = tiny_model(16, target_res=64, lora={"blocks": 0, "rank": 4, "alpha": None})
-    settings = RealPairsSettings(stereo=True, homography_images=("coins",), homographies_per_image=1,
-                                 num_points=100, target_stride=4)
-    metrics, items = evaluate_pairs(model, build_pairs(settings), settings)
+    settings = config_section("eval.real_pairs", stereo=True, homography_images=["coins"], homographies_per_image=1,
+                              num_points=100, target_stride=4)
+    metrics, items = evaluate_pairs(model, build_pairs(settings, seed=0), settings.thresholds)
     assert [it["id"] for it in items] == ["stereo/motorcycle", "homography/coins/0"]
     assert 0 <= metrics["real_pairs/pck@0.05"] < 100 and metrics["real_pairs/median_px"] > 1
