@@ -12,8 +12,6 @@ otherwise the identity pose is used (a failure). Accuracy at k cm-k deg per obje
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -29,33 +27,7 @@ from corr3d.utils.torch_utils import eval_mode
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PoseSettings:
-    feature_px: float = 8.0
-    max_templates: int = 120000
-    query_step: int = 10
-    grid_step: int = 4
-    ransac_reproj_px: float = 8.0
-    ransac_iters: int = 10000
-    min_matches: int = 4
-    min_inliers: int = 6
-    points_scale: float = 1000.0
-    thresholds: Sequence[float] = (1, 3, 5)
-    unit: str = "m"
-    seed: int = 0
-    batch_size: int = 4
-    match_chunk: int = 8192
-    frame_order: str = "lexicographic"
-
-    @classmethod
-    def from_config(cls, cfg) -> "PoseSettings":
-        p = cfg.eval.pose
-        return cls(feature_px=float(p.feature_px), max_templates=int(p.max_templates), query_step=int(p.query_step),
-                   grid_step=int(p.grid_step), ransac_reproj_px=float(p.ransac_reproj_px),
-                   ransac_iters=int(p.ransac_iters), min_matches=int(p.min_matches), min_inliers=int(p.min_inliers),
-                   points_scale=float(p.points_scale), thresholds=tuple(float(t) for t in p.thresholds),
-                   unit=str(p.unit), seed=int(cfg.eval.seed), batch_size=int(cfg.eval.batch_size),
-                   frame_order=str(p.frame_order))
+MATCH_CHUNK = 8192  # query rows per block of the mutual-nearest-neighbour GEMM
 
 
 def grid_points(height: int, width: int, step: int) -> np.ndarray:
@@ -64,7 +36,7 @@ def grid_points(height: int, width: int, step: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, chunk: int = MATCH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i, j) with a[i]'s best match b[j] and b[j]'s best match a[i] (dot product of unit features)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -75,23 +47,26 @@ def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, chunk: int = 819
     return i[mutual].cpu().numpy(), nn_ab[mutual].cpu().numpy()
 
 
-def solve_pnp(points3d: np.ndarray, points2d: np.ndarray, K: np.ndarray, settings: PoseSettings
+def solve_pnp(points3d: np.ndarray, points2d: np.ndarray, K: np.ndarray, pnp, points_scale: float = 1.0
               ) -> tuple[np.ndarray, int, bool]:
-    """EPnP-RANSAC -> (4x4 object->camera pose (identity on failure), number of inliers, success)."""
-    if len(points3d) < settings.min_matches:
+    """EPnP-RANSAC -> (4x4 object->camera pose (identity on failure), number of inliers, success).
+
+    ``pnp``: a pose section (``eval.pose`` or ``eval.pose_ycbv``: ``min_matches``, ``min_inliers``,
+    ``ransac_reproj_px``, ``ransac_iters``); 3D points are multiplied by ``points_scale`` for the solver."""
+    if len(points3d) < pnp.min_matches:
         return np.eye(4), 0, False
     ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-        np.ascontiguousarray(points3d * settings.points_scale, dtype=np.float64),
+        np.ascontiguousarray(points3d * points_scale, dtype=np.float64),
         np.ascontiguousarray(points2d, dtype=np.float64), np.asarray(K, dtype=np.float64), None,
-        reprojectionError=settings.ransac_reproj_px, iterationsCount=settings.ransac_iters,
+        reprojectionError=pnp.ransac_reproj_px, iterationsCount=pnp.ransac_iters,
         flags=cv2.SOLVEPNP_EPNP)
     n_in = 0 if inliers is None else len(inliers)
-    if not ok or inliers is None or n_in < settings.min_inliers:
+    if not ok or inliers is None or n_in < pnp.min_inliers:
         return np.eye(4), n_in, False
     R, _ = cv2.Rodrigues(rvec)
     pose = np.eye(4)
     pose[:3, :3] = R
-    pose[:3, 3] = tvec.reshape(3) / settings.points_scale
+    pose[:3, 3] = tvec.reshape(3) / points_scale
     return pose, n_in, True
 
 
@@ -103,7 +78,7 @@ class TemplateBank:
         self.points3d = points3d
 
 
-def build_templates(model, obj, settings: PoseSettings, rng: np.random.Generator) -> TemplateBank:
+def build_templates(model, obj, pose, rng: np.random.Generator) -> TemplateBank:
     seq = obj.ref
     descs, pts = [], []
     kp3d = obj.keypoints3d
@@ -113,7 +88,7 @@ def build_templates(model, obj, settings: PoseSettings, rng: np.random.Generator
             continue
         image = seq.image(fid)
         size = image.shape[:2]
-        input_size = input_size_for_feature_px(size, model.patch_size, settings.feature_px)
+        input_size = input_size_for_feature_px(size, model.patch_size, pose.feature_px)
         fmap = extract_maps(model, [image], input_size, batch_size=1)[0]
         descs.append(sample(model, fmap, kps, size, input_size))
         pts.append(kp3d[idx3d])
@@ -121,21 +96,21 @@ def build_templates(model, obj, settings: PoseSettings, rng: np.random.Generator
         raise ValueError(f"{obj.name}: no annotated reference frames")
     desc = torch.cat(descs)
     points = np.concatenate(pts)
-    if len(desc) > settings.max_templates:
-        keep = np.sort(rng.choice(len(desc), settings.max_templates, replace=False))
+    if len(desc) > pose.max_templates:
+        keep = np.sort(rng.choice(len(desc), pose.max_templates, replace=False))
         desc, points = desc[torch.from_numpy(keep).to(desc.device)], points[keep]
     return TemplateBank(desc, points)
 
 
-def query_frames(obj, settings: PoseSettings) -> list[str]:
+def query_frames(obj, pose) -> list[str]:
     """Every ``query_step``-th test frame, in ``frame_order``: ``lexicographic`` (the authors' ``sorted(glob)`` of
     ``color/<i>.png``: 0, 1, 10, 100, 101, ...) or ``numeric`` (0, 1, 2, ...)."""
     ids = list(obj.test.frame_ids)
-    if settings.frame_order == "lexicographic":
+    if pose.frame_order == "lexicographic":
         ids = sorted(ids)
-    elif settings.frame_order != "numeric":
-        raise ValueError(f"eval.pose.frame_order must be lexicographic or numeric, not {settings.frame_order!r}")
-    return ids[::settings.query_step]
+    elif pose.frame_order != "numeric":
+        raise ValueError(f"eval.pose.frame_order must be lexicographic or numeric, not {pose.frame_order!r}")
+    return ids[::pose.query_step]
 
 
 def project(points3d: np.ndarray, K: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,28 +131,28 @@ def match_precision(points3d: np.ndarray, points2d: np.ndarray, K: np.ndarray, p
     return float(np.mean((z > 0) & (np.linalg.norm(uv - points2d, axis=1) < radius_px)))
 
 
-def _evaluate_pose(objects: list, settings: PoseSettings, prefix: str, desc: str, correspondences
+def _evaluate_pose(objects: list, pose_cfg, prefix: str, desc: str, correspondences
                    ) -> tuple[dict[str, float], dict[str, list]]:
     """Shared loop: ``correspondences(obj)`` returns a function ``fid -> (points3d (M, 3), points2d (M, 2))`` for
     that object's query frames; PnP, errors, accuracy and the per-frame items are common to models and oracle."""
-    metric = PoseAccuracyMetric(settings.thresholds, [o.name for o in objects])
+    metric = PoseAccuracyMetric(pose_cfg.thresholds, [o.name for o in objects])
     frame_rows, items = [], []
     for obj in tqdm(objects, desc=desc, leave=False):
         match = correspondences(obj)
-        frames = query_frames(obj, settings)
+        frames = query_frames(obj, pose_cfg)
         for fid in tqdm(frames, desc=f"queries {obj.name}", leave=False):
             pts3d, pts2d = match(fid)
             K, pose_gt = obj.test.K(fid), obj.test.pose(fid)
-            pose, n_in, ok = solve_pnp(pts3d, pts2d, K, settings)
-            r_err, t_err = pose_errors(pose, pose_gt, settings.unit)
+            pose, n_in, ok = solve_pnp(pts3d, pts2d, K, pose_cfg, pose_cfg.points_scale)
+            r_err, t_err = pose_errors(pose, pose_gt, pose_cfg.unit)
             metric.update(r_err, t_err, obj.name)
             row = {"object": obj.name, "frame": fid, "matches": int(len(pts3d)), "inliers": int(n_in),
                    "success": bool(ok), "rot_err_deg": r_err, "trans_err_cm": t_err,
-                   "match_precision": match_precision(pts3d, pts2d, K, pose_gt, settings.ransac_reproj_px)}
+                   "match_precision": match_precision(pts3d, pts2d, K, pose_gt, pose_cfg.ransac_reproj_px)}
             # one item per query frame; weight 1/frames of its object, so the weighted item mean is the
             # per-object accuracy averaged over objects (the headline)
             item = {"id": f"{obj.name}/{fid}", "unit": obj.name, "weight": 1.0 / len(frames)}
-            for k in settings.thresholds:
+            for k in pose_cfg.thresholds:
                 hit = bool(r_err < k and t_err < k)
                 row[threshold_key(k)] = hit
                 item[f"{prefix}{threshold_key(k)}"] = 100.0 if hit else 0.0
@@ -187,50 +162,51 @@ def _evaluate_pose(objects: list, settings: PoseSettings, prefix: str, desc: str
     return values, {"pose_objects": metric.per_group(), "pose_frames": frame_rows, "items": items}
 
 
-def evaluate_objects(model, objects: list, settings: PoseSettings, prefix: str = "pose/",
+def evaluate_objects(model, objects: list, pose, *, seed: int, prefix: str = "pose/",
                      desc: str = "pose") -> tuple[dict[str, float], dict[str, list]]:
-    """k cm-k deg accuracy per object and averaged; per-frame and per-object rows, and ``items`` (one per query
-    frame, unit = object) whose weighted mean is each headline accuracy."""
+    """k cm-k deg accuracy per object and averaged under ``pose`` (the ``eval.pose`` section); per-frame and
+    per-object rows, and ``items`` (one per query frame, unit = object) whose weighted mean is each headline
+    accuracy. Templates are subsampled from (``seed``, object)."""
     def correspondences(obj):
-        rng = np.random.default_rng(stable_seed("pose-templates", settings.seed, obj.name))
-        bank = build_templates(model, obj, settings, rng)
+        rng = np.random.default_rng(stable_seed("pose-templates", seed, obj.name))
+        bank = build_templates(model, obj, pose, rng)
 
         def match(fid):
             image = obj.test.image(fid)
             size = image.shape[:2]
-            input_size = input_size_for_feature_px(size, model.patch_size, settings.feature_px)
+            input_size = input_size_for_feature_px(size, model.patch_size, pose.feature_px)
             fmap = extract_maps(model, [image], input_size, batch_size=1)[0]
-            grid = grid_points(size[0], size[1], settings.grid_step)
+            grid = grid_points(size[0], size[1], pose.grid_step)
             feats = sample(model, fmap, grid, size, input_size)
-            qi, ti = mutual_nearest_neighbours(feats, bank.descriptors.to(feats.device), settings.match_chunk)
+            qi, ti = mutual_nearest_neighbours(feats, bank.descriptors.to(feats.device), MATCH_CHUNK)
             return bank.points3d[ti], grid[qi]
         return match
 
     with eval_mode(model):
-        return _evaluate_pose(objects, settings, prefix, desc, correspondences)
+        return _evaluate_pose(objects, pose, prefix, desc, correspondences)
 
 
-def evaluate_oracle_pose(objects: list, settings: PoseSettings, prefix: str = "pose/",
+def evaluate_oracle_pose(objects: list, pose, *, seed: int, prefix: str = "pose/",
                          desc: str = "pose oracle") -> tuple[dict[str, float], dict[str, list]]:
     """The ceiling of the protocol: perfect matching. Each SfM point (up to ``max_templates``) that projects into
     the query frame under the true pose is matched to its nearest query-grid point (so the oracle keeps the
     protocol's ``grid_step`` quantisation), then the same PnP-RANSAC and accuracy as :func:`evaluate_objects`."""
     def correspondences(obj):
-        rng = np.random.default_rng(stable_seed("pose-oracle", settings.seed, obj.name))
+        rng = np.random.default_rng(stable_seed("pose-oracle", seed, obj.name))
         points = obj.keypoints3d
-        if len(points) > settings.max_templates:
-            points = points[np.sort(rng.choice(len(points), settings.max_templates, replace=False))]
+        if len(points) > pose.max_templates:
+            points = points[np.sort(rng.choice(len(points), pose.max_templates, replace=False))]
 
         def match(fid):
             image = obj.test.image(fid)
             h, w = image.shape[:2]
             uv, z = project(points, obj.test.K(fid), obj.test.pose(fid))
             inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
-            step = settings.grid_step
+            step = pose.grid_step
             # nearest point of grid_points' lattice (x = 0.5, 0.5 + step, ...; last one <= w - 0.5)
             cells = np.round((uv[inside] - 0.5) / step)
             cells = np.clip(cells, 0, [(w - 1) // step, (h - 1) // step])
             return points[inside], cells * step + 0.5
         return match
 
-    return _evaluate_pose(objects, settings, prefix, desc, correspondences)
+    return _evaluate_pose(objects, pose, prefix, desc, correspondences)

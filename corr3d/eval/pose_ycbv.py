@@ -22,7 +22,6 @@ protocol as the data allow:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -32,51 +31,11 @@ from tqdm.auto import tqdm
 from corr3d.eval.datasets.bop import list_scenes, load_models_info, load_object_model, read_targets
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
 from corr3d.eval.metrics.pose import pose_errors, threshold_key
-from corr3d.eval.pose import PoseSettings, grid_points, mutual_nearest_neighbours, solve_pnp
+from corr3d.eval.pose import MATCH_CHUNK, grid_points, mutual_nearest_neighbours, solve_pnp
 from corr3d.utils.seeding import stable_seed
 from corr3d.utils.torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class YcbvSettings:
-    ref_step: int = 5
-    query_step: int = 1
-    template_step: int = 4
-    max_templates: int = 120000
-    grid_step: int = 4
-    bbox_margin: float = 0.1
-    min_visib_fract: float = 0.1
-    feature_px: float = 8.0
-    ransac_reproj_px: float = 8.0
-    ransac_iters: int = 10000
-    min_matches: int = 4
-    min_inliers: int = 6
-    thresholds: Sequence[float] = (1, 3, 5)
-    auc_max_mm: float = 100.0
-    add_diameter_frac: float = 0.1
-    max_model_points: int = 2000
-    use_targets: bool = True
-    seed: int = 0
-    match_chunk: int = 8192
-
-    @classmethod
-    def from_config(cls, cfg) -> "YcbvSettings":
-        p = cfg.eval.pose_ycbv
-        return cls(ref_step=int(p.ref_step), query_step=int(p.query_step), template_step=int(p.template_step),
-                   max_templates=int(p.max_templates), grid_step=int(p.grid_step), bbox_margin=float(p.bbox_margin),
-                   min_visib_fract=float(p.min_visib_fract), feature_px=float(p.feature_px),
-                   ransac_reproj_px=float(p.ransac_reproj_px), ransac_iters=int(p.ransac_iters),
-                   min_matches=int(p.min_matches), min_inliers=int(p.min_inliers),
-                   thresholds=tuple(float(t) for t in p.thresholds), auc_max_mm=float(p.auc_max_mm),
-                   add_diameter_frac=float(p.add_diameter_frac), max_model_points=int(p.max_model_points),
-                   use_targets=bool(p.use_targets), seed=int(cfg.eval.seed))
-
-    def pnp(self) -> PoseSettings:
-        """The OnePose PnP settings; BOP points are already in mm, so no extra scaling."""
-        return PoseSettings(ransac_reproj_px=self.ransac_reproj_px, ransac_iters=self.ransac_iters,
-                            min_matches=self.min_matches, min_inliers=self.min_inliers, points_scale=1.0)
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -113,13 +72,14 @@ def auc_score(distance: float, max_distance: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- protocol
-def split_frames(scene, settings: YcbvSettings) -> tuple[list[int], list[int]]:
-    """(reference image ids, query image ids) of a scene."""
+def split_frames(scene, ref_step: int, query_step: int) -> tuple[list[int], list[int]]:
+    """(reference image ids, query image ids) of a scene: every ``ref_step``-th image is a reference, every
+    ``query_step``-th of the others a query."""
     ids = scene.image_ids
-    refs = ids[::settings.ref_step] if settings.ref_step > 0 else []
+    refs = ids[::ref_step] if ref_step > 0 else []
     ref_set = set(refs)
     rest = [i for i in ids if i not in ref_set]
-    return refs, rest[::settings.query_step]
+    return refs, rest[::query_step]
 
 
 def backproject(points_xy: np.ndarray, depth_mm: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -150,28 +110,29 @@ def box_grid(bbox: Sequence[int], image_hw: tuple[int, int], step: int, margin: 
     return pts[keep]
 
 
-def _features(model, image: np.ndarray, settings: YcbvSettings):
+def _features(model, image: np.ndarray, feature_px: int):
     size = image.shape[:2]
-    input_size = input_size_for_feature_px(size, model.patch_size, settings.feature_px)
+    input_size = input_size_for_feature_px(size, model.patch_size, feature_px)
     return extract_maps(model, [image], input_size, batch_size=1)[0], size, input_size
 
 
-def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[torch.Tensor | None, np.ndarray]]:
+def build_templates(model, scenes, ycbv, *, seed: int, ref_step: int
+                    ) -> dict[int, tuple[torch.Tensor | None, np.ndarray]]:
     """{obj_id: (descriptors (M, C), object points (M, 3) mm)} from every scene's reference views (``model=None``:
-    points only, for the oracle)."""
+    points only, for the oracle); ``ycbv``: the ``eval.pose_ycbv`` section."""
     descs: dict[int, list] = {}
     points: dict[int, list] = {}
     for scene in scenes:
-        refs, _ = split_frames(scene, settings)
+        refs, _ = split_frames(scene, ref_step, ycbv.query_step)
         for im_id in tqdm(refs, desc=f"templates {scene.scene_id:06d}", leave=False):
-            insts = [i for i in scene.instances(im_id) if i.visib_fract >= settings.min_visib_fract]
+            insts = [i for i in scene.instances(im_id) if i.visib_fract >= ycbv.min_visib_fract]
             if not insts:
                 continue
             depth, K = scene.depth(im_id), scene.K(im_id)
             if model is not None:
-                fmap, size, input_size = _features(model, scene.image(im_id), settings)
+                fmap, size, input_size = _features(model, scene.image(im_id), ycbv.feature_px)
             for inst in insts:
-                pts = mask_grid(scene.mask_visib(im_id, inst.gt_idx), depth, settings.template_step)
+                pts = mask_grid(scene.mask_visib(im_id, inst.gt_idx), depth, ycbv.template_step)
                 if len(pts) == 0:
                     continue
                 r, c = pts[:, 1].astype(int), pts[:, 0].astype(int)
@@ -183,9 +144,9 @@ def build_templates(model, scenes, settings: YcbvSettings) -> dict[int, tuple[to
     banks = {}
     for obj_id in sorted(descs):
         d, p = torch.cat(descs[obj_id]), np.concatenate(points[obj_id])
-        if len(d) > settings.max_templates:
-            rng = np.random.default_rng(stable_seed("ycbv-templates", settings.seed, obj_id))
-            keep = np.sort(rng.choice(len(d), settings.max_templates, replace=False))
+        if len(d) > ycbv.max_templates:
+            rng = np.random.default_rng(stable_seed("ycbv-templates", seed, obj_id))
+            keep = np.sort(rng.choice(len(d), ycbv.max_templates, replace=False))
             d, p = d[torch.from_numpy(keep).to(d.device)], p[keep]
         banks[obj_id] = (d if model is not None else None, p)
     return banks
@@ -211,40 +172,42 @@ def oracle_matches(bank_pts: np.ndarray, grid: np.ndarray, K: np.ndarray, pose_g
     return bank_pts[keep], grid[nearest]
 
 
-def query_instances(scenes, settings: YcbvSettings, targets=None) -> list:
+def query_instances(scenes, ycbv, ref_step: int, targets=None) -> list:
     """[(scene, im_id, [instances])] of the query images, in a stable order."""
     out = []
     for scene in scenes:
-        _, queries = split_frames(scene, settings)
+        _, queries = split_frames(scene, ref_step, ycbv.query_step)
         for im_id in queries:
-            insts = [i for i in scene.instances(im_id) if i.visib_fract >= settings.min_visib_fract
+            insts = [i for i in scene.instances(im_id) if i.visib_fract >= ycbv.min_visib_fract
                      and (targets is None or (scene.scene_id, im_id, i.obj_id) in targets)]
             if insts:
                 out.append((scene, im_id, insts))
     return out
 
 
-def evaluate_ycbv(model, scenes, object_models: dict, settings: YcbvSettings, prefix: str = "pose_ycbv/",
-                  desc: str = "pose_ycbv", targets=None) -> tuple[dict[str, float], dict[str, list]]:
+def evaluate_ycbv(model, scenes, object_models: dict, ycbv, *, seed: int, ref_step: int | None = None,
+                  prefix: str = "pose_ycbv/", desc: str = "pose_ycbv", targets=None
+                  ) -> tuple[dict[str, float], dict[str, list]]:
     """Metrics (per-object means averaged over objects) and tables: per-instance rows, per-object rows and
     ``items`` (one per query instance; unit = object) whose weighted means are the headline metrics.
+    ``ycbv``: the ``eval.pose_ycbv`` section; ``ref_step`` replaces its ``ref_step`` (the offline suite's).
 
     ``model=None`` is the oracle (the protocol's ceiling): ground-truth matches (:func:`oracle_matches`) instead of
     feature matching, then the same PnP and metrics."""
     with eval_mode(model):
-        banks = build_templates(model, scenes, settings)
-        queries = query_instances(scenes, settings, targets)
+        ref_step = ycbv.ref_step if ref_step is None else ref_step
+        banks = build_templates(model, scenes, ycbv, seed=seed, ref_step=ref_step)
+        queries = query_instances(scenes, ycbv, ref_step, targets)
         rows = []
-        pnp = settings.pnp()
         for scene, im_id, insts in tqdm(queries, desc=desc, leave=False):
             K = scene.K(im_id)
             if model is not None:
-                fmap, size, input_size = _features(model, scene.image(im_id), settings)
+                fmap, size, input_size = _features(model, scene.image(im_id), ycbv.feature_px)
             else:
                 size = scene.mask_visib(im_id, insts[0].gt_idx).shape
             for inst in insts:
                 model_pts = object_models[inst.obj_id]
-                pts2d = box_grid(inst.bbox_visib, size, settings.grid_step, settings.bbox_margin)
+                pts2d = box_grid(inst.bbox_visib, size, ycbv.grid_step, ycbv.bbox_margin)
                 n_match, n_in, ok, pose = 0, 0, False, np.eye(4)
                 if inst.obj_id in banks and len(pts2d):
                     bank_desc, bank_pts = banks[inst.obj_id]
@@ -253,10 +216,11 @@ def evaluate_ycbv(model, scenes, object_models: dict, settings: YcbvSettings, pr
                                                           scene.mask_visib(im_id, inst.gt_idx))
                     else:
                         feats = sample(model, fmap, pts2d, size, input_size)
-                        qi, ti = mutual_nearest_neighbours(feats, bank_desc.to(feats.device), settings.match_chunk)
+                        qi, ti = mutual_nearest_neighbours(feats, bank_desc.to(feats.device), MATCH_CHUNK)
                         pts3d, matched2d = bank_pts[ti], pts2d[qi]
                     n_match = len(pts3d)
-                    pose, n_in, ok = solve_pnp(pts3d, matched2d, K, pnp)
+                    # the OnePose PnP; BOP points are already in mm, so no extra scaling
+                    pose, n_in, ok = solve_pnp(pts3d, matched2d, K, ycbv)
                 r_err, t_err = pose_errors(pose, inst.pose, "mm")
                 dist = add_s_distance(pose, inst.pose, model_pts.points, model_pts.symmetric)
                 rows.append({"id": inst.id, "scene": scene.scene_id, "image": im_id, "object": inst.obj_id,
@@ -265,10 +229,10 @@ def evaluate_ycbv(model, scenes, object_models: dict, settings: YcbvSettings, pr
                              "matches": int(n_match), "inliers": int(n_in), "success": bool(ok),
                              "rot_err_deg": r_err, "trans_err_cm": t_err, "add_s_mm": dist,
                              "diameter_mm": model_pts.diameter})
-    return summarise(rows, settings, prefix)
+    return summarise(rows, ycbv, prefix)
 
 
-def summarise(rows: list[dict], settings: YcbvSettings, prefix: str) -> tuple[dict[str, float], dict[str, list]]:
+def summarise(rows: list[dict], ycbv, prefix: str) -> tuple[dict[str, float], dict[str, list]]:
     """Per-instance rows -> items, per-object table and the headline metrics (per-object mean, then over objects)."""
     counts: dict[int, int] = {}
     for row in rows:
@@ -276,10 +240,10 @@ def summarise(rows: list[dict], settings: YcbvSettings, prefix: str) -> tuple[di
     items = []
     for row in rows:
         item = {"id": row["id"], "unit": f"obj_{row['object']:06d}", "weight": 1.0 / counts[row["object"]]}
-        for k in settings.thresholds:
+        for k in ycbv.thresholds:
             item[f"{prefix}{threshold_key(k)}"] = 100.0 if (row["rot_err_deg"] < k and row["trans_err_cm"] < k) else 0.0
-        item[f"{prefix}add_s_auc"] = auc_score(row["add_s_mm"], settings.auc_max_mm)
-        item[f"{prefix}add_s@0.1d"] = 100.0 if row["add_s_mm"] < settings.add_diameter_frac * row["diameter_mm"] \
+        item[f"{prefix}add_s_auc"] = auc_score(row["add_s_mm"], ycbv.auc_max_mm)
+        item[f"{prefix}add_s@0.1d"] = 100.0 if row["add_s_mm"] < ycbv.add_diameter_frac * row["diameter_mm"] \
             else 0.0
         items.append(item)
     keys = [k for k in (items[0] if items else {}) if k.startswith(prefix)]
@@ -294,16 +258,18 @@ def summarise(rows: list[dict], settings: YcbvSettings, prefix: str) -> tuple[di
     return metrics, {"pose_ycbv_instances": rows, "pose_ycbv_objects": per_object, "items": items}
 
 
-def load_object_models(models_dir, obj_ids, settings: YcbvSettings) -> dict:
+def load_object_models(models_dir, obj_ids, max_points: int, seed: int) -> dict:
     info = load_models_info(models_dir)
-    return {o: load_object_model(models_dir, o, settings.max_model_points, settings.seed, info[o]) for o in obj_ids}
+    return {o: load_object_model(models_dir, o, max_points, seed, info[o]) for o in obj_ids}
 
 
-def evaluate_bop_dataset(model, test_dir, models_dir, settings: YcbvSettings, scene_ids=None, targets_file=None,
-                         prefix: str = "pose_ycbv/", desc: str = "pose_ycbv") -> tuple[dict[str, float], dict]:
-    """Read a BOP test split + models and run :func:`evaluate_ycbv`."""
+def evaluate_bop_dataset(model, test_dir, models_dir, ycbv, *, seed: int, ref_step: int | None = None,
+                         scene_ids=None, targets_file=None, prefix: str = "pose_ycbv/", desc: str = "pose_ycbv"
+                         ) -> tuple[dict[str, float], dict]:
+    """Read a BOP test split + models and run :func:`evaluate_ycbv` (``ycbv``: the ``eval.pose_ycbv`` section)."""
     scenes = list_scenes(test_dir, scene_ids)
     obj_ids = sorted({i.obj_id for s in scenes for im in s.image_ids for i in s.instances(im)})
-    targets = read_targets(targets_file) if (settings.use_targets and targets_file) else None
-    return evaluate_ycbv(model, scenes, load_object_models(models_dir, obj_ids, settings), settings, prefix, desc,
-                         targets)
+    targets = read_targets(targets_file) if (ycbv.use_targets and targets_file) else None
+    object_models = load_object_models(models_dir, obj_ids, ycbv.max_model_points, seed)
+    return evaluate_ycbv(model, scenes, object_models, ycbv, seed=seed, ref_step=ref_step, prefix=prefix,
+                         desc=desc, targets=targets)

@@ -37,8 +37,8 @@ from corr3d.eval.datasets.onepose import list_objects
 from corr3d.eval.datasets.tapvid import iter_videos
 from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
 from corr3d.eval.offline_suite import ensure_offline_suite
-from corr3d.eval.pose import PoseSettings, evaluate_objects, evaluate_oracle_pose
-from corr3d.eval.pose_ycbv import YcbvSettings, evaluate_bop_dataset
+from corr3d.eval.pose import evaluate_objects, evaluate_oracle_pose
+from corr3d.eval.pose_ycbv import evaluate_bop_dataset
 from corr3d.eval.real_pairs import evaluate_real_pairs
 from corr3d.eval.semantic import GroundTruthMatcher
 from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, ci_table, delta_table, validity
@@ -224,19 +224,19 @@ def selected_tasks(cfg: DictConfig) -> list[str]:
 def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tuple[dict, dict]:
     offline = ds["source"] == "offline"
     if task == "pose":
-        objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(cfg.eval.pose.objects) or None,
-                               cfg.eval.pose.ref_seq, cfg.eval.pose.test_seq)
+        pose = cfg.eval.pose
+        objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(pose.objects) or None, pose.ref_seq,
+                               pose.test_seq)
         if getattr(model, "is_oracle", False):   # ground-truth 2D-3D matches -> the same PnP (the ceiling)
-            return evaluate_oracle_pose(objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
-        return evaluate_objects(model, objects, PoseSettings.from_config(cfg), ds["prefix"], desc)
+            return evaluate_oracle_pose(objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
+        return evaluate_objects(model, objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
     if task == "pose_ycbv":
-        settings = YcbvSettings.from_config(cfg)
-        if offline:
-            settings.ref_step = int(cfg.eval.pose_ycbv.offline_ref_step)
+        ycbv = cfg.eval.pose_ycbv
         features = None if getattr(model, "is_oracle", False) else model   # None: ground-truth matches (ceiling)
-        return evaluate_bop_dataset(features, ds["test_dir"], ds["models_dir"], settings,
-                                    None if offline else (list(cfg.eval.pose_ycbv.scenes) or None), ds["targets"],
-                                    ds["prefix"], desc)
+        return evaluate_bop_dataset(features, ds["test_dir"], ds["models_dir"], ycbv, seed=cfg.eval.seed,
+                                    ref_step=ycbv.offline_ref_step if offline else ycbv.ref_step,
+                                    scene_ids=None if offline else (list(ycbv.scenes) or None),
+                                    targets_file=ds["targets"], prefix=ds["prefix"], desc=desc)
     if task == "tracking":
         t = cfg.eval.tracking
         settings = (TrackingSettings.from_config(cfg, frame_size=cfg.eval.offline.tracking_frame_size or (0, 0),

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from corr3d.eval.pose import PoseSettings, _evaluate_pose, evaluate_objects, evaluate_oracle_pose, query_frames
+from corr3d.eval.pose import _evaluate_pose, evaluate_objects, evaluate_oracle_pose, query_frames
 from corr3d.geometry.icosphere import look_at_pose
+from tests.helpers.config import config_section
 
 SIZE, FOCAL = 96, 120.0
 
@@ -71,13 +72,13 @@ def _object(name: str, n_test: int, seed: int) -> Obj:
     return Obj(name, ref, Seq(test, images, K), points)
 
 
-def _settings(**kw) -> PoseSettings:
-    return PoseSettings(query_step=1, grid_step=2, ransac_iters=200, frame_order="numeric", **kw)
+def _settings(**kw):
+    return config_section("eval.pose", query_step=1, grid_step=2, ransac_iters=200, frame_order="numeric", **kw)
 
 
 def test_oracle_is_perfect():
     objects = [_object("0700-a-others", 4, 0), _object("0701-b-others", 3, 1)]
-    metrics, tables = evaluate_oracle_pose(objects, _settings(), "p/")
+    metrics, tables = evaluate_oracle_pose(objects, _settings(), seed=0, prefix="p/")
     assert metrics["p/acc@1cm1deg"] == 100.0 and metrics["p/acc@5cm5deg"] == 100.0
     assert len(tables["items"]) == 7 and all(r["match_precision"] == 1.0 for r in tables["pose_frames"])
 
@@ -115,7 +116,7 @@ def test_model_items_reproduce_headline():
 
     model = tiny_model(16)
     objects = [_object("0700-a-others", 3, 0), _object("0701-b-others", 2, 1)]
-    metrics, tables = evaluate_objects(model, objects, _settings(feature_px=8), "p/")
+    metrics, tables = evaluate_objects(model, objects, _settings(feature_px=8), seed=0, prefix="p/")
     items = tables["items"]
     assert [i["id"] for i in items] == ["0700-a-others/0", "0700-a-others/1", "0700-a-others/2",
                                         "0701-b-others/0", "0701-b-others/1"]
@@ -126,8 +127,8 @@ def test_model_items_reproduce_headline():
 
 def test_frame_order():
     obj = _object("0700-a-others", 12, 0)
-    assert query_frames(obj, PoseSettings(query_step=5, frame_order="numeric")) == ["0", "5", "10"]
+    assert query_frames(obj, config_section("eval.pose", query_step=5, frame_order="numeric")) == ["0", "5", "10"]
     # the authors' sorted(glob): 0, 1, 10, 11, 2, 3, ...
-    assert query_frames(obj, PoseSettings(query_step=5, frame_order="lexicographic")) == ["0", "3", "8"]
+    assert query_frames(obj, config_section("eval.pose", query_step=5, frame_order="lexicographic")) == ["0", "3", "8"]
     with pytest.raises(ValueError, match="frame_order"):
-        query_frames(obj, PoseSettings(frame_order="random"))
+        query_frames(obj, config_section("eval.pose", frame_order="random"))

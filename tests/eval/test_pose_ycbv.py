@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from corr3d.eval.pose_ycbv import (
-    YcbvSettings,
     add_distance,
     add_s_distance,
     adds_distance,
@@ -15,6 +14,7 @@ from corr3d.eval.pose_ycbv import (
     box_grid,
     summarise,
 )
+from tests.helpers.config import config_section
 
 
 def _pose(R=np.eye(3), t=(0, 0, 0)):
@@ -58,7 +58,7 @@ def test_summarise_averages_per_object_then_over_objects():
     rows = [{"id": "a", "object": 1, "rot_err_deg": 0.5, "trans_err_cm": 0.5, "add_s_mm": 0.0, "diameter_mm": 100},
             {"id": "b", "object": 1, "rot_err_deg": 9.0, "trans_err_cm": 9.0, "add_s_mm": 100.0, "diameter_mm": 100},
             {"id": "c", "object": 2, "rot_err_deg": 2.0, "trans_err_cm": 2.0, "add_s_mm": 5.0, "diameter_mm": 100}]
-    metrics, tables = summarise(rows, YcbvSettings(), "p/")
+    metrics, tables = summarise(rows, config_section("eval.pose_ycbv"), "p/")
     assert metrics["p/acc@1cm1deg"] == pytest.approx((50.0 + 0.0) / 2)
     assert metrics["p/acc@3cm3deg"] == pytest.approx((50.0 + 100.0) / 2)
     assert metrics["p/add_s_auc"] == pytest.approx((50.0 + 95.0) / 2)
@@ -115,6 +115,7 @@ def test_oracle_is_the_ceiling_on_the_offline_suite(tmp_path_factory):
 
     paths = ensure_offline_suite(tmp_path_factory.getbasetemp() / "bop_suite", ["pose_ycbv"])
     metrics, tables = evaluate_bop_dataset(None, paths["bop_ycbv_test"], paths["bop_ycbv_models"],
-                                           YcbvSettings(ref_step=4, ransac_iters=500), prefix="o/")
+                                           config_section("eval.pose_ycbv", ransac_iters=500), seed=0,
+                                           ref_step=4, prefix="o/")
     assert metrics["o/add_s@0.1d"] > 95.0 and metrics["o/acc@5cm5deg"] > 90.0 and metrics["o/add_s_auc"] > 90.0
     assert len(tables["items"]) == metrics["o/num_queries"]

@@ -138,8 +138,9 @@ def test_pose_errors_and_accuracy():
 
 
 def test_pnp_recovers_known_pose():
-    from corr3d.eval.pose import PoseSettings, solve_pnp
+    from corr3d.eval.pose import solve_pnp
     from corr3d.geometry import intrinsics, project
+    from tests.helpers.config import config_section
 
     rng = np.random.default_rng(0)
     pts = rng.uniform(-0.1, 0.1, (60, 3))
@@ -149,9 +150,11 @@ def test_pnp_recovers_known_pose():
     K = intrinsics(500, 256, 256)
     uv, _ = project(pts, K, T)
     uv[:10] += rng.uniform(30, 60, (10, 2))                       # outliers
-    pose, n_in, ok = solve_pnp(pts, uv, K, PoseSettings(ransac_iters=2000))
+    pnp = config_section("eval.pose", ransac_iters=2000)
+    pose, n_in, ok = solve_pnp(pts, uv, K, pnp, pnp.points_scale)
     assert ok and n_in >= 45
     r, t = pose_errors(pose, T)
     assert r < 0.1 and t < 0.05
-    pose, n_in, ok = solve_pnp(pts[:3], uv[:3], K, PoseSettings())
+    pnp = config_section("eval.pose")
+    pose, n_in, ok = solve_pnp(pts[:3], uv[:3], K, pnp, pnp.points_scale)
     assert not ok and np.allclose(pose, np.eye(4))
