@@ -36,7 +36,8 @@ def grid_points(height: int, width: int, step: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, chunk: int = MATCH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, chunk: int = MATCH_CHUNK
+                              ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i, j) with a[i]'s best match b[j] and b[j]'s best match a[i] (dot product of unit features)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)

@@ -42,7 +42,7 @@ from corr3d.eval.pose_ycbv import evaluate_bop_dataset
 from corr3d.eval.real_pairs import evaluate_real_pairs
 from corr3d.eval.semantic import GroundTruthMatcher
 from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, ci_table, delta_table, validity
-from corr3d.eval.tracking import TrackingSettings, evaluate_oracle_tracking, evaluate_videos
+from corr3d.eval.tracking import evaluate_oracle_tracking, evaluate_videos
 from corr3d.models import compared_model
 from corr3d.utils import report
 from corr3d.utils.run_dir import latest_run
@@ -238,17 +238,15 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
                                     scene_ids=None if offline else (list(ycbv.scenes) or None),
                                     targets_file=ds["targets"], prefix=ds["prefix"], desc=desc)
     if task == "tracking":
-        t = cfg.eval.tracking
-        settings = (TrackingSettings.from_config(cfg, frame_size=cfg.eval.offline.tracking_frame_size or (0, 0),
-                                                 argmax_radius=cfg.eval.offline.tracking_argmax_radius)
-                    if offline else TrackingSettings.from_config(cfg))
-        if offline and not cfg.eval.offline.tracking_frame_size:
-            settings.frame_size = None
-        videos = iter_videos(ds["path"], t.query_mode, int(t.query_stride), str(t.format),
-                             t.frames_dir, None if t.max_videos is None else int(t.max_videos))
+        t, o = cfg.eval.tracking, cfg.eval.offline
+        videos = iter_videos(ds["path"], t.query_mode, t.query_stride, t.format, t.frames_dir, t.max_videos)
         if getattr(model, "is_oracle", False):   # ground-truth tracks and occlusion (the ceiling)
-            return evaluate_oracle_tracking(videos, settings, ds["prefix"], desc)
-        return evaluate_videos(model, videos, settings, ds["prefix"], desc)
+            return evaluate_oracle_tracking(videos, t, ds["prefix"], desc)
+        # the offline suite's small videos: their own size unless eval.offline.tracking_frame_size, a smaller radius
+        frame_size, radius = (o.tracking_frame_size or None, o.tracking_argmax_radius) if offline \
+            else (t.frame_size, t.argmax_radius)
+        return evaluate_videos(model, videos, t, frame_size=frame_size, argmax_radius=radius,
+                               batch_size=cfg.eval.batch_size, prefix=ds["prefix"], desc=desc)
     if task == "semantic":
         # deferred: pulls the training/evaluation stack only when used
         from corr3d.eval.semantic import (

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -35,32 +34,6 @@ from corr3d.eval.metrics.tracking import TapVidMetric, compute_tapvid_metrics
 from corr3d.utils.torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrackingSettings:
-    frame_size: tuple[int, int] | None = (476, 854)   # (H, W); None keeps the video's size
-    stride: int | None = 7
-    argmax_radius: float = 35.0                        # px of the resized frame
-    softmax_temperature: float = 1.0
-    anchor_cos: float = 0.7
-    occlusion_cos: float = 0.6
-    resolution: int = 256
-    query_chunk: int = 64
-    batch_size: int = 4
-    final_norm: bool | None = False                    # None: the model's own setting
-
-    @classmethod
-    def from_config(cls, cfg, frame_size=None, argmax_radius=None) -> "TrackingSettings":
-        t = cfg.eval.tracking
-        size = frame_size if frame_size is not None else t.frame_size
-        return cls(frame_size=None if size is None else (int(size[0]), int(size[1])),
-                   stride=None if t.stride is None else int(t.stride),
-                   argmax_radius=float(argmax_radius if argmax_radius is not None else t.argmax_radius),
-                   softmax_temperature=float(t.softmax_temperature), anchor_cos=float(t.anchor_cos),
-                   occlusion_cos=float(t.occlusion_cos), resolution=int(t.resolution),
-                   query_chunk=int(t.query_chunk), batch_size=int(cfg.eval.batch_size),
-                   final_norm=None if t.final_norm is None else bool(t.final_norm))
 
 
 @contextlib.contextmanager
@@ -86,20 +59,26 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarra
 
 
 class DinoTracker:
-    """Feature volume of one video + DINO-Tracker's untrained soft-argmax head and occlusion rule."""
+    """Feature volume of one video + DINO-Tracker's untrained soft-argmax head and occlusion rule.
 
-    def __init__(self, model, frames: np.ndarray, settings: TrackingSettings):
+    ``tracking``: the ``eval.tracking`` section; ``frame_size`` (H, W; None keeps the video's size) and
+    ``argmax_radius`` (px of the resized frame) are passed on their own because the offline suite replaces them;
+    ``batch_size``: frames per feature-extraction batch (``eval.batch_size``)."""
+
+    def __init__(self, model, frames: np.ndarray, tracking, *, frame_size: Sequence[int] | None,
+                 argmax_radius: float, batch_size: int):
         self.model = model
-        self.settings = settings
-        self.frames = resize_frames(frames, settings.frame_size)
+        self.tracking = tracking
+        self.argmax_radius = argmax_radius
+        self.frames = resize_frames(frames, frame_size)
         self.image_size = tuple(self.frames.shape[1:3])
         self.input_size = self.image_size
-        with token_norm(model, settings.final_norm):
-            maps = extract_maps(model, list(self.frames), self.input_size, settings.stride, settings.batch_size)
+        with token_norm(model, tracking.final_norm):
+            maps = extract_maps(model, list(self.frames), self.input_size, tracking.stride, batch_size)
         self.fmaps = torch.stack(maps)                                       # (T, C, h, w), unit norm
         self.T, self.C, self.h, self.w = self.fmaps.shape
         self.flat = self.fmaps.flatten(2)                                    # (T, C, N)
-        self.centres = token_centres(model, (self.h, self.w), self.image_size, self.input_size, settings.stride,
+        self.centres = token_centres(model, (self.h, self.w), self.image_size, self.input_size, tracking.stride,
                                      device=self.fmaps.device)               # (N, 2)
 
     # -- primitives -------------------------------------------------------------------------------------------------
@@ -109,7 +88,7 @@ class DinoTracker:
         for t in torch.unique(frame_idx).tolist():
             sel = frame_idx == t
             out[sel] = self.model.sample_points(self.fmaps[t:t + 1], xy[sel][None].to(self.fmaps.dtype),
-                                                self.image_size, self.input_size, self.settings.stride,
+                                                self.image_size, self.input_size, self.tracking.stride,
                                                 normalize=False)[0]
         return F.normalize(out, dim=-1)
 
@@ -119,8 +98,7 @@ class DinoTracker:
         corr = corr.reshape(-1, corr.shape[-1]).clamp(min=0)
         idx = corr.argmax(dim=-1)
         dist = torch.cdist(self.centres[idx], self.centres)                  # (M, N)
-        logits = (corr / self.settings.softmax_temperature).masked_fill(dist > self.settings.argmax_radius,
-                                                                        float("-inf"))
+        logits = (corr / self.tracking.softmax_temperature).masked_fill(dist > self.argmax_radius, float("-inf"))
         weights = torch.softmax(logits, dim=-1)
         return (weights @ self.centres).reshape(*shape, 2)
 
@@ -134,7 +112,7 @@ class DinoTracker:
         qxy = torch.as_tensor(query_xy, dtype=torch.float32, device=device)
         Q = len(qt)
         tracks = torch.empty(Q, self.T, 2, device=device)
-        chunk = max(1, self.settings.query_chunk)
+        chunk = max(1, self.tracking.query_chunk)
         src = self.sample_at(qt, qxy)                                        # (Q, C)
         for s in range(0, Q, chunk):
             corr = torch.einsum("qc,tcn->qtn", src[s:s + chunk], self.flat)
@@ -151,24 +129,23 @@ class DinoTracker:
         return tracks.cpu().numpy(), occ.cpu().numpy(), cos.cpu().numpy()
 
     def _occlusion_one(self, track: torch.Tensor, feats: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-        anchors = torch.nonzero(cos >= self.settings.anchor_cos).flatten()
+        anchors = torch.nonzero(cos >= self.tracking.anchor_cos).flatten()
         if len(anchors) == 0:   # cannot happen for the query frame itself (cos = 1), kept for safety
-            return cos < self.settings.occlusion_cos
+            return cos < self.tracking.occlusion_cos
         corr = torch.einsum("tc,acn->atn", feats, self.flat[anchors])        # (A, T, N)
         cycle = self.soft_argmax(corr)                                       # (A, T, 2)
         dists = torch.linalg.norm(cycle - track[anchors][:, None, :], dim=-1)   # (A, T)
         anchor_median = torch.median(dists[:, anchors], dim=0).values        # (A,)
         threshold = anchor_median.max()
         median = torch.median(dists, dim=0).values                           # (T,)
-        return (median > threshold) | (cos < self.settings.occlusion_cos)
+        return (median > threshold) | (cos < self.tracking.occlusion_cos)
 
 
-def _evaluate_tracks(videos: Iterable, settings: TrackingSettings, prefix: str, desc: str, predict
+def _evaluate_tracks(videos: Iterable, res: int, prefix: str, desc: str, predict
                      ) -> tuple[dict[str, float], dict[str, list]]:
-    """Shared loop: ``predict(video)`` -> (tracks (Q, T, 2) in 256-raster px, predicted occlusion (Q, T))."""
+    """Shared loop: ``predict(video)`` -> (tracks (Q, T, 2) in ``res``-raster px, predicted occlusion (Q, T))."""
     metric = None
     rows, items = [], []
-    res = settings.resolution
     for video in tqdm(list(videos) if not isinstance(videos, list) else videos, desc=desc, leave=False):
         if metric is None:
             metric = TapVidMetric(video.query_mode, prefix=prefix)
@@ -195,24 +172,29 @@ def _evaluate_tracks(videos: Iterable, settings: TrackingSettings, prefix: str, 
     return {k: float(v) for k, v in metric.compute().items()}, {"tracking_videos": rows, "items": items}
 
 
-def evaluate_videos(model, videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
-                    desc: str = "tracking") -> tuple[dict[str, float], dict[str, list]]:
-    """TAP-Vid metrics (mean over videos, percent), one row per video, and ``items`` (one per video)."""
+def evaluate_videos(model, videos: Iterable, tracking, *, frame_size: Sequence[int] | None, argmax_radius: float,
+                    batch_size: int, prefix: str = "tracking/", desc: str = "tracking"
+                    ) -> tuple[dict[str, float], dict[str, list]]:
+    """TAP-Vid metrics (mean over videos, percent), one row per video, and ``items`` (one per video);
+    ``tracking`` and the keywords as for :class:`DinoTracker`."""
+    res = tracking.resolution
+
     def predict(video):
-        tracker = DinoTracker(model, video.frames, settings)
+        tracker = DinoTracker(model, video.frames, tracking, frame_size=frame_size, argmax_radius=argmax_radius,
+                              batch_size=batch_size)
         h0, w0 = video.size
         h1, w1 = tracker.image_size
         tracks, occ, _ = tracker.track(video.query_t, video.query_xy * np.array([w1 / w0, h1 / h0]))
-        res = settings.resolution
         return tracks * np.array([res / w1, res / h1]), occ
 
     with eval_mode(model):
-        return _evaluate_tracks(videos, settings, prefix, desc, predict)
+        return _evaluate_tracks(videos, res, prefix, desc, predict)
 
 
-def evaluate_oracle_tracking(videos: Iterable, settings: TrackingSettings, prefix: str = "tracking/",
+def evaluate_oracle_tracking(videos: Iterable, tracking, prefix: str = "tracking/",
                              desc: str = "tracking oracle") -> tuple[dict[str, float], dict[str, list]]:
     """The ceiling: ground-truth tracks and occlusion as the prediction (AJ = delta_avg = OA = 100 when the metric
     code and the data agree)."""
-    return _evaluate_tracks(videos, settings, prefix, desc,
-                            lambda v: (v.target_256(settings.resolution), np.asarray(v.occluded, dtype=bool)))
+    res = tracking.resolution
+    return _evaluate_tracks(videos, res, prefix, desc,
+                            lambda v: (v.target_256(res), np.asarray(v.occluded, dtype=bool)))

@@ -114,13 +114,14 @@ def test_tapvid_official_and_dinotracker_formats(tmp_path):
 
 
 def test_tracker_on_static_video(tiny_model):
-    from corr3d.eval.tracking import DinoTracker, TrackingSettings
+    from corr3d.eval.tracking import DinoTracker
+    from tests.helpers.config import config_section
 
     rng = np.random.default_rng(0)
     frame = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
     frames = np.stack([frame] * 4)
-    settings = TrackingSettings(frame_size=None, stride=8, argmax_radius=8.0, query_chunk=3)
-    tracker = DinoTracker(tiny_model, frames, settings)
+    tracking = config_section("eval.tracking", stride=8, query_chunk=3)
+    tracker = DinoTracker(tiny_model, frames, tracking, frame_size=None, argmax_radius=8.0, batch_size=4)
     q_xy = np.array([[20.0, 20.0], [48.0, 32.0], [70.0, 40.0], [30.0, 50.0]])
     tracks, occ, cos = tracker.track(np.array([0, 1, 2, 3]), q_xy)
     assert tracks.shape == (4, 4, 2) and occ.shape == (4, 4)

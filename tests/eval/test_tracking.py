@@ -8,11 +8,14 @@ import torch
 from corr3d.eval.datasets.tapvid import iter_videos, write_tapvid_pickle
 from corr3d.eval.tracking import (
     DinoTracker,
-    TrackingSettings,
     evaluate_oracle_tracking,
     evaluate_videos,
     token_norm,
 )
+from tests.helpers.config import config_section
+
+# what eval/run.py passes next to the section: native frame size (small videos), a radius for their scale
+TRACKER = {"frame_size": None, "argmax_radius": 8.0, "batch_size": 4}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def videos(tmp_path_factory):
 
 
 def _settings():
-    return TrackingSettings(frame_size=None, stride=8, argmax_radius=8.0, query_chunk=4, final_norm=None)
+    return config_section("eval.tracking", stride=8, query_chunk=4, final_norm=None)
 
 
 def test_oracle_is_perfect(videos):
@@ -55,7 +58,8 @@ def test_items_reproduce_headline(videos):
     from tests.helpers.models import tiny_model
 
     model = tiny_model(16)
-    metrics, tables = evaluate_videos(model, list(iter_videos(videos, "strided", 3)), _settings(), "t/")
+    metrics, tables = evaluate_videos(model, list(iter_videos(videos, "strided", 3)), _settings(), **TRACKER,
+                                     prefix="t/")
     items = tables["items"]
     assert len(items) == 3 and all(i["unit"] == i["id"] for i in items)
     for key in ("aj", "delta_avg", "oa"):
@@ -69,10 +73,11 @@ def test_token_norm_switch_and_restore():
 
     model = tiny_model(16).eval()
     frames = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
-    s_pre = TrackingSettings(frame_size=None, stride=None, final_norm=False)
-    s_post = TrackingSettings(frame_size=None, stride=None, final_norm=True)
-    pre = DinoTracker(model, frames, s_pre).fmaps
-    post = DinoTracker(model, frames, s_post).fmaps
+    s_pre = config_section("eval.tracking", stride=None, final_norm=False)
+    s_post = config_section("eval.tracking", stride=None, final_norm=True)
+    native = {"frame_size": None, "argmax_radius": s_pre.argmax_radius, "batch_size": 4}
+    pre = DinoTracker(model, frames, s_pre, **native).fmaps
+    post = DinoTracker(model, frames, s_post, **native).fmaps
     assert model.config["final_norm"] is True                     # restored after each extraction
     assert not torch.allclose(pre, post, atol=1e-4)
     with token_norm(model, False):

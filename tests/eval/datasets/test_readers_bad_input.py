@@ -94,14 +94,16 @@ def test_malformed_dinotracker_entry(tmp_path):
 
 def test_all_occluded_videos_are_skipped_and_metrics_are_nan(tmp_path, caplog):
     from corr3d.eval.metrics.tracking import TapVidMetric
-    from corr3d.eval.tracking import TrackingSettings, _evaluate_tracks
+    from corr3d.eval.tracking import _evaluate_tracks
+    from tests.helpers.config import config_section
 
     path = tmp_path / "occ.pkl"
     path.write_bytes(pickle.dumps({"dark": _video(occluded=True)}))
     with caplog.at_level("WARNING"):
         videos = list(tapvid.iter_videos(path))
     assert videos == [] and "no visible query point" in caplog.text
-    metrics, _ = _evaluate_tracks(videos, TrackingSettings(), "tracking/", "t", predict=None)
+    metrics, _ = _evaluate_tracks(videos, config_section("eval.tracking").resolution, "tracking/", "t",
+                                  predict=None)
     assert math.isnan(metrics["tracking/aj"]) and math.isnan(metrics["tracking/oa"])
     assert metrics["tracking/num_videos"] == 0
     metric = TapVidMetric(prefix="x/")
