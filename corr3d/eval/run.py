@@ -40,7 +40,7 @@ from corr3d.eval.offline_suite import ensure_offline_suite
 from corr3d.eval.pose import evaluate_objects, evaluate_oracle_pose
 from corr3d.eval.pose_ycbv import evaluate_bop_dataset
 from corr3d.eval.real_pairs import evaluate_real_pairs
-from corr3d.eval.semantic import GroundTruthMatcher
+from corr3d.eval.semantic import GroundTruthMatcher, SemanticMatcher, evaluate_pfpascal, evaluate_spair
 from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, ci_table, delta_table, validity
 from corr3d.eval.tracking import evaluate_oracle_tracking, evaluate_videos
 from corr3d.models import compared_model
@@ -248,24 +248,15 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         return evaluate_videos(model, videos, t, frame_size=frame_size, argmax_radius=radius,
                                batch_size=cfg.eval.batch_size, prefix=ds["prefix"], desc=desc)
     if task == "semantic":
-        # deferred: pulls the training/evaluation stack only when used
-        from corr3d.eval.semantic import (
-            SemanticMatcher,
-            SemanticSettings,
-            evaluate_pfpascal,
-            evaluate_spair,
-        )
-
-        settings = SemanticSettings.from_config(cfg)
-        if offline:
-            settings.image_size = int(cfg.eval.offline.semantic_image_size)
+        semantic = cfg.eval.semantic
+        size = cfg.eval.offline.semantic_image_size if offline else semantic.image_size
         if getattr(model, "is_oracle", False):   # ground-truth keypoints (the ceiling)
-            matcher = GroundTruthMatcher(settings)
+            matcher = GroundTruthMatcher(semantic, image_size=size)
         else:
-            matcher = SemanticMatcher(model, settings)
+            matcher = SemanticMatcher(model, semantic, cache_size=cfg.eval.feature_cache_size, image_size=size)
         if ds["name"].endswith("pfpascal"):
-            return evaluate_pfpascal(matcher, ds["path"], list(cfg.eval.semantic.pfpascal_views), ds["prefix"], desc)
-        return evaluate_spair(matcher, ds["path"], str(cfg.eval.semantic.spair_split), ds["prefix"], desc)
+            return evaluate_pfpascal(matcher, ds["path"], list(semantic.pfpascal_views), ds["prefix"], desc)
+        return evaluate_spair(matcher, ds["path"], semantic.spair_split, ds["prefix"], desc)
     raise ValueError(task)
 
 

@@ -20,7 +20,6 @@ per image, by viewpoint variation.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,28 +34,6 @@ from corr3d.eval.metrics.semantic import PCKMetric
 from corr3d.geometry.pixels import pixel_centres, pixel_grid_tensor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SemanticSettings:
-    image_size: int = 840
-    alphas: Sequence[float] = (0.05, 0.10, 0.15)
-    spair_alphas: Sequence[float] = (0.10,)
-    similarity: str = "upsample_similarity"
-    pixel_chunk: int = 65536
-    cache_size: int = 256
-    max_pairs: int | None = None
-    batch_size: int = 2
-    normalize_maps: bool = False
-
-    @classmethod
-    def from_config(cls, cfg) -> "SemanticSettings":
-        s = cfg.eval.semantic
-        return cls(image_size=int(s.image_size), alphas=tuple(float(a) for a in s.alphas),
-                   spair_alphas=tuple(float(a) for a in s.spair_alphas), similarity=str(s.similarity),
-                   pixel_chunk=int(s.pixel_chunk), cache_size=int(cfg.eval.feature_cache_size),
-                   max_pairs=None if s.max_pairs is None else int(s.max_pairs), batch_size=int(cfg.eval.batch_size),
-                   normalize_maps=bool(s.normalize_maps))
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,21 +91,24 @@ def similarity_argmax(model, src_feats: torch.Tensor, fmap_trg: torch.Tensor, im
 
 
 class SemanticMatcher:
-    """Letterboxes, extracts (cached) maps and transfers keypoints for one model."""
+    """Letterboxes, extracts (cached) maps and transfers keypoints for one model.
 
-    def __init__(self, model, settings: SemanticSettings):
+    ``semantic``: the ``eval.semantic`` section; ``cache_size``: feature maps kept (``eval.feature_cache_size``);
+    ``image_size`` replaces ``semantic.image_size`` (the offline suite's)."""
+
+    def __init__(self, model, semantic, *, cache_size: int, image_size: int | None = None):
         self.model = model
-        self.settings = settings
-        self.size = int(settings.image_size)
+        self.semantic = semantic
+        self.size = semantic.image_size if image_size is None else image_size
         side = snap_to_patch(self.size, model.patch_size)
         self.input_size = (side, side)
-        self.cache = FeatureCache(settings.cache_size)
+        self.cache = FeatureCache(cache_size)
 
     def prepare(self, path: Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         def compute():
             image = np.asarray(Image.open(path).convert("RGB"))
             square, scale, offset = letterbox(image, self.size)
-            if self.settings.normalize_maps:
+            if self.semantic.normalize_maps:
                 fmap = extract_maps(self.model, [square], self.input_size, batch_size=1)[0]
             else:   # the model's raw map (not normalised per token), as in the authors' transfer
                 with torch.no_grad():
@@ -143,7 +123,7 @@ class SemanticMatcher:
         trg = pair.trg_kps * scale_t + off_t
         feats = sample(self.model, fmap_s, src, (self.size, self.size), self.input_size)
         pred, _ = similarity_argmax(self.model, feats, fmap_t, (self.size, self.size), self.input_size,
-                                    self.settings.similarity, self.settings.pixel_chunk)
+                                    self.semantic.similarity, self.semantic.pixel_chunk)
         box = pair.trg_bbox * np.concatenate([scale_t, scale_t])
         bbox_ref = float(max(box[2] - box[0], box[3] - box[1]))
         return {"pred": pred.cpu().numpy().astype(np.float64), "gt": trg, "valid": pair.valid, "bbox_ref": bbox_ref}
@@ -167,9 +147,9 @@ class GroundTruthMatcher:
     """The oracle "matcher": transfers every keypoint to its true target position, snapped to the pixel centre the
     argmax over the letterboxed square would return (so the ceiling keeps the protocol's pixel quantisation)."""
 
-    def __init__(self, settings: SemanticSettings):
-        self.settings = settings
-        self.size = int(settings.image_size)
+    def __init__(self, semantic, image_size: int | None = None):
+        self.semantic = semantic
+        self.size = semantic.image_size if image_size is None else image_size
 
     def transfer(self, pair) -> dict:
         with Image.open(pair.trg_path) as img:
@@ -209,7 +189,7 @@ def _item_id(pair) -> str:
 def evaluate_pfpascal(matcher: SemanticMatcher, root: Path, views: Sequence[str] = ("different", "same"),
                       prefix: str = "semantic/", desc: str = "pf-pascal") -> tuple[dict[str, float], dict[str, list]]:
     """PF-PASCAL PCK for each view list; ``views[0]`` is the headline (keys ``{prefix}pck@a``)."""
-    s = matcher.settings
+    s = matcher.semantic
     metrics: dict[str, float] = {}
     tables: dict[str, list] = {}
     for i, view in enumerate(views):
@@ -278,7 +258,7 @@ def _pfpascal_items(pair_hits: list, alphas, p: str) -> list[dict]:
 def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", prefix: str = "semantic/spair/",
                    desc: str = "spair") -> tuple[dict[str, float], dict[str, list]]:
     """SPair-71k PCK (bbox-relative) per keypoint and per image, overall and by viewpoint variation 0/1/2."""
-    s = matcher.settings
+    s = matcher.semantic
     pairs = spair.load_pairs(root, split, max_pairs=s.max_pairs)
     cats = sorted({p.category for p in pairs})
     m_cat = PCKMetric(s.spair_alphas, cats)
@@ -323,15 +303,15 @@ def _spair_items(pair, n: int, hits: dict, alphas, prefix: str) -> list[dict]:
     return [per_image, per_kp]
 
 
-def evaluate_oracle_pfpascal(root: Path, settings: SemanticSettings, views: Sequence[str] = ("different", "same"),
+def evaluate_oracle_pfpascal(root: Path, semantic, views: Sequence[str] = ("different", "same"),
                              prefix: str = "semantic/", desc: str = "pf-pascal oracle"
                              ) -> tuple[dict[str, float], dict[str, list]]:
     """:func:`evaluate_pfpascal` with the ground-truth keypoints as the transfer (the protocol's ceiling)."""
-    return evaluate_pfpascal(GroundTruthMatcher(settings), root, views, prefix, desc)
+    return evaluate_pfpascal(GroundTruthMatcher(semantic), root, views, prefix, desc)
 
 
-def evaluate_oracle_spair(root: Path, settings: SemanticSettings, split: str = "test",
+def evaluate_oracle_spair(root: Path, semantic, split: str = "test",
                           prefix: str = "semantic/spair/", desc: str = "spair oracle"
                           ) -> tuple[dict[str, float], dict[str, list]]:
     """:func:`evaluate_spair` with the ground-truth keypoints as the transfer (the protocol's ceiling)."""
-    return evaluate_spair(GroundTruthMatcher(settings), root, split, prefix, desc)
+    return evaluate_spair(GroundTruthMatcher(semantic), root, split, prefix, desc)

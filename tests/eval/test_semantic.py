@@ -11,12 +11,17 @@ from PIL import Image
 
 from corr3d.eval.semantic import (
     SemanticMatcher,
-    SemanticSettings,
     evaluate_oracle_pfpascal,
     evaluate_oracle_spair,
     evaluate_pfpascal,
     evaluate_spair,
 )
+from tests.helpers.config import config_section
+
+
+def _semantic(**values):
+    """``eval.semantic`` of the real config at the tests' 64-px image size."""
+    return config_section("eval.semantic", image_size=64, **values)
 
 
 def _weighted(items, key):
@@ -79,8 +84,9 @@ def model():
 
 @pytest.mark.parametrize("normalize_maps", [False, True])
 def test_pfpascal_items_reproduce_headline(roots, model, normalize_maps):
-    settings = SemanticSettings(image_size=64, alphas=(0.05, 0.10, 0.15), normalize_maps=normalize_maps)
-    metrics, tables = evaluate_pfpascal(SemanticMatcher(model, settings), roots[0], ["different", "same"], "s/")
+    semantic = _semantic(alphas=[0.05, 0.10, 0.15], normalize_maps=normalize_maps)
+    metrics, tables = evaluate_pfpascal(SemanticMatcher(model, semantic, cache_size=256), roots[0],
+                                        ["different", "same"], "s/")
     items = tables["items"]
     assert len(items) == 10 and len({i["id"] for i in items}) == 10
     for p in ("s/", "s/same/"):
@@ -91,8 +97,8 @@ def test_pfpascal_items_reproduce_headline(roots, model, normalize_maps):
 
 
 def test_spair_items_reproduce_headline(roots, model):
-    settings = SemanticSettings(image_size=64, spair_alphas=(0.10, 0.2))
-    metrics, tables = evaluate_spair(SemanticMatcher(model, settings), roots[1], "test", "sp/")
+    semantic = _semantic(spair_alphas=[0.10, 0.2])
+    metrics, tables = evaluate_spair(SemanticMatcher(model, semantic, cache_size=256), roots[1], "test", "sp/")
     items = tables["items"]
     for a in ("0.10", "0.20"):
         assert _weighted(items, f"sp/pck@{a}") == pytest.approx(metrics[f"sp/pck@{a}"])
@@ -101,10 +107,9 @@ def test_spair_items_reproduce_headline(roots, model):
 
 
 def test_oracles_are_perfect(roots):
-    settings = SemanticSettings(image_size=64)
-    metrics, _ = evaluate_oracle_pfpascal(roots[0], settings, ["different", "same"], "s/")
+    metrics, _ = evaluate_oracle_pfpascal(roots[0], _semantic(), ["different", "same"], "s/")
     assert all(metrics[f"{p}pck@{a}"] == 100.0 for p in ("s/", "s/same/") for a in ("0.05", "0.10", "0.15"))
-    metrics, _ = evaluate_oracle_spair(roots[1], SemanticSettings(image_size=64), "test", "sp/")
+    metrics, _ = evaluate_oracle_spair(roots[1], _semantic(), "test", "sp/")
     assert metrics["sp/pck@0.10"] == 100.0 and metrics["sp/pck_img@0.10"] == 100.0
 
 
@@ -113,8 +118,8 @@ def test_raw_and_normalised_maps(roots, model):
     from corr3d.eval.semantic import letterbox
 
     path = roots[0] / "JPEGImages" / "im0.jpg"
-    raw = SemanticMatcher(model, SemanticSettings(image_size=64, normalize_maps=False)).prepare(path)[0]
-    unit = SemanticMatcher(model, SemanticSettings(image_size=64, normalize_maps=True)).prepare(path)[0]
+    raw = SemanticMatcher(model, _semantic(normalize_maps=False), cache_size=256).prepare(path)[0]
+    unit = SemanticMatcher(model, _semantic(normalize_maps=True), cache_size=256).prepare(path)[0]
     square = letterbox(np.asarray(Image.open(path).convert("RGB")), 64)[0]
     with torch.no_grad():
         expected = model(to_tensor([square]), input_size=(64, 64))[0]
