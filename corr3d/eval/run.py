@@ -25,7 +25,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -50,7 +50,8 @@ from corr3d.utils.run_dir import latest_run
 log = logging.getLogger(__name__)
 
 TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")
-ORACLE_TASKS = ("equivariance", "real_pairs", "pose", "tracking", "semantic", "pose_ycbv")  # tasks with a ground-truth oracle (dense GT for every point)
+# tasks with a ground-truth oracle (dense GT for every point)
+ORACLE_TASKS = ("equivariance", "real_pairs", "pose", "tracking", "semantic", "pose_ycbv")
 MODEL_ORDER = ("oracle", "pretrained", "pretrained_head_init", "random", "finetuned")
 HEADLINE = {
     "pose": ["acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg"],
@@ -152,63 +153,65 @@ def _suite(cfg: DictConfig, task: str) -> dict[str, Path]:
     return ensure_offline_suite(cfg.eval.offline.dir, [task], force=bool(cfg.eval.offline.regenerate))
 
 
+class RealDataset(NamedTuple):
+    name: str
+    prefix: str
+    fields: dict                    # of the dataset entry (its paths)
+    present: Callable[[], bool]
+    missing: str                    # the message when it is absent
+
+
+def real_datasets(e: DictConfig) -> dict[str, list[RealDataset]]:
+    """Task -> the real datasets it reads, under the ``eval`` section ``e``."""
+    p, y, t, s = e.pose, e.pose_ycbv, e.tracking, e.semantic
+    return {
+        "pose": [RealDataset("onepose_lowtexture", "pose/", {"data_dir": Path(p.data_dir), "sfm_dir": Path(p.sfm_dir)},
+                             lambda: onepose.data_present(p.data_dir, p.sfm_dir),
+                             "real data missing — " + onepose.DOWNLOAD_HINT.format(data_dir=p.data_dir,
+                                                                                    sfm_dir=p.sfm_dir))],
+        "pose_ycbv": [RealDataset("ycbv", "pose_ycbv/", {"test_dir": Path(y.test_dir), "models_dir": Path(y.models_dir),
+                                                         "targets": y.targets},
+                                  lambda: bop.data_present(y.test_dir, y.models_dir),
+                                  "YCB-V missing — " + bop.DOWNLOAD_HINT.format(test_dir=y.test_dir,
+                                                                                models_dir=y.models_dir))],
+        "tracking": [RealDataset("tapvid_davis", "tracking/", {"path": Path(t.data)}, lambda: Path(t.data).exists(),
+                                 "real data missing — " + tapvid.DOWNLOAD_HINT.format(path=t.data))],
+        "semantic": [RealDataset("pfpascal", "semantic/", {"path": Path(s.pfpascal_dir)},
+                                 lambda: pfpascal.data_present(s.pfpascal_dir),
+                                 "PF-PASCAL missing — " + pfpascal.DOWNLOAD_HINT.format(path=s.pfpascal_dir)),
+                     RealDataset("spair", "semantic/spair/", {"path": Path(s.spair_dir)},
+                                 lambda: spair.data_present(s.spair_dir, s.spair_split),
+                                 "SPair-71k missing — " + spair.DOWNLOAD_HINT.format(path=s.spair_dir))],
+    }
+
+
+# task -> its datasets in the offline suite: (name, prefix, suite paths -> fields of the dataset entry)
+OFFLINE_DATASETS: dict[str, list[tuple[str, str, Callable[[dict], dict]]]] = {
+    "pose": [("offline_onepose", "offline/pose/",
+              lambda paths: {"data_dir": paths["onepose_data"], "sfm_dir": paths["onepose_sfm"]})],
+    "pose_ycbv": [("offline_ycbv", "offline/pose_ycbv/",
+                   lambda paths: {"test_dir": paths["bop_ycbv_test"], "models_dir": paths["bop_ycbv_models"],
+                                  "targets": None})],
+    "tracking": [("offline_tapvid", "offline/tracking/", lambda paths: {"path": paths["tapvid"]})],
+    "semantic": [("offline_pfpascal", "offline/semantic/", lambda paths: {"path": paths["pfpascal"]}),
+                 ("offline_spair", "offline/semantic/spair/", lambda paths: {"path": paths["spair"]})],
+}
+
+
 def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) -> list[dict]:
     """[{name, prefix, source, ...paths}] for a task: the real dataset when present, the offline suite if enabled."""
     messages = messages if messages is not None else []
     out: list[dict] = []
-    e = cfg.eval
-    if task == "pose":
-        if e.real_data:
-            if onepose.data_present(e.pose.data_dir, e.pose.sfm_dir):
-                out.append({"name": "onepose_lowtexture", "prefix": "pose/", "source": "real",
-                            "data_dir": Path(e.pose.data_dir), "sfm_dir": Path(e.pose.sfm_dir)})
+    if cfg.eval.real_data:
+        for ds in real_datasets(cfg.eval).get(task, []):
+            if ds.present():
+                out.append({"name": ds.name, "prefix": ds.prefix, "source": "real", **ds.fields})
             else:
-                messages.append("pose: real data missing — " + onepose.DOWNLOAD_HINT.format(
-                    data_dir=e.pose.data_dir, sfm_dir=e.pose.sfm_dir))
-        if e.offline.enabled:
-            p = _suite(cfg, task)
-            out.append({"name": "offline_onepose", "prefix": "offline/pose/", "source": "offline",
-                        "data_dir": p["onepose_data"], "sfm_dir": p["onepose_sfm"]})
-    elif task == "pose_ycbv":
-        if e.real_data:
-            if bop.data_present(e.pose_ycbv.test_dir, e.pose_ycbv.models_dir):
-                out.append({"name": "ycbv", "prefix": "pose_ycbv/", "source": "real", "test_dir": Path(
-                    e.pose_ycbv.test_dir), "models_dir": Path(e.pose_ycbv.models_dir), "targets": e.pose_ycbv.targets})
-            else:
-                messages.append("pose_ycbv: YCB-V missing — " + bop.DOWNLOAD_HINT.format(
-                    test_dir=e.pose_ycbv.test_dir, models_dir=e.pose_ycbv.models_dir))
-        if e.offline.enabled:
-            p = _suite(cfg, task)
-            out.append({"name": "offline_ycbv", "prefix": "offline/pose_ycbv/", "source": "offline",
-                        "test_dir": p["bop_ycbv_test"], "models_dir": p["bop_ycbv_models"], "targets": None})
-    elif task == "tracking":
-        if e.real_data:
-            if Path(e.tracking.data).exists():
-                out.append({"name": "tapvid_davis", "prefix": "tracking/", "source": "real", "path": Path(e.tracking.data)})
-            else:
-                messages.append("tracking: real data missing — " + tapvid.DOWNLOAD_HINT.format(path=e.tracking.data))
-        if e.offline.enabled:
-            p = _suite(cfg, task)
-            out.append({"name": "offline_tapvid", "prefix": "offline/tracking/", "source": "offline", "path": p["tapvid"]})
-    elif task == "semantic":
-        if e.real_data:
-            if pfpascal.data_present(e.semantic.pfpascal_dir):
-                out.append({"name": "pfpascal", "prefix": "semantic/", "source": "real",
-                            "path": Path(e.semantic.pfpascal_dir)})
-            else:
-                messages.append("semantic: PF-PASCAL missing — " + pfpascal.DOWNLOAD_HINT.format(
-                    path=e.semantic.pfpascal_dir))
-            if spair.data_present(e.semantic.spair_dir, e.semantic.spair_split):
-                out.append({"name": "spair", "prefix": "semantic/spair/", "source": "real",
-                            "path": Path(e.semantic.spair_dir)})
-            else:
-                messages.append("semantic: SPair-71k missing — " + spair.DOWNLOAD_HINT.format(path=e.semantic.spair_dir))
-        if e.offline.enabled:
-            p = _suite(cfg, task)
-            out.append({"name": "offline_pfpascal", "prefix": "offline/semantic/", "source": "offline",
-                        "path": p["pfpascal"]})
-            out.append({"name": "offline_spair", "prefix": "offline/semantic/spair/", "source": "offline",
-                        "path": p["spair"]})
+                messages.append(f"{task}: {ds.missing}")
+    if cfg.eval.offline.enabled and task in OFFLINE_DATASETS:
+        paths = _suite(cfg, task)
+        out += [{"name": name, "prefix": prefix, "source": "offline", **fields(paths)}
+                for name, prefix, fields in OFFLINE_DATASETS[task]]
     return out
 
 
