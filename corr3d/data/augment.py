@@ -41,7 +41,7 @@ class ViewAugmenter:
     ``geometric`` / ``color`` false leave that family out."""
 
     def __init__(self, augment, geometric: bool = True, color: bool = True):
-        import albumentations as A  # deferred: heavy optional dependency, loaded only when used
+        import albumentations as A  # deferred: slow import (~2 s), needed only to augment
 
         transforms = []
         shift, scale, rotate_deg = augment.shift, augment.scale, augment.rotate_deg

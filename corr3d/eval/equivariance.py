@@ -28,7 +28,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -37,7 +36,6 @@ from corr3d.data.mvimgnet import discover_objects, open_objects
 from corr3d.eval.features import model_device, to_tensor
 from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grouped, sample_normalized, visible_points
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
-from corr3d.geometry import project
 from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.models.features import autocast_context, sample_feature_map

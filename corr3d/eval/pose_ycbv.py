@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from corr3d.eval.datasets.bop import list_scenes, load_models_info, load_object_model, read_targets
@@ -50,8 +51,6 @@ def add_distance(pose_pred: np.ndarray, pose_gt: np.ndarray, points: np.ndarray)
 
 def adds_distance(pose_pred: np.ndarray, pose_gt: np.ndarray, points: np.ndarray) -> float:
     """ADD-S: mean distance from each ground-truth-posed point to the closest predicted-posed point."""
-    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
-
     dist, _ = cKDTree(transform(points, pose_pred)).query(transform(points, pose_gt), k=1)
     return float(np.mean(dist))
 
@@ -156,8 +155,6 @@ def oracle_matches(bank_pts: np.ndarray, grid: np.ndarray, K: np.ndarray, pose_g
                    visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Perfect matching: template points that project (true pose) onto the instance's visible mask, each paired with
     its nearest query-grid point (the protocol's grid quantisation is kept)."""
-    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
-
     if len(grid) == 0 or len(bank_pts) == 0:
         return np.zeros((0, 3)), np.zeros((0, 2))
     cam = transform(bank_pts, pose_gt)

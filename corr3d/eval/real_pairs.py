@@ -27,6 +27,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
+from skimage import data as skdata
+from skimage.transform import warp
 
 from corr3d.eval.equivariance import extract_view_features, is_oracle, nearest_neighbor_matches, pixel_centers
 from corr3d.eval.stats import metric_keys, weighted_mean
@@ -70,8 +73,6 @@ def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ stereo
 def stereo_pair(real_pairs, seed: int) -> ImagePair:
     """The Middlebury motorcycle pair: left pixel centre (x, y) -> right (x − d, y)."""
-    from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
-
     left, right, disp = skdata.stereo_motorcycle()
     h, w = disp.shape
     valid = np.isfinite(disp) & (disp > 0)
@@ -115,8 +116,6 @@ def warp_image(image: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """(warped uint8 image, mask of target pixels whose pre-image lies inside the source) for target = H(source).
 
     Our coordinates put pixel (r, c)'s centre at (c + 0.5, r + 0.5); scikit-image's at (c, r): shift by 0.5."""
-    from skimage.transform import warp  # deferred: heavy optional dependency, loaded only when used
-
     h, w = image.shape[:2]
     H_inv = np.linalg.inv(H)
 
@@ -132,8 +131,6 @@ def warp_image(image: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def photo(name: str) -> np.ndarray:
-    from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
-
     if not hasattr(skdata, name):
         raise ValueError(f"eval.real_pairs.homography_images: scikit-image has no image {name!r}")
     return _rgb(getattr(skdata, name)())
@@ -168,8 +165,6 @@ def build_pairs(real_pairs, seed: int) -> list[ImagePair]:
 # ------------------------------------------------------------------------------------------------ evaluation
 def snap_to_candidates(gt_xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """The oracle's prediction: the candidate nearest to each ground-truth point."""
-    from scipy.spatial import cKDTree  # deferred: heavy optional dependency, loaded only when used
-
     _, idx = cKDTree(candidates).query(gt_xy)
     return candidates[idx]
 

@@ -14,6 +14,7 @@ import corr3d
 from corr3d.config import load_config
 from corr3d.eval.features import sample, snap_to_patch
 from corr3d.eval.offline_suite import ensure_offline_suite
+from corr3d.eval.run import run_eval_part
 from corr3d.eval.semantic import similarity_argmax
 
 
@@ -43,8 +44,6 @@ def similarity_speedup(model, image_size: int = 840, num_keypoints: int = 20) ->
 
 
 def run(quick: bool = False) -> dict[str, float | str]:
-    from corr3d.eval.run import run_eval_part  # deferred: pulls the training/evaluation stack only when used
-
     torch.set_grad_enabled(False)
     backbone, weights = ("test_vit.r160_in1k", "random") if quick else ("dinov2_s14", "auto")
     model = corr3d.load_model(backbone, weights=weights, head_layers=0, lora_blocks=0).eval()

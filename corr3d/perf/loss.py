@@ -20,6 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from corr3d.losses import smooth_ap_loss
+
 
 def _sig(x: torch.Tensor, tau: float) -> torch.Tensor:
     return 1.0 / (1.0 + torch.exp(torch.clamp(-x / tau, min=-50.0, max=50.0)))
@@ -63,8 +65,6 @@ def _sync(device):
 
 
 def time_losses(kind: str, reps: int = 5, device="cpu", points: int = 3000) -> dict[str, float]:
-    from corr3d.losses import smooth_ap_loss
-
     f0, f1, x0, x1 = make_inputs(kind, points, device=device)
     raw0 = f0.clone().requires_grad_(True)
 

@@ -23,22 +23,26 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from corr3d.losses import smooth_ap_loss
+from corr3d.models import WeightsUnavailableError, create_model
+from corr3d.models.backbones import create_vit
+from corr3d.models.features import fused_attention_status
+from corr3d.models.model import Corr3DModel
+from corr3d.perf.loss import authors_smooth_ap, make_inputs
+from corr3d.training.module import MultiviewFinetuneModule
 
 H100_TFLOPS_SUSTAINED = 400.0
 
 
 def _model(backbone="dinov2_s14", target_res=256, device="cpu", meta=False, weights="auto"):
-    from corr3d.models.backbones import create_vit
-    from corr3d.models.model import Corr3DModel
-
     cfg = {"backbone": backbone, "target_res": target_res, "lora": {"blocks": 4, "rank": 4, "alpha": None},
            "head": {"num_layers": 1, "init": "default"}}
     if meta:
         with torch.device("meta"):
             vit, spec = create_vit(backbone, {})
             return Corr3DModel(vit, spec, cfg)
-    from corr3d.models import WeightsUnavailableError, create_model
-
     try:
         model = create_model(backbone, weights=weights, target_res=target_res, lora=cfg["lora"], head=cfg["head"])
     except (WeightsUnavailableError, RuntimeError):
@@ -47,8 +51,6 @@ def _model(backbone="dinov2_s14", target_res=256, device="cpu", meta=False, weig
 
 
 def _batch(points=3000, size=512, device="cpu", seed=0):
-    from corr3d.perf.loss import make_inputs  # deferred: pulls the training/evaluation stack only when used
-
     gen = torch.Generator().manual_seed(seed)
     _, _, x0, x1 = make_inputs("realistic", points, seed=seed)
     b = {"image0": torch.rand(1, 3, size, size, generator=gen), "image1": torch.rand(1, 3, size, size, generator=gen),
@@ -81,11 +83,6 @@ class _SavedBytes:
 
 def step_functions(model, batch):
     """{name: fn() -> loss} for the three steps (each: forward, loss, backward, optimizer step)."""
-    from corr3d.losses import smooth_ap_loss
-    from corr3d.perf.loss import authors_smooth_ap  # deferred: pulls the training/evaluation stack only when used
-    # deferred: pulls the training/evaluation stack only when used
-    from corr3d.training.module import MultiviewFinetuneModule
-
     module = MultiviewFinetuneModule(model, smooth_ap_loss)
     cached = MultiviewFinetuneModule(model, smooth_ap_loss, cache_frozen_prefix=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-4)
@@ -145,8 +142,6 @@ def time_steps(model, batch, reps=3, device="cpu") -> dict[str, float]:
 
 
 def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
@@ -184,8 +179,6 @@ def estimates() -> dict[str, float]:
 
 
 def run(quick: bool = False) -> dict:
-    from corr3d.models.features import fused_attention_status
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = _model(device=device, weights="random" if quick else "auto")
     out: dict[str, float | str] = {"device": device, "torch_threads": torch.get_num_threads(),

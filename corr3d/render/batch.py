@@ -19,6 +19,7 @@ when its parent pid changes, so a SIGKILLed ``corr3d render`` leaves no orphaned
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -214,8 +215,6 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     """
     if sys.platform.startswith("linux"):
         try:
-            import ctypes  # deferred: Linux-only module
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the watcher thread still works
