@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from corr3d.eval.equivariance import (extract_view_features, nearest_neighbor_matches, open_rendered_objects,
+                                      pixel_centers, visible_correspondences)
 from corr3d.eval.stats import validity
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.utils.report import (
@@ -142,14 +144,6 @@ def write_feature_figures(run: Path, cfg: DictConfig, object_dirs, models: dict,
 
 
 def _feature_figures(run: Path, cfg: DictConfig, object_dirs: list, models: dict, num_lines: int) -> list[Path]:
-    # deferred: pulls the training/evaluation stack only when used
-    from corr3d.eval.equivariance import (
-        extract_view_features,
-        nearest_neighbor_matches,
-        open_rendered_objects,
-        pixel_centers,
-        visible_correspondences,
-    )
     if not object_dirs or not models:
         return []
     obj = open_rendered_objects(object_dirs[:1])[0]

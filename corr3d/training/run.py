@@ -15,16 +15,20 @@ from typing import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from corr3d.assets.objaverse import check_experiment_disjoint
 from corr3d.data.datamodule import build_datamodule
-from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
+from corr3d.eval.equivariance import (OracleModel, evaluate_equivariance, evaluation_object_specs,
+                                      render_evaluation_objects)
 from corr3d.eval.real_pairs import evaluate_real_pairs
 from corr3d.eval.run import confidence
 from corr3d.losses import build_loss
 from corr3d.models import compared_model
 from corr3d.render.batch import ensure_rendered
+from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 from corr3d.training.module import MultiviewFinetuneModule
 from corr3d.training.report import write_feature_figures, write_training_report
 from corr3d.utils.report import write_json
@@ -122,15 +126,6 @@ MODEL_LABELS = ("pretrained", "pretrained_head_init", "random", "oracle", "finet
 
 
 def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
-    # deferred: heavy optional dependency, loaded only when used
-    from lightning.pytorch.callbacks import (
-        LearningRateMonitor,
-        ModelCheckpoint,
-        TQDMProgressBar,
-    )
-    # deferred: heavy optional dependency, loaded only when used
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                                  save_last=True, save_top_k=-1, every_n_train_steps=int(t.checkpoint_every_n_steps))
@@ -177,10 +172,6 @@ def resume_checkpoint(run: Path) -> Path | None:
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plugins=None) -> Path:
     """Run (or resume) the experiment ``cfg``; returns its run directory."""
-    # deferred: pulls the training/evaluation stack only when used
-    from corr3d.eval.equivariance import evaluation_object_specs, render_evaluation_objects
-    from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
-
     check_experiment_disjoint(cfg)   # refuse to train on the held-out evaluation objects (before any run dir)
     run = _resolve_run_dir(cfg, run_dir)
     os.environ[RUN_DIR_ENV] = str(run)
