@@ -147,11 +147,14 @@ def test_pearson_spearman_against_hand_values():
 
 def test_variant_axis_applies_bundles_of_dotted_keys(tmp_path):
     plan = SweepPlan("dinov2_single_object",
-                     ["recipe={optim.lr: 1e-4, loss.name: infonce, _name: nce},{data.pairs.true_fraction: 0.5}"],
+                     ["recipe={optim.lr: 3e-4, loss.name: infonce, _name: nce},{data.pairs.true_fraction: 0.25}"],
                      [f"output_dir={tmp_path}"], name="v")
-    assert plan.names == ["recipe-nce", "recipe-data.pairs.true_fraction_0.5"]
+    assert plan.names == ["recipe-nce", "recipe-data.pairs.true_fraction_0.25"]
     first, second = (plan.cell_config(c) for c in plan.cells)
-    assert first.optim.lr == 1e-4 and first.loss.name == "infonce" and first.data.pairs.true_fraction == 0.0
-    assert second.data.pairs.true_fraction == 0.5 and second.optim.lr == plan.base.optim.lr
+    base = plan.base
+    assert base.optim.lr != 3e-4 and base.loss.name != "infonce" and base.data.pairs.true_fraction != 0.25
+    assert first.optim.lr == 3e-4 and first.loss.name == "infonce"
+    assert first.data.pairs.true_fraction == base.data.pairs.true_fraction
+    assert second.data.pairs.true_fraction == 0.25 and second.optim.lr == base.optim.lr
     with pytest.raises(Exception):
         SweepPlan("dinov2_single_object", ["recipe=1,2"], [f"output_dir={tmp_path}"]).cell_config({"recipe": "1"})
