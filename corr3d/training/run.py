@@ -6,6 +6,7 @@ epoch, index), so the resumed run ends in the same state as an uninterrupted one
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -96,6 +97,21 @@ def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], la
             write_json(Path(parts_dir) / task / f"{label}.json", task_items, indent=None)
     log.info("%s: %s", label, ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return results
+
+
+def untrained_is_pretrained(model_cfg: DictConfig) -> bool:
+    """Whether the untrained adapter computes exactly the pretrained features: LoRA starts with B = 0 and an
+    identity-initialised head copies its input (tests/models/test_factory.py checks the maps are bit-identical)."""
+    return str(model_cfg.head.init) == "identity" and int(model_cfg.unfreeze_blocks) == 0
+
+
+def copy_row(metrics: dict, parts_dir: Path, source: str, target: str) -> None:
+    """Give ``target`` the row, per-object results and per-item parts of ``source`` (identical models)."""
+    metrics[target] = dict(metrics[source])
+    if source in metrics.get("per_object", {}):
+        metrics["per_object"][target] = copy.deepcopy(metrics["per_object"][source])
+    for path in Path(parts_dir).glob(f"*/{source}.json"):
+        atomic_write_text(path.with_name(f"{target}.json"), path.read_text())
 
 
 def read_parts(parts_dir: Path) -> dict[str, dict[str, list[dict]]]:
@@ -203,11 +219,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     # training starts from exactly the model the "pretrained_head_init" row measures (same seed, same head init)
     model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
     if rank0 and eval_dirs and int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
-        # the untrained conv head alone changes the features: report it so training is not credited for it
-        per_object = {}
-        metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained_head_init",
-                                                               per_object, parts_dir)
-        metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
+        if untrained_is_pretrained(cfg.model) and "pretrained" in metrics:
+            copy_row(metrics, parts_dir, "pretrained", "pretrained_head_init")   # same features: measured once
+        else:
+            # the untrained conv head alone changes the features: report it so training is not credited for it
+            per_object = {}
+            metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained_head_init",
+                                                                   per_object, parts_dir)
+            metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
         _write_metrics(run, metrics)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, model)

@@ -14,6 +14,23 @@ from safetensors.torch import load_file
 from tests.helpers.tiny import REPO, corr3d_command, subprocess_env, tiny_train_overrides
 
 
+def test_copy_row_copies_the_row_per_object_results_and_parts(tmp_path):
+    from corr3d.training.run import copy_row
+
+    for task in ("equivariance", "real_pairs"):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "pretrained.json").write_text(json.dumps([{"id": task, "unit": "u", "ape": 1.5}]))
+    metrics = {"pretrained": {"equivariance/ape": 1.5}, "per_object": {"pretrained": {"obj": {"ape": 1.5}}}}
+    copy_row(metrics, tmp_path, "pretrained", "pretrained_head_init")
+    assert metrics["pretrained_head_init"] == metrics["pretrained"]
+    assert metrics["per_object"]["pretrained_head_init"] == {"obj": {"ape": 1.5}}
+    metrics["per_object"]["pretrained_head_init"]["obj"]["ape"] = 9.0   # a copy, not the same object
+    assert metrics["per_object"]["pretrained"]["obj"]["ape"] == 1.5
+    for task in ("equivariance", "real_pairs"):
+        assert (tmp_path / task / "pretrained_head_init.json").read_text() == \
+            (tmp_path / task / "pretrained.json").read_text()
+
+
 def _run_train(root: Path, *extra: str, timeout: int = 400) -> subprocess.CompletedProcess:
     cmd = corr3d_command("train", "dinov2_single_object", *tiny_train_overrides(root), *extra)
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
