@@ -167,7 +167,8 @@ class EquivarianceConfig:
 class RealPairsEvalConfig:
     stereo: bool = True
     homography_images: List[str] = _list("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "clock",
-                                         "immunohistochemistry")
+                                         "immunohistochemistry", "retina", "hubble_deep_field", "moon", "cell",
+                                         "brick", "gravel")
     homographies_per_image: int = ranged(2, ge=0)
     homography_strength: float = ranged(0.15, ge=0)
     num_points: int = ranged(1000, ge=0)
@@ -193,6 +194,7 @@ class PoseEvalConfig:
     feature_px: int = ranged(8, gt=0)
     max_templates: int = ranged(120000, gt=0)
     query_step: int = ranged(10, gt=0)
+    offline_query_step: int = ranged(1, gt=0)
     grid_step: int = ranged(4, gt=0)
     ransac_reproj_px: float = 8.0
     ransac_iters: int = ranged(10000, gt=0)
@@ -278,6 +280,7 @@ class EvalConfig:
     feature_cache_size: int = ranged(256, ge=0)
     seed: int = 0
     n_boot: int = ranged(2000, gt=0)
+    resume: bool = True
     real_data: bool = True
     real_pairs: RealPairsEvalConfig = field(default_factory=RealPairsEvalConfig)
     offline: OfflineEvalConfig = field(default_factory=OfflineEvalConfig)

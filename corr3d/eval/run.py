@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import hashlib
+import json
 import logging
 import time
 import traceback
@@ -36,12 +38,19 @@ from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
 from corr3d.eval.datasets.onepose import list_objects
 from corr3d.eval.datasets.tapvid import iter_videos
 from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
-from corr3d.eval.offline_suite import ensure_offline_suite
+from corr3d.eval.offline_suite import SUITE_VERSION, ensure_offline_suite
 from corr3d.eval.pose import evaluate_objects, evaluate_oracle_pose
 from corr3d.eval.pose_ycbv import evaluate_bop_dataset
 from corr3d.eval.real_pairs import evaluate_real_pairs
 from corr3d.eval.semantic import GroundTruthMatcher, SemanticMatcher, evaluate_pfpascal, evaluate_spair
-from corr3d.eval.stats import ORACLE_MAX_ERROR, ORACLE_MIN_SCORE, ci_table, delta_table, validity
+from corr3d.eval.stats import (
+    MAX_CI_HALF_WIDTH,
+    ORACLE_MAX_ERROR,
+    ORACLE_MIN_SCORE,
+    ci_table,
+    delta_table,
+    validity,
+)
 from corr3d.eval.tracking import evaluate_oracle_tracking, evaluate_videos
 from corr3d.models import compared_model
 from corr3d.utils import report
@@ -230,6 +239,8 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         pose = cfg.eval.pose
         objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(pose.objects) or None, pose.ref_seq,
                                pose.test_seq)
+        if offline:   # the suite's short test captures: its own query step
+            pose = OmegaConf.merge(pose, {"query_step": pose.offline_query_step})
         if getattr(model, "is_oracle", False):   # ground-truth 2D-3D matches -> the same PnP (the ceiling)
             return evaluate_oracle_pose(objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
         return evaluate_objects(model, objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
@@ -269,7 +280,8 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
     torch.manual_seed(int(cfg.eval.seed))
     messages: list[str] = []
     part: dict[str, Any] = {"task": task, "model": model_name, "description": "", "metrics": {}, "tables": {},
-                            "timings": {}, "datasets": [], "messages": messages}
+                            "timings": {}, "datasets": [], "messages": messages,
+                            "fingerprint": part_fingerprint(cfg, task, model_name)}
     items: list[dict] = []
     if model_name == "oracle" and task not in ORACLE_TASKS:
         part["description"] = f"oracle: not defined for {task} (no dense ground truth)"
@@ -339,6 +351,37 @@ def _finish_part(part: dict, items: list[dict], task: str, model_name: str, part
 
 def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
     return Path(parts_dir) / task / f"{model_name}.json"
+
+
+# eval keys that choose what to run or where to write, not what a part measures
+_UNFINGERPRINTED_EVAL_KEYS = ("tasks", "models", "out_dir", "n_boot", "resume", "device", "batch_size",
+                              "feature_cache_size")
+
+
+def part_fingerprint(cfg: DictConfig, task: str, model_name: str) -> str:
+    """What a part's numbers depend on: the sections that the tasks and the compared models read (model, data,
+    equivariance, eval but its selection / output / speed keys), the adapter's bytes (finetuned and
+    head-init rows) and the offline suite's version. Equal fingerprints -> the part can be reused."""
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
+                else cfg[key] for key in ("seed", "data_root", "model", "data", "equivariance") if key in cfg}
+    sections["eval"] = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items()
+                        if k not in _UNFINGERPRINTED_EVAL_KEYS}
+    adapter = resolve_adapter(cfg) if model_name in ("finetuned", "pretrained_head_init") else None
+    sections.update(task=task, model=model_name, suite_version=SUITE_VERSION,
+                    adapter=hashlib.sha256(adapter.read_bytes()).hexdigest() if adapter is not None else None)
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reusable_part(parts_dir: Path, task: str, model_name: str, fingerprint: str) -> bool:
+    """A finished (not failed) part of this task and model, with its items, measured under ``fingerprint``."""
+    path = Path(parts_dir) / f"{task}__{model_name}.json"
+    if not (path.exists() and items_path(parts_dir, task, model_name).exists()):
+        return False
+    try:
+        part = report.read_json(path)
+    except (ValueError, OSError):
+        return False
+    return part.get("fingerprint") == fingerprint and part.get("status") != "failed"
 
 
 def delta_pairs(models) -> list[tuple[str, str]]:
@@ -432,15 +475,16 @@ def _lower_is_better(key: str) -> bool:
     return any(s in key for s in LOWER_IS_BETTER)
 
 
-def validity_section(metrics, deltas, groups: dict[str, list[str]]) -> list[str]:
+def validity_section(metrics, deltas, groups: dict[str, list[str]], ci=None) -> list[str]:
     """Markdown: per benchmark, oracle / pretrained / random and the paired Δ pretrained − random, with the
     verdict of ``corr3d.eval.stats.validity`` (a benchmark random init passes does not measure pretraining)."""
     rows, flagged = [], []
     for group, keys in groups.items():
         for key in keys:
-            v = validity(key, metrics, deltas, _lower_is_better(key))
+            v = validity(key, metrics, deltas, _lower_is_better(key), ci)
             rows.append({"benchmark": group, "metric": key, "oracle": report.format_value(v["oracle"]),
                          "pretrained": report.format_value(v["pretrained"]),
+                         "CI ± (pretrained)": report.format_value(v["ci_half_width"]),
                          "random": report.format_value(v["random"]),
                          "Δ pretrained − random": report.format_delta(v["pretrained-random"]),
                          "verdict": v["verdict"]})
@@ -449,8 +493,10 @@ def validity_section(metrics, deltas, groups: dict[str, list[str]]) -> list[str]
     lines = ["## Validity: floors and ceilings", "",
              "A benchmark measures what pretraining learned only if a random-init backbone scores significantly "
              "worse than the pretrained one (paired Δ CI excludes 0), and its oracle (ground truth as features, "
-             f"where defined) is near perfect (≥ {ORACLE_MIN_SCORE:g} % / error ≤ {ORACLE_MAX_ERROR:g}). Rows that "
-             "fail are reported but marked **does not discriminate** (or **oracle far from perfect**).", "",
+             f"where defined) is near perfect (≥ {ORACLE_MIN_SCORE:g} % / error ≤ {ORACLE_MAX_ERROR:g}), and it "
+             f"resolves a few points only if its 95% CI is at most ±{MAX_CI_HALF_WIDTH:g} points. Rows that fail are "
+             "reported but marked **does not discriminate** (or **oracle far from perfect**, or **CI ±x > ±3**: "
+             "too few units).", "",
              report.markdown_table(rows)]
     if flagged:
         lines += [f"Benchmarks with a flag: {', '.join(flagged)}.", ""]
@@ -482,7 +528,7 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
         except Exception as err:  # pragma: no cover - plotting must never fail an evaluation
             log.warning("plot failed: %s", err)
     if groups:
-        lines += validity_section(metrics, deltas, groups)
+        lines += validity_section(metrics, deltas, groups, ci)
     detail = [(n, r) for n, r in tables.items() if n.endswith(("_objects", "_videos", "_classes", "_viewpoints"))]
     if detail:
         lines += ["## Details", ""]
@@ -497,24 +543,38 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
     return "\n".join(lines)
 
 
+def _keep_reusable_parts(cfg: DictConfig, parts_dir: Path, tasks: list[str], names: list[str]) -> set:
+    """Delete every part except those of the selected (task, model)s that can be reused (``eval.resume``);
+    returns the reused (task, model) pairs. The report covers the selected tasks and models only."""
+    keep = {(t, m) for t in tasks for m in names
+            if cfg.eval.resume and reusable_part(parts_dir, t, m, part_fingerprint(cfg, t, m))}
+    for stale in list(parts_dir.glob("*__*.json")) + list(parts_dir.glob("*/*.json")):
+        task, model = (stale.stem.split("__", 1) if stale.parent == parts_dir
+                       else (stale.parent.name, stale.stem))
+        if (task, model) not in keep:
+            stale.unlink()
+    return keep
+
+
 def run_eval(cfg: DictConfig) -> dict:
     """Evaluate every selected task for every model, then write metrics.json / CSVs / report.md."""
     out = output_dir(cfg)
     parts_dir = out / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
-    for stale in parts_dir.glob("*__*.json"):
-        stale.unlink()
-    for stale in parts_dir.glob("*/*.json"):
-        stale.unlink()
     started = time.perf_counter()
     check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
     tasks = selected_tasks(cfg)
     names = model_names(cfg)
-    _say(f"tasks {tasks}; models {names}; output {out}")
+    reuse = _keep_reusable_parts(cfg, parts_dir, tasks, names)
+    _say(f"tasks {tasks}; models {names}; output {out}"
+         + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else ""))
     failed: list[str] = []
     for name in names:
+        todo = [task for task in tasks if (task, name) not in reuse]
+        if not todo:
+            continue
         model = load_eval_model(cfg, name)
-        for task in tasks:
+        for task in todo:
             start = time.perf_counter()
             try:
                 run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir)

@@ -215,18 +215,30 @@ def _or_none(x: float) -> float | None:
 # error metrics (APE in % of the shortest side, or pixels).
 ORACLE_MIN_SCORE = 90.0
 ORACLE_MAX_ERROR = 2.0
+MAX_CI_HALF_WIDTH = 3.0   # points: a headline metric whose 95% CI is wider cannot resolve 3-point effects
+
+
+def ci_half_width(interval: Sequence[float] | None) -> float | None:
+    """Half the width of a [lo, hi] interval; None without one (or with an open end)."""
+    if not interval or interval[0] is None or interval[1] is None:
+        return None
+    lo, hi = float(interval[0]), float(interval[1])
+    return (hi - lo) / 2.0 if math.isfinite(lo) and math.isfinite(hi) else None
 DOES_NOT_DISCRIMINATE = "does not discriminate"
 
 
 def validity(key: str, metrics: Mapping[str, Mapping[str, float]],
-             deltas: Mapping[str, Mapping[str, Mapping[str, Any]]], lower_is_better: bool) -> dict[str, Any]:
+             deltas: Mapping[str, Mapping[str, Mapping[str, Any]]], lower_is_better: bool,
+             ci: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> dict[str, Any]:
     """Floor / ceiling check of one benchmark metric: oracle, pretrained and random side by side, the paired
     delta pretrained − random, and a verdict.
 
     ``does not discriminate`` when random init is not significantly worse than pretrained (the paired delta
     random − pretrained, from ``deltas["random-pretrained"]``, does not exclude 0 on the bad side): such a benchmark
     does not measure what pretraining learned. ``oracle far from perfect`` when the oracle misses
-    ``ORACLE_MIN_SCORE`` / ``ORACLE_MAX_ERROR``. Missing models give ``no ... measured`` notes instead."""
+    ``ORACLE_MIN_SCORE`` / ``ORACLE_MAX_ERROR``. ``CI ±x > ±3`` when the pretrained model's 95% interval (from
+    ``ci``) is wider than ``MAX_CI_HALF_WIDTH`` points on either side: too few units to resolve the effects the
+    benchmark is used for (not checked for pixel errors). Missing models give ``no ... measured`` notes instead."""
     pre = metrics.get("pretrained", {}).get(key)
     rnd = metrics.get("random", {}).get(key)
     orc = metrics.get("oracle", {}).get(key)
@@ -244,10 +256,13 @@ def validity(key: str, metrics: Mapping[str, Mapping[str, float]],
         ok = orc <= ORACLE_MAX_ERROR if lower_is_better else orc >= ORACLE_MIN_SCORE
         if not ok:
             flags.append("oracle far from perfect")
+    half = ci_half_width((ci or {}).get("pretrained", {}).get(key))
+    if half is not None and half > MAX_CI_HALF_WIDTH and not key.endswith("median_px"):
+        flags.append(f"CI ±{half:.1f} > ±{MAX_CI_HALF_WIDTH:g}")
     flipped = None
     if d is not None:  # report pretrained − random (positive = pretrained higher)
         neg = (lambda x: None if x is None else -x)
         flipped = {"delta": -d["delta"], "lo": neg(d["hi"]), "hi": neg(d["lo"]), "significant": d["significant"]}
     return {"metric": key, "oracle": orc, "pretrained": pre, "random": rnd, "pretrained-random": flipped,
-            "verdict": "; ".join(flags) if flags else "ok",
+            "ci_half_width": half, "verdict": "; ".join(flags) if flags else "ok",
             "discriminates": bool(pre is not None and rnd is not None and DOES_NOT_DISCRIMINATE not in flags)}

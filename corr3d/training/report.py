@@ -112,8 +112,9 @@ def validity_rows(metrics: dict, prefixes: tuple[str, ...]) -> list[dict]:
     keys = [k for k in _scores(metrics.get("pretrained", {})) if k.startswith(prefixes)]
     rows = []
     for key in keys:
-        v = validity(key, metrics, metrics.get("deltas", {}), _lower(key))
+        v = validity(key, metrics, metrics.get("deltas", {}), _lower(key), metrics.get("ci", {}))
         rows.append({"metric": key, "oracle": format_value(v["oracle"]), "pretrained": format_value(v["pretrained"]),
+                     "CI ± (pretrained)": format_value(v["ci_half_width"]),
                      "random": format_value(v["random"]), "Δ pretrained − random": format_delta(v["pretrained-random"]),
                      "verdict": v["verdict"]})
     return rows
@@ -208,7 +209,8 @@ def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
         if rows and any(m in metrics for m in REFERENCES):
             parts += ["## Validity: floors and ceilings", "",
                       "A metric random-init features do not significantly lose on does not measure what pretraining "
-                      "learned (**does not discriminate**); the oracle must be near perfect.", "",
+                      "learned (**does not discriminate**); the oracle must be near perfect; a pretrained CI wider "
+                      "than ±3 points is flagged (**CI ±x > ±3**: too few units to resolve a few points).", "",
                       markdown_table(rows), ""]
         eq_keys = [k for k in next(iter(scores.values())) if k.startswith("equivariance/")]
         plot_grouped_bars(scores, run / "equivariance.png", title="held-out objects", ylabel="%", keys=eq_keys)

@@ -150,6 +150,13 @@ def test_validity_flags_floor_and_ceiling():
     better = {"random-pretrained": {"pck": {"delta": 5.0, "lo": 2.0, "hi": 8.0, "significant": True}}}
     assert validity("pck", metrics, better, False)["verdict"] == "does not discriminate"
     assert validity("pck", {"pretrained": {"pck": 1.0}}, {}, False)["verdict"] == "no random floor measured"
+    # precision: a pretrained CI wider than +-3 points is flagged (hand-computed half-widths 2.5 and 3.5)
+    assert validity("pck", metrics, deltas, False, {"pretrained": {"pck": [57.5, 62.5]}})["verdict"] == "ok"
+    wide = validity("pck", metrics, deltas, False, {"pretrained": {"pck": [56.0, 63.0]}})
+    assert wide["ci_half_width"] == 3.5 and wide["verdict"] == "CI ±3.5 > ±3" and wide["discriminates"]
+    assert validity("median_px", {"pretrained": {"median_px": 9.0}, "random": {"median_px": 20.0}},
+                    {"random-pretrained": {"median_px": {"delta": 11.0, "lo": 5.0, "hi": 15.0, "significant": True}}},
+                    True, {"pretrained": {"median_px": [2.0, 30.0]}})["verdict"] == "ok"   # pixels: not checked
 
 
 def test_one_unit_delta_is_stored_without_interval_and_not_flagged_significant():

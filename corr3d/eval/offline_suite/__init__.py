@@ -24,9 +24,11 @@ from corr3d.utils.report import write_json
 
 log = logging.getLogger(__name__)
 
-SUITE_VERSION = 3   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
-# 3: sized for decisions (issue 9): pose 10 objects with a hand-held test capture (aim, scale, roll); tracking 12 videos;
-#    semantic 6 categories x 40 PF-PASCAL / 24 SPair pairs
+SUITE_VERSION = 4   # 2: gentler, longer tracking videos; more pose objects/frames; camera effects
+# 3: pose 10 objects with a hand-held test capture (aim, scale, roll); tracking 12 videos; semantic 6 categories x
+#    40 PF-PASCAL / 24 SPair pairs
+# 4: sized from v3's measured spread (issue 9): pose 12 objects x 30 query frames; tracking 18 videos; semantic
+#    6 categories x 120 PF-PASCAL / 72 SPair pairs
 PARTS = ("onepose", "tapvid", "semantic", "bop")
 TASK_PARTS = {"pose": ("onepose",), "tracking": ("tapvid",), "semantic": ("semantic",),
               "pose_ycbv": ("bop",)}

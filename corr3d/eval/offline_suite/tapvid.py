@@ -40,6 +40,13 @@ VIDEOS = (  # (object spec, yaw degrees per frame, horizontal drift per frame (o
     ("procedural:cone_voronoi", -2.6, 0.006, 24.0),
     ("procedural:mug_cat:3", -2.2, -0.008, 30.0),
     ("procedural:vase_coffee:5", 2.4, -0.006, 27.0),
+    # v4: 18 videos (the CI half-width of delta_avg was 3.3 with 12)
+    ("procedural:gear_astronaut:2", -2.4, 0.007, 21.0),
+    ("procedural:house:4", 2.6, -0.006, 29.0),
+    ("procedural:torus_coffee:3", -2.0, 0.008, 23.0),
+    ("procedural:box_chelsea:2", 2.2, 0.006, 31.0),
+    ("procedural:knot_immuno:4", -2.6, -0.005, 19.0),
+    ("procedural:sphere_astronaut:6", 1.9, 0.007, 27.0),
 )
 NUM_FRAMES = 24
 HEIGHT, WIDTH = 144, 256
