@@ -16,6 +16,10 @@ gathering adds to metrics.json ``"ci"`` ({model: {key: [lo, hi]}}, cluster boots
 (``corr3d.models.compared_model``) share one configuration and differ only in weights / adapter / head;
 ``random`` is the floor and ``oracle`` (ground truth as features, ``ORACLE_TASKS`` only) the ceiling of the
 validity section of report.md.
+
+Resume: each part records :func:`part_fingerprint` (what its numbers depend on); ``run_eval`` reuses the finished
+parts of the selected tasks and models whose fingerprint matches (``eval.resume``), so a killed ``make eval``
+continues where it stopped and the report equals an uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -354,20 +358,23 @@ def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
 
 
 # eval keys that choose what to run or where to write, not what a part measures
+# (ckpt: the adapter's bytes stand for it)
 _UNFINGERPRINTED_EVAL_KEYS = ("tasks", "models", "out_dir", "n_boot", "resume", "device", "batch_size",
-                              "feature_cache_size")
+                              "feature_cache_size", "ckpt")
 
 
 def part_fingerprint(cfg: DictConfig, task: str, model_name: str) -> str:
     """What a part's numbers depend on: the sections that the tasks and the compared models read (model, data,
-    equivariance, eval but its selection / output / speed keys), the adapter's bytes (finetuned and
-    head-init rows) and the offline suite's version. Equal fingerprints -> the part can be reused."""
+    equivariance, eval but its selection / output / speed keys), the adapter's bytes (every model but the oracle:
+    the adapter fixes the resolution, layer and norm all compared models share) and the offline suite's version.
+    Equal fingerprints -> the part can be reused."""
     sections = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
                 else cfg[key] for key in ("seed", "data_root", "model", "data", "equivariance") if key in cfg}
     sections["eval"] = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items()
                         if k not in _UNFINGERPRINTED_EVAL_KEYS}
-    adapter = resolve_adapter(cfg) if model_name in ("finetuned", "pretrained_head_init") else None
-    sections.update(task=task, model=model_name, suite_version=SUITE_VERSION,
+    sections["eval"]["offline"].pop("regenerate", None)   # the suite's version stands for its content
+    adapter = resolve_adapter(cfg) if model_name != "oracle" else None
+    sections.update(task=task, compared_model=model_name, suite_version=SUITE_VERSION,
                     adapter=hashlib.sha256(adapter.read_bytes()).hexdigest() if adapter is not None else None)
     return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -565,6 +572,9 @@ def run_eval(cfg: DictConfig) -> dict:
     check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
     tasks = selected_tasks(cfg)
     names = model_names(cfg)
+    if cfg.eval.offline.enabled and cfg.eval.offline.regenerate:   # once here, not once per model
+        ensure_offline_suite(cfg.eval.offline.dir, tasks, force=True)
+        cfg = OmegaConf.merge(cfg, {"eval": {"offline": {"regenerate": False}}})
     reuse = _keep_reusable_parts(cfg, parts_dir, tasks, names)
     _say(f"tasks {tasks}; models {names}; output {out}"
          + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else ""))
