@@ -348,9 +348,13 @@ def _finish_part(part: dict, items: list[dict], task: str, model_name: str, part
     part = report.to_jsonable(part)
     items = report.to_jsonable(items)
     if parts_dir is not None:
-        report.write_json(Path(parts_dir) / f"{task}__{model_name}.json", part)
+        report.write_json(part_path(parts_dir, task, model_name), part)
         report.write_json(items_path(parts_dir, task, model_name), items, indent=None)
     return {**part, "items": items}
+
+
+def part_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
+    return Path(parts_dir) / f"{task}__{model_name}.json"
 
 
 def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
@@ -381,7 +385,7 @@ def part_fingerprint(cfg: DictConfig, task: str, model_name: str) -> str:
 
 def reusable_part(parts_dir: Path, task: str, model_name: str, fingerprint: str) -> bool:
     """A finished (not failed) part of this task and model, with its items, measured under ``fingerprint``."""
-    path = Path(parts_dir) / f"{task}__{model_name}.json"
+    path = part_path(parts_dir, task, model_name)
     if not (path.exists() and items_path(parts_dir, task, model_name).exists()):
         return False
     try:

@@ -216,6 +216,7 @@ def _or_none(x: float) -> float | None:
 ORACLE_MIN_SCORE = 90.0
 ORACLE_MAX_ERROR = 2.0
 MAX_CI_HALF_WIDTH = 3.0   # points: a headline metric whose 95% CI is wider cannot resolve 3-point effects
+DOES_NOT_DISCRIMINATE = "does not discriminate"
 
 
 def ci_half_width(interval: Sequence[float] | None) -> float | None:
@@ -224,7 +225,6 @@ def ci_half_width(interval: Sequence[float] | None) -> float | None:
         return None
     lo, hi = float(interval[0]), float(interval[1])
     return (hi - lo) / 2.0 if math.isfinite(lo) and math.isfinite(hi) else None
-DOES_NOT_DISCRIMINATE = "does not discriminate"
 
 
 def validity(key: str, metrics: Mapping[str, Mapping[str, float]],
