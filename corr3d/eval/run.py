@@ -28,16 +28,18 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from corr3d.assets.objaverse import check_experiment_disjoint
-from corr3d.errors import Corr3dUserError
+from corr3d.errors import Corr3dUserError, RunLockedError
 from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
 from corr3d.eval.datasets.onepose import list_objects
 from corr3d.eval.datasets.tapvid import iter_videos
@@ -58,7 +60,8 @@ from corr3d.eval.stats import (
 from corr3d.eval.tracking import evaluate_oracle_tracking, evaluate_videos
 from corr3d.models import compared_model
 from corr3d.utils import report
-from corr3d.utils.run_dir import latest_run
+from corr3d.utils.paths import is_within, safe_join, safe_name
+from corr3d.utils.run_dir import RunLock, latest_run
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +153,44 @@ def describe_model(cfg: DictConfig, name: str, model=None) -> str:
 
 # ------------------------------------------------------------------------------------------------------- data
 def output_dir(cfg: DictConfig) -> Path:
+    """Where an evaluation writes: ``eval.out_dir``; else the evaluated run's ``eval/`` when the adapter is a run
+    of *this* experiment; else a directory of its own under ``<output_dir>/<experiment>/`` (an adapter of another
+    experiment or an imported adapter never gets numbers computed under this config written into its folder).
+    Every name that becomes a path component is validated here, before anything touches the disk."""
     if cfg.eval.out_dir:
         return Path(cfg.eval.out_dir)
-    adapter = resolve_adapter(cfg)
-    if adapter is not None and (adapter.parent / "config.yaml").exists():
-        return adapter.parent / "eval"
+    experiment_dir = safe_join(cfg.output_dir, cfg.experiment, what="experiment name")
+    if cfg.eval.ckpt:
+        adapter = resolve_adapter(cfg)
+        if _is_run_of(adapter.parent, experiment_dir, cfg.experiment):
+            return adapter.parent / "eval"
+        return safe_join(experiment_dir, "eval_ckpt", _ckpt_tag(adapter), what="adapter tag")
+    if cfg.eval.backbone:
+        return safe_join(experiment_dir, f"eval_{safe_name(cfg.eval.backbone, 'backbone name')}",
+                         what="backbone name")
     run = latest_run(cfg.output_dir, cfg.experiment)
-    if run is not None and not cfg.eval.backbone:
+    if run is not None:
         return run / "eval"
-    tag = f"_{cfg.eval.backbone}" if cfg.eval.backbone else ""
-    return Path(cfg.output_dir) / cfg.experiment / f"eval{tag}"
+    return experiment_dir / "eval"
+
+
+def _is_run_of(run: Path, experiment_dir: Path, experiment: str) -> bool:
+    """True for a training run directory of ``experiment``: inside its folder, with its config.yaml naming it."""
+    cfg_file = run / "config.yaml"
+    if not (cfg_file.is_file() and is_within(experiment_dir, run)):
+        return False
+    try:
+        saved = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(saved, dict) and saved.get("experiment") == experiment
+
+
+def _ckpt_tag(adapter: Path) -> str:
+    """``<folder name>-<hash of the resolved path>``: readable, one per adapter, a safe path component."""
+    folder = adapter.resolve().parent
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", folder.name).lstrip("._-")[:60] or "adapter"
+    return f"{readable}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 
 def _suite(cfg: DictConfig, task: str) -> dict[str, Path]:
@@ -330,12 +361,12 @@ class EvaluationFailed(Corr3dUserError):
     """Some tasks of ``make eval`` failed (recorded in their parts); the others completed and were reported."""
 
 
-def _record_failed_part(task: str, model_name: str, err: Exception, parts_dir) -> dict:
+def _record_failed_part(task: str, model_name: str, err: Exception, parts_dir, fingerprint: str | None = None) -> dict:
     """A task that raised: its part records the error (report "Missing data"), the other tasks still run."""
     message = f"{task} FAILED for {model_name}: {type(err).__name__}: {err}"
     _say(message)
     part = {"task": task, "model": model_name, "description": "", "metrics": {}, "tables": {}, "timings": {},
-            "datasets": [], "messages": [message], "status": "failed",
+            "datasets": [], "messages": [message], "status": "failed", "fingerprint": fingerprint,
             "error": {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}}
     return _finish_part(part, [], task, model_name, parts_dir)
 
@@ -379,8 +410,31 @@ def part_fingerprint(cfg: DictConfig, task: str, model_name: str) -> str:
     sections["eval"]["offline"].pop("regenerate", None)   # the suite's version stands for its content
     adapter = resolve_adapter(cfg) if model_name != "oracle" else None
     sections.update(task=task, compared_model=model_name, suite_version=SUITE_VERSION,
-                    adapter=hashlib.sha256(adapter.read_bytes()).hexdigest() if adapter is not None else None)
+                    adapter=file_digest(adapter) if adapter is not None else None,
+                    weights=_weights_digest(cfg.model.weights) if model_name != "oracle" else None)
     return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (memoised per path, size and mtime: a replaced file gets a new digest)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _weights_digest(weights: str) -> str | None:
+    """``model.weights`` given as a file: its content, not its path, decides whether parts can be reused."""
+    path = Path(str(weights)).expanduser()
+    return file_digest(path) if path.is_file() else None
 
 
 def reusable_part(parts_dir: Path, task: str, model_name: str, fingerprint: str) -> bool:
@@ -440,7 +494,7 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     """Combine part JSONs into ``metrics.json`` ({model: {key: value}}), CSVs, ``report.md`` and plots."""
     parts_dir = Path(parts_dir)
     out = Path(out_dir) if out_dir else parts_dir.parent
-    parts = [report.read_json(p) for p in sorted(parts_dir.glob("*__*.json"))]
+    parts, not_reported = current_parts(cfg, parts_dir)
     order = {n: i for i, n in enumerate(MODEL_ORDER)}
     parts.sort(key=lambda p: (order.get(p["model"], 9), TASKS.index(p["task"]) if p["task"] in TASKS else 9))
     metrics: dict[str, dict[str, float]] = {}
@@ -462,6 +516,7 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
         messages += [m for m in part.get("messages", []) if m not in messages]
         for name, rows in part.get("tables", {}).items():
             tables.setdefault(name, []).extend({"model": part["model"], **r} for r in rows)
+    messages += not_reported
     ci, deltas = confidence(items_by_task, metrics, int(cfg.eval.n_boot), int(cfg.eval.seed))
     report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas})
     meta = {"experiment": cfg.experiment, "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -480,6 +535,32 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     report.write_text(out / "report.md", text)
     _say(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return {"metrics": metrics, "ci": ci, "deltas": deltas, "out_dir": str(out)}
+
+
+def current_parts(cfg: DictConfig, parts_dir: Path) -> tuple[list[dict], list[str]]:
+    """The parts in ``parts_dir`` measured under ``cfg`` (their fingerprint matches), whatever run wrote them: a
+    subset evaluation merges into the earlier results. The others stay on disk, unreported, each named in a
+    message (another configuration, adapter or weights measured them)."""
+    parts, others = [], []
+    expected: dict[tuple, str | None] = {}
+    for path in sorted(parts_dir.glob("*__*.json")):
+        try:
+            part = report.read_json(path)
+            key = (str(part["task"]), str(part["model"]))
+        except (ValueError, OSError, KeyError, TypeError):
+            others.append(f"{path.name}: unreadable part, not reported (rerun its task to replace it)")
+            continue
+        if key not in expected:
+            try:
+                expected[key] = part_fingerprint(cfg, *key) if key[0] in TASKS else None
+            except (OSError, Corr3dUserError):   # e.g. the adapter it measured is gone
+                expected[key] = None
+        if expected[key] is not None and part.get("fingerprint") == expected[key]:
+            parts.append(part)
+        else:
+            others.append(f"{key[0]} / {key[1]}: not reported — measured under another configuration, adapter or "
+                          f"weights (kept in {path.parent.name}/; `make eval TASKS={key[0]}` measures it again)")
+    return parts, others
 
 
 def _lower_is_better(key: str) -> bool:
@@ -554,32 +635,37 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
     return "\n".join(lines)
 
 
-def _keep_reusable_parts(cfg: DictConfig, parts_dir: Path, tasks: list[str], names: list[str]) -> set:
-    """Delete every part except those of the selected (task, model)s that can be reused (``eval.resume``);
-    returns the reused (task, model) pairs. The report covers the selected tasks and models only."""
-    keep = {(t, m) for t in tasks for m in names
-            if cfg.eval.resume and reusable_part(parts_dir, t, m, part_fingerprint(cfg, t, m))}
-    for stale in list(parts_dir.glob("*__*.json")) + list(parts_dir.glob("*/*.json")):
-        task, model = (stale.stem.split("__", 1) if stale.parent == parts_dir
-                       else (stale.parent.name, stale.stem))
-        if (task, model) not in keep:
-            stale.unlink()
-    return keep
-
-
 def run_eval(cfg: DictConfig) -> dict:
-    """Evaluate every selected task for every model, then write metrics.json / CSVs / report.md."""
-    out = output_dir(cfg)
+    """Evaluate every selected task for every model, then write metrics.json / CSVs / report.md.
+
+    Results merge: parts of tasks and models that were not selected are kept, and the report covers every part
+    measured under this configuration. One evaluation at a time holds an output directory (``.eval.lock``)."""
+    out = output_dir(cfg)           # validates every name that becomes a path, before any write
+    tasks = selected_tasks(cfg)
+    names = model_names(cfg)
+    check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
+    try:
+        lock = RunLock(out, name=".eval.lock", what="evaluation output directory").acquire()
+    except RunLockedError as err:
+        raise RunLockedError(str(err), path=out, fix="wait for the other evaluation to finish, or write this one "
+                                                      "elsewhere with eval.out_dir=<directory>") from None
+    try:
+        return _run_eval_locked(cfg, out, tasks, names)
+    finally:
+        lock.release()
+
+
+def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[str]) -> dict:
     parts_dir = out / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
-    tasks = selected_tasks(cfg)
-    names = model_names(cfg)
     if cfg.eval.offline.enabled and cfg.eval.offline.regenerate:   # once here, not once per model
         ensure_offline_suite(cfg.eval.offline.dir, tasks, force=True)
         cfg = OmegaConf.merge(cfg, {"eval": {"offline": {"regenerate": False}}})
-    reuse = _keep_reusable_parts(cfg, parts_dir, tasks, names)
+    # a selected part is reused when finished under the same fingerprint, otherwise measured again (overwritten);
+    # nothing is deleted: parts of other tasks and models stay and merge into the report
+    reuse = {(t, m) for t in tasks for m in names
+             if cfg.eval.resume and reusable_part(parts_dir, t, m, part_fingerprint(cfg, t, m))}
     _say(f"tasks {tasks}; models {names}; output {out}"
          + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else ""))
     failed: list[str] = []
@@ -593,7 +679,7 @@ def run_eval(cfg: DictConfig) -> dict:
             try:
                 run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir)
             except Exception as err:  # noqa: BLE001 - one bad dataset file fails its task, not the evaluation
-                _record_failed_part(task, name, err, parts_dir)
+                _record_failed_part(task, name, err, parts_dir, part_fingerprint(cfg, task, name))
                 failed.append(f"{task}/{name}")
                 continue
             _say(f"{name} / {task}: {time.perf_counter() - start:.1f} s")
