@@ -1,7 +1,12 @@
-"""The ``corr3d`` command: ``corr3d train EXP [key=value ...]``, ``eval``, ``render``, ``bench``."""
+"""The ``corr3d`` command: ``corr3d train EXP [key=value ...]``, ``eval``, ``render``, ``sweep``, ``bench``.
+
+Options and ``key=value`` overrides may come in any order. ``--dry-run`` / ``--print-config`` (train, eval, render,
+sweep) validate the whole configuration, print it resolved (YAML) and exit 0 without creating a directory or
+loading weights."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -9,11 +14,28 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from corr3d.config import ConfigError, available_experiments, load_config
+from corr3d.config import ConfigError, available_experiments, load_config, to_yaml
+
+
+def _show_config(args: argparse.Namespace, cfg, header: str = "") -> bool:
+    """``--dry-run`` / ``--print-config``: print the validated, resolved config; True when the command stops here."""
+    if not (args.dry_run or args.print_config):
+        return False
+    sys.stdout.write(header + to_yaml(cfg))
+    sys.stdout.flush()
+    return True
+
+
+def _dry_run_done(args: argparse.Namespace, what: str) -> int:
+    if args.dry_run:
+        print(f"corr3d: dry run: {what} valid; nothing was written and no weights were loaded", file=sys.stderr)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.overrides)
+    if _show_config(args, cfg):
+        return _dry_run_done(args, "configuration")
     if cfg.launcher.name == "slurm":
         from corr3d.launch.slurm import submit_train  # deferred: a command loads only its own stack
 
@@ -34,6 +56,11 @@ def _eval(args: argparse.Namespace) -> int:
     if args.backbone:
         overrides.append(f"eval.backbone={args.backbone}")
     cfg = load_config(args.experiment, overrides)
+    if cfg.eval.ckpt and not Path(str(cfg.eval.ckpt)).exists():
+        raise ConfigError(f"eval.ckpt={cfg.eval.ckpt}: no such file or directory",
+                          fix="give an adapter.safetensors or a training run directory (runs/<experiment>/<run>)")
+    if _show_config(args, cfg):
+        return _dry_run_done(args, "configuration")
     if cfg.launcher.name == "slurm":
         from corr3d.launch.slurm import submit_eval  # deferred: a command loads only its own stack
 
@@ -47,6 +74,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.overrides)
+    if _show_config(args, cfg):
+        return _dry_run_done(args, "configuration")
     if cfg.launcher.name == "slurm":
         from corr3d.launch.slurm import submit_render  # deferred: a command loads only its own stack
 
@@ -65,6 +94,16 @@ def _sweep(args: argparse.Namespace) -> int:
     axes = [a for a in args.overrides if "=" in a and len(split_values(a.partition("=")[2])) > 1]
     plain = [a for a in args.overrides if a not in axes]
     axes += [f"{a.partition('=')[0]}={a.partition('=')[2]}" for a in args.axis or []]
+    if args.dry_run or args.print_config:
+        from corr3d.training.sweep import SweepPlan  # deferred: a command loads only its own stack
+
+        plan = SweepPlan(args.experiment, axes, plain, args.name)  # composes (and validates) without writing
+        for index, (cell, assignment) in enumerate(zip(plan.names, plan.cells)):
+            cfg = plan.cell_config(assignment)
+            header = (f"--- # cell {index + 1}/{len(plan.cells)} {cell}: {' '.join(plan.cell_overrides(assignment))}"
+                      f"\n# run directory: {plan.run_dir(cell)}\n")
+            _show_config(args, cfg, header)
+        return _dry_run_done(args, f"{len(plan.cells)} sweep cell configurations")
     print(f"[corr3d] sweep results: {run_sweep(args.experiment, axes, plain, args.name)}", flush=True)
     return 0
 
@@ -87,6 +126,12 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the whole configuration, print it resolved and exit: no directory, no weights")
+    p.add_argument("--print-config", action="store_true", help="print the validated, resolved configuration and exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corr3d", description=__doc__,
                                      epilog="--debug (anywhere on the line): show tracebacks instead of one-line errors")
@@ -99,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("experiment", help=f"experiment name ({', '.join(available_experiments())}) or YAML path")
         p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=10")
+        _add_dry_run(p)
         if name == "eval":
             p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all whose data exists)")
             p.add_argument("--ckpt", default=None, help="adapter file or run directory to evaluate")
@@ -109,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=v1,v2 adds a sweep axis (seed=0,1,2); key=value overrides")
     p.add_argument("--axis", action="append", help="a one-value axis or a value with commas (key=[a,b]) as an axis")
     p.add_argument("--name", default=None, help="sweep name: runs/<experiment>/sweeps/<name>/")
+    _add_dry_run(p)
     p.set_defaults(func=_sweep)
     p = sub.add_parser("import-checkpoint", help="convert a 3DCorrEnhance (authors') .ckpt into a corr3d adapter")
     p.add_argument("path", help="the authors' Lightning checkpoint, e.g. dinov2_base.ckpt")
@@ -124,6 +171,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench.json", help="where to write the JSON results")
     p.set_defaults(func=_bench)
     return parser
+
+
+def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with options and positionals (experiment, ``key=value`` overrides) in any order: each
+    subcommand uses ``parse_intermixed_args`` (argparse cannot intermix through a subparser action itself)."""
+    parser = parser or build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in commands:
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
+# errno -> what to do; the message names the path the operating system reported
+_OS_FIXES = {
+    errno.ENOSPC: "free space on the disk holding {path} (df -h), or point output_dir= / data_root= to a disk with "
+                  "room",
+    errno.EDQUOT: "free space within your quota on the disk holding {path}, or point output_dir= / data_root= "
+                  "elsewhere",
+    errno.EROFS: "{path} is on a read-only file system: set output_dir= (and data_root= if data must be written) to a "
+                 "writable directory",
+    errno.EACCES: "make {path} writable/readable for this user (ls -ld), or set output_dir= / data_root= to a "
+                  "directory you own",
+    errno.EPERM: "make {path} writable/readable for this user (ls -ld), or set output_dir= / data_root= to a "
+                 "directory you own",
+}
+
+
+def _os_user_error(err: BaseException) -> OSError | None:
+    """The disk-full / read-only / permission OSError behind ``err`` (itself or its explicit cause), if any."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError) and err.errno in _OS_FIXES:
+            return err
+        err, seen = err.__cause__, seen + 1
+    return None
+
+
+def _report_os_error(err: OSError) -> int:
+    paths = [str(p) for p in (err.filename, getattr(err, "filename2", None)) if p is not None]
+    path = " -> ".join(paths)
+    reason = err.strerror or os.strerror(err.errno)
+    where = f"{path}: " if path else ""
+    print(f"corr3d: error: {where}{reason.lower() if reason else type(err).__name__}"
+          + ("" if path else " (the operating system named no path)"), file=sys.stderr)
+    print(f"corr3d:   fix: {_OS_FIXES[err.errno].format(path=path or 'the output or data directory')}",
+          file=sys.stderr)
+    return 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -163,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("CORR3D_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -183,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the boundary: anything else is a bug, reported in one line
         if debug:
             raise
+        os_error = _os_user_error(err)
+        if os_error is not None:  # disk full, read-only file system, permission denied: the user's to fix
+            return _report_os_error(os_error)
         saved = _save_traceback()
         print(f"corr3d: internal error: {type(err).__name__}: {err}", file=sys.stderr)
         print("corr3d:   this is probably a bug; re-run with --debug for the traceback"

@@ -4,20 +4,54 @@
 hold the same keys, defaults and types, so a key added to one and not the other fails with the key's dotted path.
 ``corr3d.config.load_config`` composes ``OmegaConf.structured(Config)`` + base.yaml + experiment files + overrides.
 
-A range is declared on a field with ``ranged(default, gt=..., ge=...)``; ``check_ranges`` reports a violation as
-``'<dotted key>' must be > 0, got -1``. Dataclasses are not frozen: OmegaConf copies them into a DictConfig.
+A range is declared on a field with ``ranged(default, gt=..., ge=..., lt=..., le=...)`` and a closed set of values
+with ``choice(default, CHOICES)`` (a list field: every entry must be one of them, each at most once);
+``schema_violations`` reports each violation with its key and fix (``'<dotted key>' must be > 0, got -1``).
+The sets are plain constants here so that validating a config never imports the modules that use them (torch,
+timm, Lightning); ``tests/test_config_validation.py`` keeps each equal to its source. Relations between keys
+(``loss.pos_radius < loss.neg_radius``, rotation limits vs the camera rig, backbone names, devices) are checked by
+``corr3d.config.validate_config``. Dataclasses are not frozen: OmegaConf copies them into a DictConfig.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, get_type_hints
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, get_type_hints
+
+# ---- closed sets of values (each test-kept equal to the constant of the module that uses it) -----------------------
+LOSS_NAMES = ("smooth_ap", "infonce", "diff_procrustes")                 # corr3d.losses.LOSSES
+HEAD_INITS = ("default", "identity")                                     # corr3d.models.head.HEAD_INITS
+EQUIVARIANCE_PROTOCOLS = ("fast", "paper")                               # corr3d.eval.equivariance.PROTOCOLS
+EVAL_TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")   # corr3d.eval.run.TASKS
+EVAL_MODELS = ("oracle", "pretrained", "pretrained_head_init", "random", "finetuned")     # eval.run.MODEL_ORDER
+REFERENCE_MODELS = ("random", "oracle", "pretrained", "pretrained_head_init")  # training/run.py reference_model
+# Lightning's Trainer(precision=...) strings (lightning.fabric.plugins.precision.precision._PRECISION_INPUT_STR and
+# its aliases; the integers 16/32/64 arrive as strings) and corr3d's "auto" (training/run.py trainer_precision)
+LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+                        "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
+PRECISIONS = ("auto", *LIGHTNING_PRECISIONS)
+# short names of corr3d.models.backbones.BACKBONES (any other timm model id is checked against timm's registry)
+BACKBONE_NAMES = ("dinov2_s14", "dinov2_s14_reg", "dinov2_b14", "dinov2_b14_reg", "dinov2_l14", "dinov2_l14_reg",
+                  "dinov2_g14", "dinov2_g14_reg", "clip_b16", "mae_b16", "deit3_b16", "dinov3_s16", "dinov3_splus16",
+                  "dinov3_b16", "dinov3_l16", "dinov3_hplus16", "siglip2_b16", "siglip2_l16", "siglip2_so400m14",
+                  "convnext_s", "convnext_b", "convnext_l")
+BACKBONE_NAME_PATTERN = r"[A-Za-z0-9_.-]+"        # a plain name: never a path ('/' or '..')
+EVAL_DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
 
 
-def ranged(default: Any, *, gt: float | None = None, ge: float | None = None) -> Any:
-    """A field with a default and a lower bound (``gt``: strictly greater; ``ge``: greater or equal)."""
-    return field(default=default, metadata={"gt": gt, "ge": ge})
+def ranged(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+           le: float | None = None) -> Any:
+    """A field with a default and bounds (``gt``/``ge``: strictly greater / greater or equal; ``lt``/``le``: less)."""
+    return field(default=default, metadata={"gt": gt, "ge": ge, "lt": lt, "le": le})
+
+
+def choice(default: Any, choices: Sequence[str]) -> Any:
+    """A field whose value (or, for a list default, each entry, at most once) must be one of ``choices``."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata={"choices": tuple(choices)})
+    return field(default=default, metadata={"choices": tuple(choices)})
 
 
 def _list(*values: Any) -> Any:
@@ -33,8 +67,8 @@ class LoraConfig:
 
 @dataclass
 class HeadConfig:
-    num_layers: int = ranged(1, ge=0)
-    init: str = "default"
+    num_layers: int = ranged(1, ge=0, le=8)
+    init: str = choice("default", HEAD_INITS)
 
 
 @dataclass
@@ -53,7 +87,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "smooth_ap"
+    name: str = choice("smooth_ap", LOSS_NAMES)
     pos_radius: float = ranged(0.005, gt=0)
     neg_radius: float = ranged(0.1, gt=0)
     temperature: float = ranged(0.01, gt=0)
@@ -80,37 +114,37 @@ class RenderConfig:
     lights_follow_camera: bool = True
     ambient: float = 0.3
     diffuse: float = 0.5
-    shading: str = "lambert"
+    shading: str = choice("lambert", ("lambert", "unlit"))
     workers: int = ranged(2, ge=0)
-    png_compression: int = ranged(1, ge=0)
+    png_compression: int = ranged(1, ge=0, le=9)
 
 
 @dataclass
 class PairsConfig:
     max_rotation_deg: float = 120.0
     num_points: int = ranged(3000, gt=0)
-    true_fraction: float = ranged(0.0, ge=0)
+    true_fraction: float = ranged(0.0, ge=0, le=1)
 
 
 @dataclass
 class AugmentConfig:
     enabled: bool = True
-    geometric_p: float = ranged(0.5, ge=0)
+    geometric_p: float = ranged(0.5, ge=0, le=1)
     shift: float = 0.25
     scale: float = 0.25
     rotate_deg: float = 45.0
-    color_p: float = ranged(0.5, ge=0)
+    color_p: float = ranged(0.5, ge=0, le=1)
 
 
 @dataclass
 class DataConfig:
-    kind: str = "rendered"
+    kind: str = choice("rendered", ("rendered", "mvimgnet"))
     rendered_dir: str = "${data_root}/rendered"
     train_objects: List[str] = _list("procedural:hemisphere")
     val_objects: List[str] = _list()
     object_list: Optional[str] = None
     num_train_objects: Optional[int] = ranged(None, ge=0)
-    val_fraction: float = ranged(0.0, ge=0)
+    val_fraction: float = ranged(0.0, ge=0, lt=1)
     val_pairs: int = ranged(20, ge=0)
     render: RenderConfig = field(default_factory=RenderConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -131,7 +165,7 @@ class TrainerConfig:
     devices: int = ranged(1, gt=0)
     num_nodes: int = ranged(1, gt=0)
     strategy: str = "auto"
-    precision: str = "auto"
+    precision: str = choice("auto", PRECISIONS)
     log_every_n_steps: int = ranged(10, gt=0)
     checkpoint_every_n_steps: int = ranged(1000, ge=0)
     val_every_n_steps: int = ranged(1000, ge=0)
@@ -142,8 +176,16 @@ class TrainerConfig:
 
 
 @dataclass
+class PhotometricConfig:
+    enabled: bool = False
+    exposure_stops: float = ranged(1.0, ge=0, le=4)
+    white_balance: float = ranged(0.15, ge=0, le=1)
+    light: float = ranged(0.5, ge=0, le=1)
+
+
+@dataclass
 class EquivarianceConfig:
-    protocol: str = "fast"
+    protocol: str = choice("fast", EQUIVARIANCE_PROTOCOLS)
     objects: List[str] = _list("procedural:sphere_astronaut", "procedural:torus_coffee", "procedural:box_chelsea",
                                "procedural:cone_voronoi", "procedural:vase_coffee", "procedural:gear_astronaut",
                                "procedural:knot_immuno", "procedural:mug_cat", "procedural:house",
@@ -160,7 +202,8 @@ class EquivarianceConfig:
     mvimgnet: bool = False
     mvimgnet_objects: int = ranged(100, ge=0)
     real_pairs: bool = True
-    reference_models: List[str] = _list("random", "oracle")
+    reference_models: List[str] = choice(["random", "oracle"], REFERENCE_MODELS)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
 
 
 @dataclass
@@ -173,6 +216,7 @@ class RealPairsEvalConfig:
     num_points: int = ranged(1000, ge=0)
     target_stride: int = ranged(2, gt=0)
     thresholds: List[float] = _list(0.01, 0.02, 0.05)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
 
 
 @dataclass
@@ -201,10 +245,10 @@ class PoseEvalConfig:
     min_inliers: int = 6
     points_scale: float = 1000.0
     thresholds: List[int] = _list(1, 3, 5)
-    unit: str = "m"
+    unit: str = choice("m", ("m", "cm", "mm"))
     ref_seq: int = 1
     test_seq: int = 2
-    frame_order: str = "lexicographic"
+    frame_order: str = choice("lexicographic", ("lexicographic", "numeric"))
 
 
 @dataclass
@@ -220,7 +264,7 @@ class PoseYcbvEvalConfig:
     max_templates: int = ranged(120000, gt=0)
     grid_step: int = ranged(4, gt=0)
     bbox_margin: float = ranged(0.1, ge=0)
-    min_visib_fract: float = 0.1
+    min_visib_fract: float = ranged(0.1, ge=0, le=1)
     feature_px: int = ranged(8, gt=0)
     ransac_reproj_px: float = 8.0
     ransac_iters: int = ranged(10000, gt=0)
@@ -236,9 +280,9 @@ class PoseYcbvEvalConfig:
 @dataclass
 class TrackingEvalConfig:
     data: str = "${data_root}/tapvid/tapvid_davis.pkl"
-    format: str = "auto"
+    format: str = choice("auto", ("auto", "tapvid", "dinotracker"))
     frames_dir: Optional[str] = None
-    query_mode: str = "strided"
+    query_mode: str = choice("strided", ("strided", "first"))
     query_stride: int = ranged(5, gt=0)
     max_videos: Optional[int] = None
     frame_size: List[int] = _list(476, 854)
@@ -255,13 +299,13 @@ class TrackingEvalConfig:
 @dataclass
 class SemanticEvalConfig:
     pfpascal_dir: str = "${data_root}/PF-dataset-PASCAL"
-    pfpascal_views: List[str] = _list("different", "same")
+    pfpascal_views: List[str] = choice(["different", "same"], ("different", "same"))
     spair_dir: str = "${data_root}/SPair-71k"
     spair_split: str = "test"
     image_size: int = ranged(840, gt=0)
     alphas: List[float] = _list(0.05, 0.10, 0.15)
     spair_alphas: List[float] = _list(0.10)
-    similarity: str = "upsample_similarity"
+    similarity: str = choice("upsample_similarity", ("upsample_similarity", "upsample_features"))
     pixel_chunk: int = ranged(65536, gt=0)
     max_pairs: Optional[int] = None
     normalize_maps: bool = False
@@ -269,11 +313,11 @@ class SemanticEvalConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: List[str] = _list()
+    tasks: List[str] = choice([], EVAL_TASKS)
     backbone: Optional[str] = None
     ckpt: Optional[str] = None
     out_dir: Optional[str] = None
-    models: List[str] = _list("pretrained", "random", "finetuned", "oracle")
+    models: List[str] = choice(["pretrained", "random", "finetuned", "oracle"], EVAL_MODELS)
     device: str = "auto"
     batch_size: int = ranged(4, gt=0)
     feature_cache_size: int = ranged(256, ge=0)
@@ -291,7 +335,7 @@ class EvalConfig:
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"
+    name: str = choice("local", ("local", "slurm"))
     nodes: int = ranged(1, gt=0)
     gpus_per_node: int = ranged(1, gt=0)
     cpus_per_task: int = ranged(8, gt=0)
@@ -344,9 +388,61 @@ def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
-def range_violations(cfg: Any, schema: type = Config) -> list[str]:
-    """Every ``ranged`` field of ``cfg`` (a DictConfig or mapping shaped like ``schema``) outside its bound."""
-    def walk(node: Any, cls: type, prefix: str) -> Iterator[str]:
+class Violation(NamedTuple):
+    """One invalid value: its dotted ``key``, what is wrong (``message``, naming the key) and the ``fix``."""
+
+    key: str
+    message: str
+    fix: str
+
+
+def _bounds_text(meta: dict) -> str:
+    parts = [f"{op} {meta[name]}" for name, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+             if meta.get(name) is not None]
+    return " and ".join(parts)
+
+
+def _choice_fix(path: str, value: Any, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    if close:
+        return f"set {path}={close[0]} (valid: {', '.join(choices)})"
+    return f"set {path} to one of: {', '.join(choices)}"
+
+
+def _check_field(path: str, value: Any, meta: dict) -> Iterator[Violation]:
+    choices = meta.get("choices")
+    if choices is not None and value is not None:
+        if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
+            seen: set[str] = set()
+            for entry in list(value):
+                if str(entry) not in choices:
+                    close = difflib.get_close_matches(str(entry), list(choices), n=1, cutoff=0.5)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    yield Violation(path, f"'{path}' has unknown entry {str(entry)!r}{hint}; "
+                                    f"known: {', '.join(choices)}",
+                                    f"remove or correct {str(entry)!r} in {path} (entries: {', '.join(choices)})")
+                elif str(entry) in seen:
+                    yield Violation(path, f"'{path}' lists {str(entry)!r} twice",
+                                    f"list {str(entry)!r} once in {path}")
+                seen.add(str(entry))
+        elif str(value) not in choices:
+            yield Violation(path, f"'{path}' must be one of {', '.join(choices)}, got {value!r}",
+                            _choice_fix(path, value, choices))
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    checks = (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+              ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<="))
+    for name, ok, op in checks:
+        bound = meta.get(name)
+        if bound is not None and not ok(value, bound):
+            yield Violation(path, f"'{path}' must be {op} {bound}, got {value!r}",
+                            f"set {path} to a value {_bounds_text(meta)}")
+
+
+def schema_violations(cfg: Any, schema: type = Config) -> list[Violation]:
+    """Every ``ranged`` field of ``cfg`` (a DictConfig or mapping shaped like ``schema``) outside its bounds and every
+    ``choice`` field holding a value outside its set, with the key and the fix."""
+    def walk(node: Any, cls: type, prefix: str) -> Iterator[Violation]:
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             path = f"{prefix}.{f.name}" if prefix else f.name
@@ -356,12 +452,11 @@ def range_violations(cfg: Any, schema: type = Config) -> list[str]:
                 if value is not None:
                     yield from walk(value, kind, path)
                 continue
-            gt, ge = f.metadata.get("gt"), f.metadata.get("ge")
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if gt is not None and not value > gt:
-                yield f"'{path}' must be > {gt}, got {value!r}"
-            if ge is not None and not value >= ge:
-                yield f"'{path}' must be >= {ge}, got {value!r}"
+            yield from _check_field(path, value, f.metadata)
 
     return list(walk(cfg, schema, ""))
+
+
+def range_violations(cfg: Any, schema: type = Config) -> list[str]:
+    """The messages of :func:`schema_violations` (bounds and closed sets), e.g. ``'seed' must be ...``."""
+    return [v.message for v in schema_violations(cfg, schema)]

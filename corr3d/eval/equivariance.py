@@ -35,6 +35,7 @@ from corr3d.assets.experiment import evaluation_objects
 from corr3d.data.mvimgnet import discover_objects, open_objects
 from corr3d.eval.features import model_device, to_tensor
 from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grouped, sample_normalized, visible_points
+from corr3d.eval.photometric import change_view, normals_from_xyz
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
@@ -196,11 +197,25 @@ def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]]
     return {(i, j): (candidates[j][res.index.cpu().numpy()], gt) for (i, j, gt), res in zip(found, results)}
 
 
-def object_view_features(model, obj, views: Sequence[int], batch_size: int) -> dict[int, torch.Tensor]:
-    """Feature maps of the object's views, each view once (the oracle reads the xyz maps instead of pixels)."""
+def object_view_features(model, obj, views: Sequence[int], batch_size: int, photometric=None,
+                         seed: int = 0) -> dict[int, torch.Tensor]:
+    """Feature maps of the object's views, each view once (the oracle reads the xyz maps instead of pixels);
+    ``photometric`` (the ``equivariance.photometric`` section): each view under its own seeded exposure, white
+    balance and light direction (corr3d/eval/photometric.py)."""
     if is_oracle(model):
         return {v: model.view_features(obj.xyz(v), obj.mask(v)) for v in views}
-    return dict(zip(views, extract_view_features(model, [obj.rgb(v) for v in views], batch_size)))
+    return dict(zip(views, extract_view_features(model, [view_image(obj, v, photometric, seed) for v in views],
+                                                 batch_size)))
+
+
+def view_image(obj, view: int, photometric=None, seed: int = 0) -> np.ndarray:
+    """The rendered RGB of ``view``, photometrically changed when ``photometric.enabled``."""
+    image = obj.rgb(view)
+    if photometric is None or not photometric.enabled:
+        return image
+    mask = obj.mask(view)
+    normals = normals_from_xyz(obj.xyz(view), mask, np.asarray(obj.poses[view])[:3, :3])
+    return change_view(image, photometric, seed, obj.object_id, view, normals=normals, mask=mask)
 
 
 def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "equivariance",
@@ -223,7 +238,7 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
                             eq.max_rotation_deg)
                 continue
             views = sorted({v for pair in pairs for v in pair})
-            maps = object_view_features(model, obj, views, eq.batch_size)
+            maps = object_view_features(model, obj, views, eq.batch_size, eq.photometric, seed)
             size = (obj.height, obj.width)
             metric = _local_metric(eq.thresholds)
             matches = object_pair_matches(model, obj, maps, pairs, eq, seed)

@@ -22,7 +22,7 @@ any matcher over these candidates can do (~zero error), the ceiling next to the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ from skimage import data as skdata
 from skimage.transform import warp
 
 from corr3d.eval.equivariance import extract_view_features, is_oracle, nearest_neighbor_matches, pixel_centers
+from corr3d.eval.photometric import change_view
 from corr3d.eval.stats import metric_keys, weighted_mean
 from corr3d.utils.seeding import stable_seed
 from corr3d.utils.torch_utils import eval_mode
@@ -159,7 +160,10 @@ def homography_pairs(real_pairs, seed: int) -> list[ImagePair]:
 
 def build_pairs(real_pairs, seed: int) -> list[ImagePair]:
     """The image pairs of the ``eval.real_pairs`` section, sampled from ``seed``."""
-    return ([stereo_pair(real_pairs, seed)] if real_pairs.stereo else []) + homography_pairs(real_pairs, seed)
+    pairs = ([stereo_pair(real_pairs, seed)] if real_pairs.stereo else []) + homography_pairs(real_pairs, seed)
+    if real_pairs.photometric.enabled:   # the target photographed under another exposure, white balance and light
+        pairs = [replace(p, target=change_view(p.target, real_pairs.photometric, seed, p.id)) for p in pairs]
+    return pairs
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
