@@ -1,9 +1,16 @@
 # corr3d — every target creates .venv and installs what is missing on first use.
+#
+# Every variable below is input (command line or environment) and none of it may become shell code:
+# - `override V := $(value V)` keeps each value as typed: make never expands it again, so a value that
+#   holds `$(shell ...)` stays text;
+# - single-word variables (EXP, TASKS, CKPT, ...) may only hold [A-Za-z0-9._/,=:+-] (VENV and PYTHON:
+#   [A-Za-z0-9._/+-]); a make error names the variable before any recipe runs; recipes pass them in '...';
+# - ARGS and PYTEST_ARGS hold several (quoted) words: make exports them and corr3d/launch/make_args.py splits
+#   them with shlex.split and exec's the command, so ; | $() ` < > are plain characters, never shell syntax;
+# - the command is exec'd, so its exit status is the recipe's: make fails when corr3d fails.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.corr3d-installed
 EXP ?= dinov2_single_object
 ARGS ?=
 TASKS ?=
@@ -15,10 +22,42 @@ GPUS ?=
 PARTITION ?=
 TIME ?=
 ACCOUNT ?=
+NAME ?=
 PYTEST_ARGS ?=
 
+PATH_VARS := VENV PYTHON
+TOKEN_VARS := EXP TASKS CKPT BACKBONE LAUNCHER NODES GPUS PARTITION TIME ACCOUNT NAME
+WORDS_VARS := ARGS PYTEST_ARGS
+$(foreach v,$(PATH_VARS) $(TOKEN_VARS) $(WORDS_VARS),\
+  $(eval FROM_$(v) := $(origin $(v)))$(eval override $(v) := $$(value $(v))))
+export ARGS PYTEST_ARGS
+
+comma := ,
+PATH_CHARS := a b c d e f g h i j k l m n o p q r s t u v w x y z A B C D E F G H I J K L M N O P Q R S T U V W X Y Z \
+  0 1 2 3 4 5 6 7 8 9 . _ / + -
+TOKEN_CHARS := $(PATH_CHARS) $(comma) = :
+# $(call _drop,text,chars): text without any of the chars (what is left is not allowed)
+_drop = $(if $(2),$(call _drop,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
+# $(call check_var,VAR,chars,what): a make error unless $(VAR) is one word of the given characters (or empty)
+check_var = $(if $(or $(filter-out 1,$(words x$($(1))x)),$(call _drop,$($(1)),$(2))),$(error $(1)='$($(1))' \
+  (from $(FROM_$(1))) may only hold $(3), no spaces or shell characters))
+TOKEN_WHAT := letters$(comma) digits and . _ / $(comma) = : + -
+$(foreach v,$(PATH_VARS),$(call check_var,$(v),$(PATH_CHARS),letters$(comma) digits and . _ / + -))
+# the run targets' variables (checked only for them: a stray TIME=... in the environment must not break `make test`)
+RUN_GOALS := train eval sweep render bench
+$(if $(filter $(RUN_GOALS),$(MAKECMDGOALS)),\
+  $(foreach v,$(TOKEN_VARS),$(call check_var,$(v),$(TOKEN_CHARS),$(TOKEN_WHAT))))
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.corr3d-installed
+# <command> [args]: runs it with the words of $ARGS appended (shlex, no shell); the exit status is the command's
+WITH_ARGS := '$(PY)' -m corr3d.launch.make_args ARGS
+WITH_PYTEST_ARGS := '$(PY)' -m corr3d.launch.make_args PYTEST_ARGS
+
 # Debian packages: open3d needs libusb; its offscreen renderer needs Vulkan on llvmpipe; the SLURM tests need a cluster.
-APT_RUNTIME := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libgomp1
+# sweethome3d-furniture: ~820 real textured 3D models (OBJ+MTL in /usr/share/sweethome3d/furniture/*.sh3f, CC0 and
+# CC-BY 3.0) that training and evaluation use as real, non-procedural objects offline (corr3d/assets/sh3d.py).
+APT_RUNTIME := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libgomp1 sweethome3d-furniture
 APT_TEST := slurmctld slurmd slurm-client munge
 
 .PHONY: help setup setup-test train eval bench test test-fast render sweep clean-venv
@@ -45,44 +84,47 @@ endef
 
 $(STAMP): pyproject.toml
 	$(call apt_ensure,$(APT_RUNTIME))
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	@touch $(STAMP)
+	@test -x '$(PY)' || '$(PYTHON)' -m venv '$(VENV)'
+	'$(PY)' -m pip install -q --upgrade pip
+	'$(PY)' -m pip install -q -e '.[test]'
+	@touch '$(STAMP)'
 
 setup: $(STAMP)
 
 setup-test: $(STAMP)
 	$(call apt_ensure,$(APT_TEST))
 
-LAUNCH_ARGS = $(if $(LAUNCHER),launcher.name=$(LAUNCHER)) $(if $(NODES),launcher.nodes=$(NODES) trainer.num_nodes=$(NODES)) \
-  $(if $(GPUS),launcher.gpus_per_node=$(GPUS) trainer.devices=$(GPUS)) $(if $(PARTITION),launcher.partition=$(PARTITION)) \
-  $(if $(TIME),launcher.time_min=$(TIME)) $(if $(ACCOUNT),launcher.account=$(ACCOUNT))
+LAUNCH_ARGS = $(if $(LAUNCHER),launcher.name='$(LAUNCHER)') \
+  $(if $(NODES),launcher.nodes='$(NODES)' trainer.num_nodes='$(NODES)') \
+  $(if $(GPUS),launcher.gpus_per_node='$(GPUS)' trainer.devices='$(GPUS)') \
+  $(if $(PARTITION),launcher.partition='$(PARTITION)') $(if $(TIME),launcher.time_min='$(TIME)') \
+  $(if $(ACCOUNT),launcher.account='$(ACCOUNT)')
 
+# options before the experiment: the words of ARGS come last (after the overrides)
 train: $(STAMP)
-	$(VENV)/bin/corr3d train $(EXP) $(LAUNCH_ARGS) $(ARGS)
+	$(WITH_ARGS) '$(VENV)/bin/corr3d' train '$(EXP)' $(LAUNCH_ARGS)
 
 eval: $(STAMP)
-	$(VENV)/bin/corr3d eval $(EXP) $(LAUNCH_ARGS) $(ARGS) $(if $(TASKS),--tasks $(TASKS)) \
-	  $(if $(CKPT),--ckpt $(CKPT)) $(if $(BACKBONE),--backbone $(BACKBONE))
+	$(WITH_ARGS) '$(VENV)/bin/corr3d' eval $(if $(TASKS),--tasks '$(TASKS)') $(if $(CKPT),--ckpt '$(CKPT)') \
+	  $(if $(BACKBONE),--backbone '$(BACKBONE)') '$(EXP)' $(LAUNCH_ARGS)
 
 # make sweep EXP=ablation_fig12_iterations [ARGS='seed=0,1,2 optim.lr=1e-5'] [NAME=..]: key=v1,v2 is an axis
-NAME ?=
 sweep: $(STAMP)
-	$(VENV)/bin/corr3d sweep $(EXP) $(LAUNCH_ARGS) $(ARGS) $(if $(NAME),--name $(NAME))
+	$(WITH_ARGS) '$(VENV)/bin/corr3d' sweep $(if $(NAME),--name '$(NAME)') '$(EXP)' $(LAUNCH_ARGS)
 
 render: $(STAMP)
-	$(VENV)/bin/corr3d render $(EXP) $(LAUNCH_ARGS) $(ARGS)
+	$(WITH_ARGS) '$(VENV)/bin/corr3d' render '$(EXP)' $(LAUNCH_ARGS)
 
 bench: $(STAMP)
-	$(VENV)/bin/corr3d bench $(ARGS)
+	$(WITH_ARGS) '$(VENV)/bin/corr3d' bench
 
 test: setup-test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(WITH_PYTEST_ARGS) '$(PY)' -m pytest
 
 # the edit loop: everything but the tests marked slow (end-to-end runs) or slurm (needs the local cluster)
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+	$(WITH_PYTEST_ARGS) '$(PY)' -m pytest -m "not slow and not slurm"
 
 clean-venv:
-	rm -rf $(VENV)
+	$(if $(filter / . .. ~,$(VENV))$(if $(VENV),,empty),$(error VENV='$(VENV)': refusing to remove it))
+	rm -rf '$(VENV)'

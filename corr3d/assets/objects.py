@@ -4,6 +4,8 @@ Specs:
 - ``procedural:<name>`` or ``procedural:<name>:<seed>`` — a shape of ``PROCEDURAL_OBJECTS`` (seed 0 by default;
   the seed changes textures, colours and deformations, never the kind of shape);
 - ``objaverse:<uid>`` — a GLB from the local objaverse cache (``~/.objaverse/hf-objaverse-v1``);
+- ``sh3d:<library>/<item>`` — a real OBJ+MTL model of the Debian package ``sweethome3d-furniture``
+  (:mod:`corr3d.assets.sh3d`; rotated by its catalog's ``modelRotation``: y up, front towards +z);
 - a path to a mesh file (GLB/GLTF/OBJ/PLY ...).
 
 ``load_object`` returns one ``trimesh.Trimesh`` centred with max extent 1 (``mesh.metadata["normalization"]``
@@ -37,6 +39,8 @@ from corr3d.assets.meshes import (
     tube_part,
 )
 from corr3d.assets.objaverse import validate_uid
+from corr3d.assets.sh3d import SPEC_PREFIX as SH3D_PREFIX
+from corr3d.assets.sh3d import load_sh3d, parse_item
 from corr3d.errors import Corr3dUserError
 from corr3d.utils.paths import ensure_within, safe_name
 
@@ -351,11 +355,11 @@ def procedural_object(name: str, seed: int = 0) -> trimesh.Trimesh:
 
 # ----------------------------------------------------------------------------------------------- specs
 def parse_spec(spec: str) -> tuple[str, str, int]:
-    """``(kind, value, seed)`` with kind in {procedural, objaverse, file}.
+    """``(kind, value, seed)`` with kind in {procedural, objaverse, sh3d, file}.
 
-    Procedural names and Objaverse uids become directory names (:func:`object_dir_name`), so they are validated
-    here (:class:`corr3d.errors.UnsafePathError` for ``..``, separators, absolute paths): a spec from a config or an
-    object list can never address a directory outside the render root.
+    Procedural names, Objaverse uids and sh3d ``<library>/<item>`` become directory names (:func:`object_dir_name`),
+    so they are validated here (:class:`corr3d.errors.UnsafePathError` for ``..``, separators, absolute paths): a
+    spec from a config or an object list can never address a directory outside the render root.
     """
     spec = str(spec)
     if spec.startswith("procedural:"):
@@ -370,6 +374,9 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
         return "procedural", name, seed_value
     if spec.startswith("objaverse:"):
         return "objaverse", validate_uid(spec.split(":", 1)[1]), 0
+    if spec.startswith(SH3D_PREFIX):
+        library, item = parse_item(spec[len(SH3D_PREFIX):])
+        return "sh3d", f"{library}/{item}", 0
     return "file", spec, 0
 
 
@@ -398,6 +405,8 @@ def load_object(spec: str) -> trimesh.Trimesh:
         mesh = procedural_object(value, seed)
     elif kind == "objaverse":
         mesh = load_mesh_file(objaverse_path(value))
+    elif kind == "sh3d":
+        mesh = load_sh3d(value)
     else:
         mesh = load_mesh_file(value)
     mesh = normalize_mesh(mesh)
@@ -412,6 +421,8 @@ def object_dir_name(spec: str) -> str:
         return f"procedural_{value}" + (f"_s{seed}" if seed else "")
     if kind == "objaverse":
         return f"objaverse_{value}"
+    if kind == "sh3d":
+        return "sh3d_" + value.replace("/", "_")
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(value).stem)[:60]
     return f"file_{stem}_{zlib.crc32(str(Path(value).resolve()).encode()):08x}"
 

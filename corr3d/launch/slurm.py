@@ -5,6 +5,13 @@ LAUNCHER=slurm NODES=2 GPUS=8``) creates the run directory here, submits one job
 ``SLURMEnvironment`` reads ranks from ``srun``), writes the job's logs to ``<run>/slurm/<job id>/`` and records the job
 in ``<run>/slurm/jobs.json``. The job requeues itself on the pre-timeout signal and resumes from the run's last
 checkpoint; an admin's ``scontrol requeue`` restarts it the same way.
+
+The batch script is shell: every ``#SBATCH`` value and path submitit writes is ``shlex.quote``-d, and quoting cannot
+help inside a ``#SBATCH`` comment line, where a newline would end the line and turn the rest into a command (and
+stop sbatch reading the later directives). So :func:`validate_launcher` refuses, before anything is written, any
+launcher string with a control character or outside its field's SLURM syntax, ``extra`` keys that are not option
+names, and the job name and every path of the script are checked the same way (:func:`job_name`,
+:func:`script_path`). It runs at the top of every ``submit_*`` (and of ``corr3d.training.sweep.submit_sweep``).
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corr3d.assets.experiment import experiment_objects
 from corr3d.config import ConfigError
+from corr3d.errors import RunLockedError
 from corr3d.launch.tasks import (
     EVAL_GATHER_ENTRY,
     EVAL_PART_ENTRY,
@@ -38,6 +47,101 @@ from corr3d.utils.run_dir import atomic_write_text, create_run_dir
 
 log = logging.getLogger("corr3d.launch")
 JOBS_FILE = "jobs.json"
+
+
+# ---- validation: nothing from the config may become a line of the batch script ------------------------------------
+_WORD = r"[A-Za-z0-9_.-]+"
+_GRES_ITEM = r"[A-Za-z][A-Za-z0-9_.-]*(?::[A-Za-z0-9_.-]+)?(?::[0-9]+)?"
+# launcher key -> (pattern of its whole value, what it looks like); sbatch's syntax of each option
+FIELD_PATTERNS: dict[str, tuple[re.Pattern, str]] = {
+    "partition": (re.compile(rf"^{_WORD}(?:,{_WORD})*$"), "partition names [A-Za-z0-9_.-], comma-separated"),
+    "account": (re.compile(rf"^{_WORD}$"), "an account name [A-Za-z0-9_.-]"),
+    "qos": (re.compile(rf"^{_WORD}$"), "a QOS name [A-Za-z0-9_.-]"),
+    "constraint": (re.compile(r"^[A-Za-z0-9_.&|,\[\]*:()!-]+$"),
+                   "SLURM constraint syntax: features [A-Za-z0-9_.-] joined by & | , with [ ] ( ) * : !"),
+    "gres": (re.compile(rf"^{_GRES_ITEM}(?:,{_GRES_ITEM})*$"), "name[:type][:count], comma-separated (gpu:a100:8)"),
+}
+MAX_TEXT = 1024  # job names, comments, setup lines, extra values
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _config_error(key: str, value: Any, problem: str, hint: str) -> ConfigError:
+    return ConfigError(f"'{key}' = {str(value)!r} {problem}; {hint} (it is written into the SLURM batch script)")
+
+
+def check_text(value: Any, key: str, *, allow_tab: bool = False) -> str:
+    """``value`` as a str if it is one printable line (no newline or other control character, bounded length),
+    else a :class:`ConfigError` naming ``key``."""
+    text = str(value)
+    bad = _CONTROL.search(text.replace("\t", "") if allow_tab else text)
+    if bad:
+        raise _config_error(key, value, f"contains the control character {bad.group()!r}",
+                            "use one printable line (a newline would end the #SBATCH line and run the rest)")
+    if len(text) > MAX_TEXT:
+        raise _config_error(key, text[:40] + "...", f"is longer than {MAX_TEXT} characters", "shorten it")
+    return text
+
+
+def check_field(value: Any, key: str, field: str) -> str:
+    """A launcher value of an sbatch option with a syntax of its own (:data:`FIELD_PATTERNS`)."""
+    text = check_text(value, key)
+    pattern, hint = FIELD_PATTERNS[field]
+    if not pattern.match(text):
+        raise _config_error(key, value, "is not a valid SLURM value", f"expected {hint}")
+    return text
+
+
+def _check_scalar(value: Any, key: str) -> None:
+    if isinstance(value, (bool, int, float)) or value is None:
+        return
+    if not isinstance(value, str):
+        raise _config_error(key, value, f"is a {type(value).__name__}", "give a string, number or true/false")
+    check_text(value, key)
+
+
+def validate_launcher(launcher: Any) -> Any:
+    """Refuse launcher settings that could change the batch script's shape (raises :class:`ConfigError` naming the
+    key); returns ``launcher``. See the module doc: partition/account/qos/constraint/gres follow their SLURM
+    syntax, job_name and ``extra`` values are single printable lines (submitit quotes them), ``extra`` keys are
+    option names, ``setup`` lines (shell, by design) are one line each."""
+    def get(key):
+        return launcher.get(key) if hasattr(launcher, "get") else getattr(launcher, key, None)
+
+    for field in FIELD_PATTERNS:
+        value = get(field)
+        if value not in (None, ""):
+            check_field(value, f"launcher.{field}", field)
+    if get("job_name") not in (None, ""):
+        check_text(get("job_name"), "launcher.job_name")
+    setup = get("setup") or []
+    if isinstance(setup, str):
+        setup = [setup]
+    for i, line in enumerate(setup):
+        check_text(line, f"launcher.setup[{i}]", allow_tab=True)
+    extra = get("extra") or {}
+    for key in extra:
+        value = extra[key]
+        name = f"launcher.extra.{key}"
+        if not _OPTION.match(str(key)) or len(str(key)) > 64:
+            raise _config_error(name, key, "is not an sbatch option name",
+                                "use the long option without dashes, e.g. extra: {mail-type: END}")
+        field = str(key).replace("-", "_").lower()
+        if field in FIELD_PATTERNS and value not in (None, "", True):
+            check_field(value, name, field)
+        else:
+            _check_scalar(value, name)
+    return launcher
+
+
+def script_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it can be written into the batch script (quoted) as one line: no control characters."""
+    text = str(path)
+    bad = _CONTROL.search(text)
+    if bad:
+        raise ConfigError(f"{what} {text!r} contains the control character {bad.group()!r}; it is written into the "
+                          f"SLURM batch script: choose a path without newlines or control characters (output_dir)")
+    return Path(path)
 
 
 # ---- config -> sbatch parameters -------------------------------------------------------------------------------------
@@ -63,18 +167,24 @@ def align_trainer_with_launcher(cfg: DictConfig) -> DictConfig:
 
 
 def _gres_for(gres: str, gpus: int) -> str:
-    """``gpu:a100:8`` -> ``gpu:a100:<gpus>`` (evaluation tasks take fewer GPUs than training)."""
-    parts = gres.split(":")
-    if parts[-1].isdigit():
-        parts = parts[:-1]
-    return ":".join([*parts, str(gpus)])
+    """``gpu:a100:8`` -> ``gpu:a100:<gpus>`` (evaluation tasks take fewer GPUs than training). In a list
+    (``gpu:a100:8,nvme:1``) the ``gpu`` items get the count (the first item where none is called ``gpu``)."""
+    items = gres.split(",")
+    targets = [i for i, item in enumerate(items) if item.split(":")[0] == "gpu"] or [0]
+    for i in targets:
+        parts = items[i].split(":")
+        if parts[-1].isdigit():
+            parts = parts[:-1]
+        items[i] = ":".join([*parts, str(gpus)])
+    return ",".join(items)
 
 
 def slurm_parameters(launcher: DictConfig, *, name: str, nodes: int, tasks_per_node: int, gpus_per_node: int,
                      dependency: str | None = None) -> dict[str, Any]:
     """``AutoExecutor.update_parameters`` keyword arguments for one job (or every task of an array)."""
+    validate_launcher(launcher)
     params: dict[str, Any] = {
-        "name": name, "nodes": int(nodes), "tasks_per_node": int(tasks_per_node),
+        "name": check_text(name, "launcher.job_name"), "nodes": int(nodes), "tasks_per_node": int(tasks_per_node),
         "cpus_per_task": int(launcher.cpus_per_task), "timeout_min": int(launcher.time_min),
         "slurm_signal_delay_s": int(launcher.signal_delay_s),
         "slurm_array_parallelism": int(launcher.array_parallelism),
@@ -93,7 +203,8 @@ def slurm_parameters(launcher: DictConfig, *, name: str, nodes: int, tasks_per_n
     if dependency:
         params["slurm_dependency"] = dependency
     # relative paths in the config (output_dir, data_root) mean the directory the user submitted from
-    params["slurm_additional_parameters"] = {"chdir": os.getcwd(), **OmegaConf.to_container(launcher.extra)}
+    params["slurm_additional_parameters"] = {"chdir": str(script_path(os.getcwd(), "the current directory")),
+                                             **OmegaConf.to_container(launcher.extra)}
     return params
 
 
@@ -106,6 +217,7 @@ def make_executor(log_root: Path, params: dict[str, Any], max_requeues: int = 10
     import submitit  # deferred: heavy optional dependency, loaded only when used
 
     # <log_root>/<job id>/ holds the sbatch script, stdout/stderr of every task and the pickled call
+    log_root = script_path(log_root, "the SLURM log directory")
     executor = submitit.AutoExecutor(folder=Path(log_root) / "%j", cluster="slurm",
                                      slurm_max_num_timeout=int(max_requeues))
     executor.update_parameters(**params)
@@ -113,7 +225,10 @@ def make_executor(log_root: Path, params: dict[str, Any], max_requeues: int = 10
 
 
 def job_name(cfg: DictConfig, command: str) -> str:
-    return str(cfg.launcher.job_name or f"corr3d-{command}-{cfg.experiment}")
+    """``launcher.job_name`` or ``corr3d-<command>-<experiment>``: one printable line (submitit quotes it)."""
+    if cfg.launcher.job_name:
+        return check_text(cfg.launcher.job_name, "launcher.job_name")
+    return check_text(f"corr3d-{command}-{cfg.experiment}", "experiment")
 
 
 # ---- bookkeeping ---------------------------------------------------------------------------------------------------
@@ -162,7 +277,8 @@ def _refuse_if_active(log_root: Path) -> None:
     active = queued_jobs(recorded_job_ids(log_root))
     if active:
         listing = ", ".join(f"{j} ({s})" for j, s in active.items())
-        raise RuntimeError(f"{log_root.parent} already has SLURM job(s) {listing}; wait for them or scancel them")
+        raise RunLockedError(f"{log_root.parent} already has SLURM job(s) {listing}", path=log_root.parent,
+                             fix="wait for them or scancel them")
 
 
 def _announce(kind: str, job_ids: Sequence[str], log_root: Path, extra: str = "") -> None:
@@ -172,9 +288,11 @@ def _announce(kind: str, job_ids: Sequence[str], log_root: Path, extra: str = ""
           f"scancel {job_ids[0].split('_')[0]}){extra}", flush=True)
 
 
-def sbatch_script(executor, command: str = "python -u -m submitit.core._submit <folder>") -> str:
-    """The batch script ``executor`` would submit (for ``--dry-run``-style inspection and the tests)."""
-    return executor._executor._make_submission_file_text(command, "preview")
+def sbatch_script(executor, command: str | None = None) -> str:
+    """The batch script ``executor`` would submit (for ``--dry-run``-style inspection and the tests); ``command``
+    defaults to the one submitit runs (``<python> -u -m submitit.core._submit <folder>``)."""
+    inner = executor._executor
+    return inner._make_submission_file_text(command or inner._submitit_command_str, "preview")
 
 
 # ---- training ------------------------------------------------------------------------------------------------------
@@ -192,7 +310,9 @@ def submit_train(cfg: DictConfig, entry: str = TRAIN_ENTRY):
     The run directory is created here (or reused: same experiment and resolved config, not finished), so the job, its
     requeues and a later re-submission of the same command all continue one directory.
     """
+    validate_launcher(cfg.launcher)  # before the run directory is created
     cfg = align_trainer_with_launcher(cfg)
+    script_path(Path(cfg.output_dir).resolve(), "output_dir")
     run = create_run_dir(cfg).resolve()
     log_root = run / "slurm"
     _refuse_if_active(log_root)
@@ -261,10 +381,11 @@ def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry
     Missing offline-suite parts are generated first by one job the array waits for. Dependencies are ``afterany``
     so a failed job never leaves the rest pending forever; missing parts show up in the gather job's log.
     """
+    validate_launcher(cfg.launcher)  # before anything is written
     cfg, parts, out = eval_plan(cfg)
     if not parts:
         raise ValueError("nothing to evaluate: no tasks or models selected")
-    parts_dir, log_root = out / "parts", out / "slurm"
+    parts_dir, log_root = out / "parts", script_path(out, "the evaluation directory") / "slurm"
     parts_dir.mkdir(parents=True, exist_ok=True)
     for stale in parts_dir.glob("*__*.json"):  # an earlier evaluation's parts must not leak into this report
         stale.unlink()
@@ -316,8 +437,9 @@ def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str
     Logs and per-chunk records go to ``<root>/slurm/``; rendering is atomic per object and skips finished objects,
     so re-submitting after failures or requeues only renders what is missing.
     """
+    validate_launcher(cfg.launcher)  # before anything is written
     specs = list(specs) if specs is not None else experiment_object_specs(cfg)
-    root = Path(root or cfg.data.rendered_dir).resolve()
+    root = script_path(Path(root or cfg.data.rendered_dir).resolve(), "the rendering directory")
     chunks = chunked(specs, chunk_size or cfg.launcher.render_chunk_size)
     if not chunks:
         raise ValueError("nothing to render: the object list is empty")

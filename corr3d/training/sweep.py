@@ -19,9 +19,17 @@ experiments/ carry theirs) and from the command line (which replaces an axis of 
 Gathering writes ``results.csv`` (one row per cell: the axis values, each model's metrics with their 95% CI from the
 cell's metrics.json ``"ci"``, and the paired deltas ``finetuned-pretrained_head_init`` / ``finetuned-pretrained``
 from ``"deltas"``), a plot per metric against the first numeric axis (error bars = CI) and ``report.md``.
+
+Names become paths: the sweep name (``--name`` / ``sweep.name``) is validated like an experiment name
+(:func:`corr3d.utils.paths.safe_name`: one component, no ``/``, ``..``, leading dot, at most 200 characters) before
+anything touches the disk; cell names are built from the axis values by :func:`cell_name`, which keeps only
+``[A-Za-z0-9.+-]`` (``seed=../x`` -> ``seed-.._x``) and shortens over-long names with a hash, and every cell
+directory is checked to resolve inside the sweep directory (:meth:`SweepPlan.run_dir`). Sweep cells do not move the
+experiment's ``latest`` (``corr3d.utils.run_dir.point_latest``): ``make eval`` keeps evaluating its own run.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -37,8 +45,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import ConfigError, load_config
 from corr3d.eval.stats import bootstrap_ci, paired_delta
+from corr3d.utils.paths import MAX_NAME, ensure_within, safe_join, safe_name
 from corr3d.utils.report import _pyplot, markdown_table, write_csv, write_text
-from corr3d.utils.run_dir import DONE_MARKER, atomic_write_text
+from corr3d.utils.run_dir import DONE_MARKER, SWEEPS_DIR, atomic_write_text, experiment_name
 
 log = logging.getLogger("corr3d.training.sweep")
 
@@ -133,15 +142,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
 
+_LEADING = re.compile(r"^[^A-Za-z0-9]+")
+
+
 def cell_name(assignment: Mapping[str, str], short: bool = True) -> str:
-    """A directory name for a cell: ``max_steps-10__init-identity`` (last key component unless ambiguous)."""
+    """A directory name for a cell: ``max_steps-10__init-identity`` (last key component unless ambiguous).
+
+    Only ``[A-Za-z0-9.+-]`` of keys and values survive (``seed=../x`` -> ``seed-.._x``), the name starts with a
+    letter or digit, and a name longer than :data:`~corr3d.utils.paths.MAX_NAME` is cut and ends in a hash of the
+    full name (still unique): always a single safe path component (:func:`corr3d.utils.paths.safe_name`).
+    """
     if not assignment:
         return "default"
     parts = []
     for key, value in assignment.items():
         label = key.rsplit(".", 1)[-1] if short else key
         parts.append(f"{_slug(label)}-{_slug(_variant_label(value) or value)}")
-    return "__".join(parts)
+    name = _LEADING.sub("", "__".join(parts)) or "x"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = f"{name[:MAX_NAME - len(digest) - 2].rstrip('_.-')}__{digest}"
+    return safe_name(name, "sweep cell name")
 
 
 def cell_names(cells: Sequence[Mapping[str, str]]) -> list[str]:
@@ -158,16 +179,22 @@ class SweepPlan:
 
     def __init__(self, experiment: str, axis_specs: Sequence[str] = (), overrides: Sequence[str] = (),
                  name: str | None = None):
+        if name is not None:
+            sweep_name(name, "--name")  # refused before the config is even read
         self.experiment = experiment
         self.overrides = list(overrides)
         self.base = load_config(experiment, self.overrides)
         axes = config_axes(self.base)
         axes.update(parse_axes(axis_specs))  # the command line replaces an axis of the same key
         self.axes = axes
-        self.name = str(name or self.base.sweep.name or "default")
-        self.root = Path(self.base.output_dir) / str(self.base.experiment) / "sweeps" / self.name
+        self.name = sweep_name(name, "--name") if name is not None else \
+            sweep_name(self.base.sweep.name or "default", "sweep.name")
+        self.experiment_dir = Path(self.base.output_dir) / experiment_name(self.base)
+        self.root = self.experiment_dir / SWEEPS_DIR / self.name
         self.cells = expand_grid(axes)
         self.names = cell_names(self.cells)
+        for cell in self.names:  # nothing of the sweep is on disk yet: refuse here, not halfway through the grid
+            self.run_dir(cell)
 
     def cell_overrides(self, assignment: Mapping[str, str]) -> list[str]:
         """``key=value`` overrides of a cell; a *variant* axis (a key that is not a config key, e.g. ``recipe``)
@@ -183,14 +210,24 @@ class SweepPlan:
         return load_config(self.experiment, [*self.overrides, *self.cell_overrides(assignment)])
 
     def run_dir(self, cell: str) -> Path:
-        return self.root / cell
+        """``<root>/<cell>``: a safe name that resolves inside the sweep directory (symlinks followed)."""
+        ensure_within(self.experiment_dir, self.root, "sweep directory")
+        return safe_join(self.root, cell, what="sweep cell name")
 
     def write_manifest(self) -> None:
+        ensure_within(self.experiment_dir, self.root, "sweep directory")
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {"experiment": str(self.base.experiment), "name": self.name, "axes": self.axes,
                     "overrides": self.overrides, "cells": [{"name": n, "overrides": c}
                                                           for n, c in zip(self.names, self.cells)]}
         atomic_write_text(self.root / "sweep.json", json.dumps(manifest, indent=2))
+
+
+def sweep_name(name, source: str = "sweep.name") -> str:
+    """The validated sweep name: one safe path component like an experiment name (``corr3d.utils.paths``)."""
+    fix = (f"give {source} a plain name with letters, digits, '.', '_' or '-' (at most {MAX_NAME} characters; "
+           f"it names runs/<experiment>/sweeps/<name>/)")
+    return safe_name(name, "sweep name", fix=fix)
 
 
 def is_done(run: Path) -> bool:
@@ -346,18 +383,21 @@ def submit_sweep(plan: SweepPlan, entry: str | None = None):
         job_name,
         make_executor,
         record_jobs,
+        script_path,
         slurm_parameters,
+        validate_launcher,
     )
     # deferred: pulls the training/evaluation stack only when used
     from corr3d.launch.tasks import TRAIN_ENTRY, TrainTask, cfg_to_yaml
 
+    validate_launcher(plan.base.launcher)  # before anything is written (the batch script is built from it)
+    base = align_trainer_with_launcher(plan.base)
+    root = script_path(plan.root.resolve(), "the sweep directory")
     plan.write_manifest()
-    root = plan.root.resolve()
     log_root = root / "slurm"
     tasks, cells = [], []
-    base = align_trainer_with_launcher(plan.base)
     for cell, assignment in zip(plan.names, plan.cells):
-        run = root / cell
+        run = plan.run_dir(cell).resolve()
         if is_done(run):
             continue
         cfg = align_trainer_with_launcher(plan.cell_config(assignment))
@@ -486,7 +526,8 @@ def per_object_intervals(metrics: Mapping, keys: Sequence[str], n_boot: int = 20
 def sweep_rows(sweep_dir: Path) -> tuple[dict, list[dict]]:
     manifest = json.loads((Path(sweep_dir) / "sweep.json").read_text())
     keys = _report_keys(manifest)
-    rows = [cell_row(c["name"], c["overrides"], Path(sweep_dir) / c["name"], keys) for c in manifest["cells"]]
+    rows = [cell_row(c["name"], c["overrides"], safe_join(sweep_dir, c["name"], what="sweep cell name"), keys)
+            for c in manifest["cells"]]
     return manifest, rows
 
 

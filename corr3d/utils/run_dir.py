@@ -13,7 +13,8 @@ another ``experiment=`` name). A different config gets its own new directory as 
 
 ``latest`` is a pointer for people and ``make eval``: training moves it only after a successful start
 (:func:`point_latest` from ``corr3d.training.run``), so a start that fails leaves it on the last good run. Resuming
-does not depend on it: :func:`find_resumable_run` scans the experiment's runs, newest first.
+does not depend on it: :func:`find_resumable_run` scans the experiment's runs, newest first. A sweep cell
+(``<experiment>/sweeps/<name>/<cell>/``) never moves it, so ``make eval`` keeps evaluating the experiment's own run.
 
 Experiment names become directory names and are validated (:func:`corr3d.utils.paths.safe_name`): ``..``, separators
 and absolute paths are refused, so a run is never written outside ``output_dir``.
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DONE_MARKER = "DONE"
 LOCK_FILE = ".lock"
+SWEEPS_DIR = "sweeps"  # <output_dir>/<experiment>/sweeps/<name>/<cell>/: sweep cells (never `latest`)
 _PACKAGES = ("corr3d", "torch", "torchvision", "lightning", "timm", "torchmetrics", "omegaconf", "open3d", "numpy")
 
 
@@ -307,9 +309,24 @@ def create_run_dir(cfg: DictConfig, resume: bool = True, run_dir: str | os.PathL
     return run
 
 
-def point_latest(experiment_dir: Path, run: Path) -> None:
+def is_sweep_cell(experiment_dir: str | os.PathLike, run: str | os.PathLike) -> bool:
+    """True for a run inside ``<experiment_dir>/sweeps/`` (a cell of ``corr3d sweep``, corr3d/training/sweep.py)."""
+    sweeps = Path(experiment_dir).resolve() / SWEEPS_DIR
+    return Path(run).resolve().is_relative_to(sweeps)
+
+
+def point_latest(experiment_dir: Path, run: Path) -> bool:
+    """Point ``<experiment_dir>/latest`` at ``run``; returns whether it moved.
+
+    A sweep cell never moves it: ``latest`` is what ``make eval EXP=..`` evaluates as "finetuned", and the last
+    cell of a grid (0 steps, another seed, ...) is not the experiment's trained model.
+    """
+    if is_sweep_cell(experiment_dir, run):
+        log.info("%s is a sweep cell: %s/latest stays where it is", run, experiment_dir)
+        return False
     target = run.resolve().name if run.resolve().parent == Path(experiment_dir).resolve() else run.resolve()
     atomic_write(Path(experiment_dir) / "latest", lambda tmp: tmp.symlink_to(target))
+    return True
 
 
 def mark_done(run: Path) -> None:

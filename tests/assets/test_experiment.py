@@ -43,7 +43,7 @@ def test_render_command_renders_the_listed_objects(tmp_path, monkeypatch):
     cfg = load_config("base", [f"data.object_list={train_list}", f"data_root={tmp_path}"])
     seen = {}
     monkeypatch.setattr(batch, "render_batch", lambda specs, root, render_cfg, workers=None, progress=True:
-                        seen.setdefault("specs", list(specs)) and {})
+                        seen.setdefault("specs", list(specs)) and {s: {"status": "done"} for s in specs})
     batch.render_experiment_objects(cfg, progress=False)
     assert seen["specs"] == experiment_objects(cfg).all() and "procedural:cube_twisted" in seen["specs"]
 
@@ -57,3 +57,42 @@ def test_other_data_kinds_have_no_objects_to_render():
 def test_no_training_objects_is_an_error():
     with pytest.raises(ValueError, match="no training objects"):
         experiment_objects(load_config("base", ["data.train_objects=[]"]))
+
+
+# ----------------------------------------------------------------------------------------------- sh3d splits
+def test_training_on_held_out_sh3d_objects_is_refused(tmp_path):
+    """The committed sh3d val/test splits (data_prep/splits) are never trained on (no Debian package needed)."""
+    from corr3d.assets import objaverse, sh3d
+    from corr3d.assets.experiment import HeldOutObjectError, check_experiment_disjoint
+
+    test_obj, val_obj = sh3d.load_split("test")[0], sh3d.load_split("val")[0]
+    ok = load_config("base", ["data.train_objects=[]", f"data.object_list={sh3d.split_path('train')}",
+                              f"data.val_objects=[{val_obj}]", "data.num_train_objects=4"])
+    objs = experiment_objects(ok)
+    assert objs.train == sh3d.load_split("train")[:4] and objs.val == [val_obj]
+    check_experiment_disjoint(ok)
+    for spec, split in ((test_obj, "test"), (val_obj, "val"), (sh3d.load_split("untextured")[0], "untextured"),
+                        (sh3d.load_split("test_unseen_categories")[0], "test_unseen_categories")):
+        bad = load_config("base", [f"data.train_objects=[procedural:hemisphere,{spec}]"])
+        for check in (experiment_objects, check_experiment_disjoint, objaverse.check_experiment_disjoint):
+            with pytest.raises(HeldOutObjectError, match=f"{spec} \\({split}\\)") as info:
+                check(bad)
+            assert "sh3d_train.txt" in info.value.fix
+    listed = tmp_path / "train.txt"
+    listed.write_text(f"{test_obj}\n")
+    with pytest.raises(HeldOutObjectError):
+        experiment_objects(load_config("base", [f"data.object_list={listed}"]))
+    with pytest.raises(HeldOutObjectError, match="validation objects"):  # model selection on test objects
+        experiment_objects(load_config("base", [f"data.val_objects=[{test_obj}]"]))
+
+
+def test_sh3d_held_out_check_reads_the_given_splits(tmp_path):
+    from corr3d.assets.experiment import HeldOutObjectError, check_sh3d_held_out
+
+    (tmp_path / "sh3d_val.txt").write_text("# v\nsh3d:L/v\n")
+    (tmp_path / "sh3d_test.txt").write_text("sh3d:L/t\tclass\n")
+    check_sh3d_held_out(["sh3d:L/a", "procedural:hemisphere", "objaverse:v"], ["sh3d:L/v"], str(tmp_path))
+    with pytest.raises(HeldOutObjectError, match=r"sh3d:L/v \(val\)"):
+        check_sh3d_held_out(["sh3d:L/v"], [], str(tmp_path))
+    with pytest.raises(HeldOutObjectError, match=r"sh3d:L/t \(test\)"):
+        check_sh3d_held_out([], ["sh3d:L/t"], str(tmp_path))

@@ -128,6 +128,8 @@ def test_cli_sweep_axis_syntax(tmp_path):
     assert [r["seed"] for r in rows] == ["1", "2"]
     manifest = json.loads((tmp_path / "runs" / "dinov2_single_object" / "sweeps" / "cli" / "sweep.json").read_text())
     assert manifest["axes"] == {"seed": ["1", "2"]}
+    # the cells trained, but `latest` (what `make eval` evaluates as "finetuned") was not moved to a cell
+    assert not (tmp_path / "runs" / "dinov2_single_object" / "latest").exists()
 
 
 def test_pearson_spearman_against_hand_values():
@@ -158,3 +160,122 @@ def test_variant_axis_applies_bundles_of_dotted_keys(tmp_path):
     assert second.data.pairs.true_fraction == 0.25 and second.optim.lr == base.optim.lr
     with pytest.raises(Exception):
         SweepPlan("dinov2_single_object", ["recipe=1,2"], [f"output_dir={tmp_path}"]).cell_config({"recipe": "1"})
+
+
+# ---- names become paths (issue 21) -------------------------------------------------------------------------------
+ESCAPES = ["../../../../escaped", "a/b", "..", ".", ".hidden", "/abs", "x" * 300, "", "a\nb", "~user"]
+
+
+@pytest.mark.parametrize("name", ESCAPES)
+def test_sweep_name_is_validated_before_anything_is_written(tmp_path, name):
+    from corr3d.errors import Corr3dUserError
+
+    out = tmp_path / "runs"
+    calls = []
+    with pytest.raises(Corr3dUserError, match="sweep name"):
+        run_sweep("dinov2_single_object", ["seed=1,2"], [f"output_dir={out}", "trainer.max_steps=0"], name=name,
+                  train_fn=lambda cfg, run_dir: calls.append(run_dir))
+    if name:  # the same name from the config file (an empty sweep.name there means "default")
+        with pytest.raises(Corr3dUserError, match="sweep name"):
+            SweepPlan("dinov2_single_object", ["seed=1,2"], [f"output_dir={out}", f"sweep.name={json.dumps(name)}"])
+    assert calls == [] and not out.exists() and not (tmp_path / "escaped").exists()
+
+
+def test_cli_refuses_an_escaping_sweep_name_in_one_line(tmp_path, monkeypatch, capsys):
+    from corr3d.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["sweep", "dinov2_single_object", "seed=1,2", "trainer.max_steps=0", f"output_dir={tmp_path}/runs",
+               "--name", "../../../../escaped"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "sweep name '../../../../escaped'" in err and "internal error" not in err
+    rc = main(["sweep", "dinov2_single_object", "seed=1", f"output_dir={tmp_path}/runs", "--name", "n" * 300])
+    err = capsys.readouterr().err
+    assert rc == 2 and "longer than 200 characters" in err and "OSError" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cell_names_from_axis_values_stay_single_safe_components(tmp_path):
+    from corr3d.utils.paths import is_within, safe_name
+
+    plan = SweepPlan("dinov2_single_object", ["seed=../x,a/b,..,/etc/passwd,~root,.hidden"],
+                     [f"output_dir={tmp_path}"], name="t")
+    assert plan.names == ["seed-.._x", "seed-a_b", "seed-..", "seed-etc_passwd", "seed-root", "seed-.hidden"]
+    for cell in plan.names:
+        assert safe_name(cell) == cell
+        run = plan.run_dir(cell)
+        assert run.parent == plan.root and is_within(plan.root, run)
+    # keys become names too (a variant axis' key is any text), and a name never starts with a dot or a dash
+    assert cell_names([{"../../x": "1"}, {"../../x": "2"}]) == ["x-1", "x-2"]
+    assert cell_names([{".a": "1"}])[0] == "a-1"
+    assert cell_names([{"-k": "-1"}]) == ["k--1"]
+
+
+def test_over_long_cell_names_are_shortened_uniquely():
+    from corr3d.utils.paths import MAX_NAME, safe_name
+
+    long_a, long_b = "a" * 400 + "1", "a" * 400 + "2"
+    names = cell_names(expand_grid({"model.lora.rank": [long_a, long_b], "seed": ["0", "1"]}))
+    assert len(set(names)) == 4 and all(len(n) <= MAX_NAME and safe_name(n) == n for n in names)
+    many = cell_names(expand_grid({f"k{i}": [str(10 ** 12 + i)] for i in range(40)}))
+    assert len(many[0]) <= MAX_NAME
+
+
+def test_a_symlink_in_the_sweep_directory_cannot_redirect_a_cell(tmp_path):
+    from corr3d.errors import UnsafePathError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    plan = SweepPlan("dinov2_single_object", ["seed=1,2"], [f"output_dir={tmp_path / 'runs'}"], name="t")
+    plan.root.mkdir(parents=True)
+    (plan.root / "seed-2").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="outside"):
+        plan.run_dir("seed-2")
+    calls = []
+    with pytest.raises(UnsafePathError):  # refused when the plan is made, before the first cell trains
+        run_sweep("dinov2_single_object", ["seed=1,2"], [f"output_dir={tmp_path / 'runs'}"], name="t",
+                  train_fn=lambda cfg, run_dir: calls.append(run_dir))
+    assert calls == [] and list(outside.iterdir()) == []
+    # a planted sweeps/<name> symlink is refused too
+    (plan.root.parent / "u").symlink_to(outside)
+    with pytest.raises(UnsafePathError):
+        SweepPlan("dinov2_single_object", ["seed=1"], [f"output_dir={tmp_path / 'runs'}"], name="u")
+
+
+def test_gather_refuses_a_manifest_cell_outside_the_sweep(tmp_path):
+    from corr3d.errors import UnsafePathError
+    from corr3d.training.sweep import gather_sweep
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    manifest = {"experiment": "dinov2_single_object", "name": "t", "axes": {}, "overrides": [],
+                "cells": [{"name": "../../etc", "overrides": {}}]}
+    (sweep / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnsafePathError):
+        gather_sweep(sweep)
+
+
+def test_sweep_cells_do_not_move_latest(tmp_path):
+    """``make eval EXP=..`` evaluates ``runs/<exp>/latest`` as "finetuned": a sweep cell must not become it."""
+    from corr3d.utils.run_dir import point_latest
+
+    plan = SweepPlan("dinov2_single_object", ["seed=1,2"], [f"output_dir={tmp_path / 'runs'}"], name="t")
+    experiment_dir = tmp_path / "runs" / "dinov2_single_object"
+    own = experiment_dir / "2024-01-01_00-00-00"
+    own.mkdir(parents=True)
+    assert point_latest(experiment_dir, own) is True
+    cell = plan.run_dir(plan.names[-1])
+    cell.mkdir(parents=True)
+    assert point_latest(experiment_dir, cell) is False
+    assert (experiment_dir / "latest").resolve() == own.resolve()
+    # the local sweep driver trains cells through train(), which calls point_latest: same outcome
+    calls = []
+
+    def fake_train(cfg, run_dir):
+        calls.append(point_latest(experiment_dir, Path(run_dir)))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "DONE").write_text("")
+
+    run_sweep("dinov2_single_object", ["seed=1,2"], [f"output_dir={tmp_path / 'runs'}"], name="t",
+              train_fn=fake_train)
+    assert calls == [False, False] and (experiment_dir / "latest").resolve() == own.resolve()
