@@ -35,6 +35,19 @@ class DataFileError(Corr3dUserError, ValueError):
     """A data, weights or checkpoint file that exists but cannot be read safely (corrupt, truncated, malformed)."""
 
 
+class DatasetFormatError(DataFileError):
+    """A dataset file whose content breaks its documented format (a field missing, of the wrong shape, out of range
+    or inconsistent with another file); the message names the file and the field, ``fix`` what to do about it."""
+
+
+class EmptySelectionError(Corr3dUserError, ValueError):
+    """A selection (object filter, requested items) that leaves nothing to measure; the message says why."""
+
+
+class RenderFailedError(Corr3dUserError, RuntimeError):
+    """Requested objects that could not be rendered; the message lists each with its reason."""
+
+
 class UnknownNameError(Corr3dUserError, KeyError):
     """A name (backbone, task, object) that is not known; the message lists the valid ones."""
 
@@ -49,5 +62,24 @@ class RunLockedError(Corr3dUserError, RuntimeError):
     exit_code = 3
 
 
+class AdapterMismatchError(DataFileError):
+    """An adapter (``adapter.json`` / ``adapter.safetensors``) or imported checkpoint whose keys, shapes or backbone do
+    not fit what it describes or what it is loaded into; the message names the file, expected vs found."""
+
+
+class NonFiniteTensorError(DataFileError):
+    """A weights, adapter or checkpoint file holding NaN/inf values; the message names the file and the tensor."""
+
+
+class NonFiniteFeaturesError(Corr3dUserError, FloatingPointError):
+    """A model produced NaN/inf features (its weights are broken): evaluating it would report meaningless numbers."""
+
+
+class TrainingDivergedError(Corr3dUserError, FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights; the message names the step, the fix the setting."""
+
+
 __all__ = ["Corr3dUserError", "UnsafePathError", "DataFileError", "RunLockedError", "UnknownNameError",
-           "NotSupportedError"]
+           "NotSupportedError", "AdapterMismatchError", "NonFiniteTensorError", "NonFiniteFeaturesError",
+           "TrainingDivergedError"]
+__all__ += ["DatasetFormatError", "EmptySelectionError", "RenderFailedError"]

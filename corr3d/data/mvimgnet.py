@@ -11,7 +11,10 @@ object extent) assume. Poses are rigid object->camera maps in that normalised sp
 the same factor, so projecting normalised points with ``K`` and ``poses`` lands on the observed keypoints.
 
 The dataset has known holes (objects without ``sparse/``, several models ``sparse/0,1``, missing frames). They are
-reported as a reason string instead of raising through a training run.
+reported as a reason string instead of raising through a training run: dropped frames (missing or unreadable
+images, cameras with a non-positive size or focal length, non-finite parameters or poses, images whose aspect ratio
+differs from their camera's) are counted in ``MVImgNetObject.notes``; unusable objects are ``open_objects``'
+``skipped`` ``{path: reason}``.
 """
 from __future__ import annotations
 
@@ -136,10 +139,18 @@ class MVImgNetObject:
                          + "; ".join(f"{p.name}: {why}" for p, why in broken[:3]))
             bad = {p for p, _ in broken}
             frames = [(image, path) for image, path in frames if path not in bad]
+        invalid = [(path, problem) for image, path in frames if (problem := frame_problem(recon, image, path))]
+        if invalid:  # a camera or pose that would put the keypoints in the wrong place: dropped with the reason
+            notes.append(f"{len(invalid)} frames with invalid cameras (frames dropped): "
+                         + "; ".join(f"{p.name}: {why}" for p, why in invalid[:3]))
+            bad = {p for p, _ in invalid}
+            frames = [(image, path) for image, path in frames if path not in bad]
         if len(frames) < 2:
+            dropped = broken + invalid
             raise MVImgNetSkip(f"fewer than 2 registered frames with readable images ({len(frames)}; {missing} "
                                f"missing, {len(broken)} unreadable"
-                               + (f", e.g. {broken[0][0].name}: {broken[0][1]}" if broken else "") + ")")
+                               + (f", {len(invalid)} with invalid cameras" if invalid else "")
+                               + (f", e.g. {dropped[0][0].name}: {dropped[0][1]}" if dropped else "") + ")")
         return cls(object_id=object_dir.name, root=object_dir, notes=notes, point_ids=point_ids,
                    xyz=((world_xyz - center) * scale).astype(np.float32), center=center, scale=scale,
                    **_frame_arrays(recon, frames, center, scale))
@@ -187,6 +198,36 @@ def image_problem(path: Path) -> str | None:
         return "truncated JPEG (no end-of-image marker)"
     if fmt == "PNG" and b"IEND" not in tail[-16:]:
         return "truncated PNG (no IEND chunk)"
+    return None
+
+
+ASPECT_TOLERANCE = 0.02  # relative; images on disk may be resized from the COLMAP camera, not cropped or rotated
+
+
+def frame_problem(recon, image, path: Path) -> str | None:
+    """Why a registered frame's geometry cannot be used (None if it can): its camera must have a positive size and
+    focal length and finite parameters, its pose must be finite, and the image on disk must have the camera's aspect
+    ratio (a resized copy is fine: keypoints are rescaled; a rotated or cropped one is not)."""
+    camera = recon.camera(image.camera_id)
+    width, height = int(camera.width), int(camera.height)
+    params = np.asarray(camera.params, dtype=np.float64)
+    if width <= 0 or height <= 0:
+        return f"camera {image.camera_id} has size {width}x{height}"
+    if not np.isfinite(params).all():
+        return f"camera {image.camera_id} has non-finite parameters {params.tolist()}"
+    K = np.asarray(camera.calibration_matrix(), dtype=np.float64)
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        return f"camera {image.camera_id} has focal length fx={K[0, 0]:g}, fy={K[1, 1]:g} (must be positive)"
+    if not np.isfinite(np.asarray(image.cam_from_world().matrix(), dtype=np.float64)).all():
+        return "non-finite camera pose"
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception as err:  # noqa: BLE001 - checked by image_problem already; a race (file replaced) lands here
+        return f"unreadable ({type(err).__name__}: {err})"
+    if abs((w / h) / (width / height) - 1.0) > ASPECT_TOLERANCE:
+        return (f"image is {w}x{h} but its COLMAP camera {image.camera_id} is {width}x{height} (another aspect ratio: "
+                "rotated or cropped after reconstruction)")
     return None
 
 

@@ -387,8 +387,8 @@ def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry
         raise ValueError("nothing to evaluate: no tasks or models selected")
     parts_dir, log_root = out / "parts", script_path(out, "the evaluation directory") / "slurm"
     parts_dir.mkdir(parents=True, exist_ok=True)
-    for stale in parts_dir.glob("*__*.json"):  # an earlier evaluation's parts must not leak into this report
-        stale.unlink()
+    # nothing is deleted: the array overwrites the selected parts, and the gather reports only parts measured under
+    # this configuration (corr3d.eval.run.current_parts), so an earlier evaluation's results stay and merge
     launcher = cfg.launcher
     suite_job = _submit_offline_suite(cfg, sorted({task for task, _ in parts}), log_root)
     cfg.eval.offline.regenerate = False  # generated once above; array tasks must not regenerate concurrently

@@ -7,7 +7,12 @@ is not complete; ``verify="decode"`` also checks the PNG checksums). Every PNG i
 written, so a view that does not decode is never counted. A killed batch leaves no half-written object, and
 changing e.g. the resolution re-renders instead of silently reusing stale views. ``<root>/manifest.json`` (written
 atomically, under a flock of ``<root>`` itself, merging with what other processes recorded) records per spec: status
-(done | failed), directory, error, seconds.
+(done | failed), directory, error, seconds; ``<root>/failed.json`` (rewritten with it) lists the failed ones:
+``{"version": 1, "objects": [{"spec", "dir", "error", "updated"}, ...]}`` (:func:`read_failed`).
+
+An object that covers fewer than ``MIN_FOREGROUND_PIXELS`` pixels in every view (a zero-area mesh: all triangles
+degenerate) is a failed render (``EmptyRenderError``), never done. ``corr3d render`` tries every object, then
+raises :class:`corr3d.errors.RenderFailedError` listing the failures (non-zero exit).
 
 Shared filesystems: temp directories carry host and pid; a batch removes only temps of dead processes on its own
 host (temps of other hosts only once older than ``FOREIGN_TEMP_MAX_AGE_S``), so a render on another node never
@@ -47,12 +52,13 @@ from tqdm.auto import tqdm
 from corr3d.assets.experiment import experiment_objects
 from corr3d.assets.objects import load_object, object_dir_name
 from corr3d.config_schema import RenderConfig
-from corr3d.errors import Corr3dUserError
+from corr3d.errors import Corr3dUserError, RenderFailedError
 from corr3d.geometry import IcosphereCameras
 from corr3d.render.raycast import Lighting, RaycastRenderer
-from corr3d.render.store import FORMAT, FORMAT_VERSION
+from corr3d.render.store import FORMAT, FORMAT_VERSION, MIN_FOREGROUND
 from corr3d.utils.io import replace_dir
 from corr3d.utils.paths import safe_join
+from corr3d.utils.reading import ItemList
 from corr3d.utils.run_dir import atomic_write_text, directory_lock, process_alive
 
 log = logging.getLogger(__name__)
@@ -60,11 +66,17 @@ log = logging.getLogger(__name__)
 RENDERER = "open3d-raycast"
 RENDERER_VERSION = "1"
 MANIFEST = "manifest.json"
+FAILED = "failed.json"  # the manifest's failed objects: {"version": 1, "objects": [{spec, dir, error, updated}]}
+MIN_FOREGROUND_PIXELS = MIN_FOREGROUND  # an object covering fewer pixels in every view did not render (zero area)
 FOREIGN_TEMP_MAX_AGE_S = 2 * 24 * 3600  # another host's temp dir this old is abandoned (no render takes 2 days)
 # the typed schema's data.render defaults (used when a key is missing or no config is given)
 DEFAULT_RENDER = dataclasses.asdict(RenderConfig())
 _OUTPUT_KEYS = ("width", "height", "focal", "distance", "icosphere_subdivisions", "background", "up", "lights",
                 "lights_follow_camera", "ambient", "diffuse", "shading")  # settings that change the rendered output
+
+
+class EmptyRenderError(RuntimeError):
+    """The mesh rendered to (almost) no foreground pixels in every view: a failed render, not a done one."""
 
 
 def render_settings(render_cfg=None) -> dict:
@@ -167,18 +179,23 @@ def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> 
     mesh = load_object(spec)
     cameras, lighting = render_rig(settings)
     renderer = RaycastRenderer(mesh, lighting)
-    depths = {}
+    depths, foreground = {}, []
     level = int(settings.get("png_compression", 1))
     for i, pose in enumerate(cameras.poses):
         view = renderer.render(cameras.K, pose, cameras.width, cameras.height, tuple(settings["background"]))
         if not np.isfinite(view["depth"]).all():
             raise ValueError(f"view {i}: the renderer returned non-finite depth (NaN/inf geometry in the mesh?)")
+        foreground.append(int(np.count_nonzero(view["mask"])))
         Image.fromarray(view["rgb"]).save(directory / f"rgb_{i:03d}.png", compress_level=level)
         Image.fromarray(view["mask"].astype(np.uint8) * 255).save(directory / f"mask_{i:03d}.png",
                                                                   compress_level=level)
         for kind in ("rgb", "mask"):
             _check_decodes(directory / f"{kind}_{i:03d}.png", view["rgb"].shape)
         depths[f"view_{i:03d}"] = view["depth"]
+    if max(foreground, default=0) < MIN_FOREGROUND_PIXELS:
+        raise EmptyRenderError(f"no view shows the object: at most {max(foreground, default=0)} foreground pixels in "
+                               f"each of the {len(foreground)} views (fewer than {MIN_FOREGROUND_PIXELS}); the mesh "
+                               f"has {len(mesh.faces)} faces and zero visible area (degenerate triangles?)")
     np.savez_compressed(directory / "depth.npz", **depths)
     files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.suffix in (".png", ".npz")}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "renderer": RENDERER,
@@ -188,6 +205,7 @@ def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> 
             "normalization": mesh.metadata.get("normalization"),
             "mesh": {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
                      "visual": type(mesh.visual).__name__},
+            "foreground_pixels": foreground,
             "render_settings": {k: settings[k] for k in _OUTPUT_KEYS}, "settings_hash": settings_hash(settings),
             "render_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": files}
@@ -250,13 +268,26 @@ def read_manifest(root) -> dict:
         return {}
 
 
+def read_failed(root) -> list[dict]:
+    """The failed objects recorded in ``<root>/failed.json``: ``[{"spec", "dir", "error", "updated"}]`` ([] when
+    there is none)."""
+    try:
+        return list(json.loads((Path(root) / FAILED).read_text()).get("objects", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def _write_manifest(root: Path, objects: dict) -> None:
     """Merge ``objects`` into the manifest on disk under a file lock: concurrent batches on one root (SLURM chunks,
-    two shells) each add their objects instead of overwriting each other's records."""
+    two shells) each add their objects instead of overwriting each other's records. ``failed.json`` (the merged
+    manifest's failed objects, so an object rendered later leaves it) is rewritten with it, atomically."""
     with directory_lock(root):
         merged = read_manifest(root)
         merged.update(objects)
         atomic_write_text(root / MANIFEST, json.dumps({"version": 1, "objects": merged}, indent=1, sort_keys=True))
+        failed = [{"spec": spec, "dir": e.get("dir"), "error": e.get("error"), "updated": e.get("updated")}
+                  for spec, e in sorted(merged.items()) if e.get("status") != "done"]
+        atomic_write_text(root / FAILED, json.dumps({"version": 1, "objects": failed}, indent=1))
 
 
 def _host_tag() -> str:
@@ -385,28 +416,61 @@ def _render_parallel(todo: list[str], root: Path, settings: dict, workers: int, 
                 "error": "worker process crashed while rendering"})
 
 
+def _failures(entries: dict, specs: list[str]) -> list[tuple[str, str]]:
+    """``[(spec, reason)]`` of the requested ``specs`` that are not done."""
+    out = []
+    for spec in specs:
+        entry = entries.get(spec)
+        if entry is None:
+            out.append((spec, "not rendered (no manifest entry)"))
+        elif entry.get("status") != "done":
+            out.append((spec, str(entry.get("error") or entry.get("status"))))
+    return out
+
+
+def _failure_list(failed: list[tuple[str, str]], limit: int = 10) -> str:
+    text = "; ".join(f"{spec}: {reason}" for spec, reason in failed[:limit])
+    return text + (f"; ... (+{len(failed) - limit} more)" if len(failed) > limit else "")
+
+
 def ensure_rendered(specs: Iterable[str], root, render_cfg=None, workers: int | None = None,
-                    progress: bool = False) -> list[Path]:
-    """Object directories for ``specs`` (in order), rendering what is missing; failed objects are logged and left
-    out. Raises RuntimeError if objects were requested and none could be rendered."""
-    specs = list(specs)
+                    progress: bool = False) -> ItemList:
+    """Object directories for ``specs`` (in order), rendering what is missing, as an
+    :class:`~corr3d.utils.reading.ItemList`: failed objects are left out, logged, and listed in ``.skipped`` as
+    ``(spec, reason)`` (and in ``<root>/failed.json``). Raises :class:`corr3d.errors.RenderFailedError` (a
+    RuntimeError) if objects were requested and none could be rendered."""
+    specs = [str(s) for s in specs]
     if not specs:
-        return []
+        return ItemList()
     entries = render_batch(specs, root, render_cfg, workers=workers, progress=progress)
-    dirs = [safe_join(root, entries[s]["dir"], what="object directory") for s in map(str, specs)
+    dirs = [safe_join(root, entries[s]["dir"], what="object directory") for s in specs
             if entries.get(s, {}).get("status") == "done"]
+    failed = _failures(entries, specs)
     if not dirs:
-        errors = "; ".join(f"{s}: {entries.get(str(s), {}).get('error')}" for s in specs[:5])
-        raise RuntimeError(f"none of the {len(specs)} objects could be rendered ({errors})")
-    return dirs
+        raise RenderFailedError(f"none of the {len(specs)} objects could be rendered ({_failure_list(failed, 5)})",
+                                path=Path(root) / FAILED,
+                                fix="check the listed meshes (corrupt, empty or zero-area) or remove them from the "
+                                    "object lists")
+    return ItemList(dirs, failed)
 
 
 def render_experiment_objects(cfg, workers: int | None = None, progress: bool = True) -> dict:
     """``corr3d render EXP``: render the experiment's objects (``corr3d.assets.experiment``: training, validation
-    and evaluation, object lists included) under data.rendered_dir; returns the manifest entries."""
-    specs = experiment_objects(cfg).all()
-    entries = render_batch(specs, Path(cfg.data.rendered_dir), cfg.data.render, workers=workers, progress=progress)
-    failed = [s for s, e in entries.items() if e["status"] != "done"]
-    print(f"rendered {len(entries) - len(failed)}/{len(entries)} objects under {cfg.data.rendered_dir}"
-          + (f"; failed: {', '.join(failed[:10])}" if failed else ""))
+    and evaluation, object lists included) under data.rendered_dir; returns the manifest entries.
+
+    A failed object does not stop the batch; once every object was tried, any failure raises
+    :class:`corr3d.errors.RenderFailedError` listing the failed objects and reasons (``corr3d render`` exits
+    non-zero); they are also in ``<data.rendered_dir>/failed.json``."""
+    root = Path(cfg.data.rendered_dir)
+    specs = list(dict.fromkeys(str(s) for s in experiment_objects(cfg).all()))
+    entries = render_batch(specs, root, cfg.data.render, workers=workers, progress=progress)
+    failed = _failures(entries, specs)
+    print(f"rendered {len(specs) - len(failed)}/{len(specs)} objects under {cfg.data.rendered_dir}"
+          + (f"; failed: {', '.join(spec for spec, _ in failed[:10])}" if failed else ""))
+    if failed:
+        raise RenderFailedError(f"{len(failed)} of {len(specs)} objects failed to render: {_failure_list(failed)}",
+                                path=root / FAILED,
+                                fix="fix or replace the listed meshes (corrupt, empty or zero-area) or remove them "
+                                    "from the experiment's object lists, then run `corr3d render` again (finished "
+                                    "objects are kept)")
     return entries

@@ -3,7 +3,9 @@
 corr3d layout (format_version 1), one directory per object, written by ``corr3d.render.batch``:
 - ``meta.json``: format, format_version, renderer, renderer_version, object_id, spec, width, height, K (3x3),
   poses (V x 4x4 OpenCV object->camera), num_views, normalization {center, scale} (x_obj = (x_file - center) * scale),
-  render settings and their hash, mesh statistics. Written LAST, so its presence marks a complete directory.
+  render settings and their hash, mesh statistics, ``foreground_pixels`` (per view; a render with fewer than 16 in
+  every view is refused). Written LAST, so its presence marks a complete directory. A malformed meta.json raises
+  ``DatasetFormatError`` naming it and the field.
 - ``rgb_%03d.png`` (RGB uint8, background colour outside the mask), ``mask_%03d.png`` (L, 0/255).
 - ``depth.npz`` (zip-deflated): one float32 (H,W) array per view, key ``view_%03d``: the exact camera z of the ray
   hit through each pixel centre, 0 on the background.
@@ -38,8 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from corr3d.errors import DataFileError
+from corr3d.errors import DataFileError, DatasetFormatError
 from corr3d.geometry import depth_to_xyz, intrinsics, invert_pose
+from corr3d.utils.reading import as_array, fail, reading
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ FORMAT_VERSION = 1
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips camera y and z axes
 PAPER_FOCAL, PAPER_SIZE = 560.0, 512
 BLENDERPROC_PIXEL_OFFSET = 0.5  # BlenderProc K (pixel centre at integer x) -> corr3d K (pixel centre at x + 0.5)
+MIN_FOREGROUND = 16  # = corr3d.render.batch.MIN_FOREGROUND_PIXELS: fewer in every view is a failed (zero-area) render
+RERENDER_FIX = "re-render this object (delete the directory and run `corr3d render`)"
 
 
 def blenderproc_K_to_corr3d(K) -> np.ndarray:
@@ -152,16 +157,28 @@ class RenderedObject:
 
     @classmethod
     def _open_corr3d(cls, path: Path) -> "RenderedObject":
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported render format {meta.get('format')} v{meta.get('format_version')}")
-        n = int(meta["num_views"])
+        meta_path = path / "meta.json"
+        with reading(meta_path, "render meta.json", RERENDER_FIX):
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict):
+                raise TypeError(f"a JSON {type(meta).__name__}, expected an object")
+            if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+                raise DatasetFormatError(f"unsupported render format {meta.get('format')} "
+                                         f"v{meta.get('format_version')}", path=meta_path, fix=RERENDER_FIX)
+            n = int(meta["num_views"])
+            K = as_array(meta_path, "K", meta["K"], (3, 3), RERENDER_FIX)
+            poses = as_array(meta_path, "poses", meta["poses"], (n, 4, 4), RERENDER_FIX)
+            width, height = int(meta["width"]), int(meta["height"])
+            foreground = meta.get("foreground_pixels")
+            if isinstance(foreground, list) and len(foreground) == n and max(foreground, default=0) < MIN_FOREGROUND:
+                fail(meta_path, "foreground_pixels", f"the object covers at most {max(foreground, default=0)} pixels "
+                                                     "in every view (a zero-area mesh); it cannot be evaluated",
+                     RERENDER_FIX)
         files = {"rgb": [path / f"rgb_{i:03d}.png" for i in range(n)],
                  "mask": [path / f"mask_{i:03d}.png" for i in range(n)], "depth": path / "depth.npz"}
-        return cls(path=path, object_id=str(meta["object_id"]), K=np.asarray(meta["K"], dtype=np.float64),
-                   poses=np.asarray(meta["poses"], dtype=np.float64), width=int(meta["width"]),
-                   height=int(meta["height"]), layout="corr3d", spec=meta.get("spec"),
-                   normalization=meta.get("normalization"), meta=meta, _files=files)
+        return cls(path=path, object_id=str(meta["object_id"]), K=K, poses=poses, width=width, height=height,
+                   layout="corr3d", spec=meta.get("spec"), normalization=meta.get("normalization"), meta=meta,
+                   _files=files)
 
     @classmethod
     def _open_blenderproc(cls, path: Path, poses, K, convention: str) -> "RenderedObject":
@@ -173,8 +190,12 @@ class RenderedObject:
                 raise FileNotFoundError(f"{path}: no obj_poses.npy here or in the parent directory; pass poses=")
             poses = np.load(found[0])
         poses = np.asarray(poses, dtype=np.float64)
+        if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+            raise DatasetFormatError(f"poses of shape {poses.shape}, expected (V, 4, 4)", path=path,
+                                     fix="pass the (V, 4, 4) object->camera poses (obj_poses.npy)")
         if len(poses) < max(indices) + 1:
-            raise ValueError(f"{path}: {len(poses)} poses for view index {max(indices)}")
+            raise DatasetFormatError(f"{len(poses)} poses for view index {max(indices)} (color_{max(indices):06d}.png)",
+                                     path=path, fix="obj_poses.npy must hold one pose per rendered view")
         poses, used = poses_to_opencv(poses[indices], convention)
         height, width = _read_png(colors[0]).shape[:2]
         if K is None:

@@ -10,8 +10,13 @@
         Annotations/<class>/<name>.mat       optional; ``bbox`` [x1 y1 x2 y2] for bbox-relative PCK
         class_names.txt                      optional; one name per class id (default: the 20 VOC classes)
 
-Keypoints are converted to continuous pixel coordinates (1-based pixel index i -> i - 0.5). Negative coordinates mark
-missing keypoints. Without an annotation file the target bounding box falls back to the extent of its keypoints.
+Keypoints are converted to continuous pixel coordinates (1-based pixel index i -> i - 0.5). Negative (or NaN)
+coordinates mark missing keypoints. Without an annotation file the target bounding box falls back to the extent of
+its keypoints.
+
+Checked on load (a violation raises ``DatasetFormatError`` naming the file, its line and the field): the four
+coordinate lists of a row have the same length, both images exist, present keypoints lie inside their image (1 px
+tolerance), annotation boxes are non-empty and inside the image.
 
 Get the data: PF-PASCAL from https://www.di.ens.fr/willow/research/proposalflow/ (``PF-dataset-PASCAL``) and the two
 pair lists from 3DCorrEnhance's ``data/`` folder (github.com/qq456cvb/3DCorrEnhance).
@@ -24,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corr3d.errors import DataFileError
+from corr3d.errors import DatasetFormatError
+from corr3d.utils.reading import check_box, check_points, describe, fail, image_size, reading
 from corr3d.utils.report import write_text
 
 PASCAL_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -64,24 +70,46 @@ def _coords(text: str) -> np.ndarray:
     return np.array([float(v) for v in text.split(";") if v.strip()], dtype=np.float64) if text else np.zeros(0)
 
 
-def _resolve(root: Path, rel: str) -> Path:
+def present_keypoints(kps: np.ndarray) -> np.ndarray:
+    """Annotated keypoints: a negative or NaN coordinate marks a missing one (checked no further)."""
+    return ~((kps < 0) | np.isnan(kps)).any(1)
+
+
+def _resolve(root: Path, rel: str) -> Path | None:
+    """The image a pair list names (relative to ``<root>/..``, ``<root>`` or ``JPEGImages/``); None when absent."""
     for cand in (root.parent / rel, root / rel, root / "JPEGImages" / Path(rel).name):
-        if cand.exists():
+        if cand.is_file():
             return cand
-    return root.parent / rel
+    return None
 
 
-def _mat_bbox(root: Path, category: str, image: Path) -> np.ndarray | None:
+def _image_size(path: Path, sizes: dict) -> tuple[int, int]:
+    """(width, height) from the image header (cached per image: pairs share images)."""
+    if path not in sizes:
+        sizes[path] = image_size(path, "the image is truncated or not an image: copy PF-dataset-PASCAL again")
+    return sizes[path]
+
+
+def _mat_bbox(root: Path, category: str, image: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """The ``bbox`` of ``Annotations/<class>/<name>.mat`` (1-based inclusive) in continuous coordinates, checked to
+    be non-empty and inside the image; None without an annotation file."""
     ann = root / "Annotations" / category / f"{image.stem}.mat"
     if not ann.exists():
         return None
     from scipy.io import loadmat  # deferred: heavy optional dependency, loaded only when used
 
-    data = loadmat(ann)
+    fix = "expected PF-PASCAL's Annotations/<class>/<image>.mat with bbox [x1 y1 x2 y2] (1-based); copy it again"
+    try:
+        data = loadmat(ann)
+    except Exception as err:  # noqa: BLE001 - scipy raises MatReadError/ValueError/OSError for broken files
+        raise DatasetFormatError(f"unreadable MATLAB annotation ({describe(err)})", path=ann, fix=fix) from None
     if "bbox" not in data:
         return None
-    box = np.asarray(data["bbox"], dtype=np.float64).reshape(-1)[:4]
-    return np.array([box[0] - 1.0, box[1] - 1.0, box[2], box[3]])  # 1-based inclusive -> continuous
+    box = np.asarray(data["bbox"], dtype=np.float64).reshape(-1)
+    if box.size < 4:
+        fail(ann, "bbox", f"{box.size} values, expected [x1 y1 x2 y2]", fix)
+    box = np.array([box[0] - 1.0, box[1] - 1.0, box[2], box[3]])  # 1-based inclusive -> continuous
+    return check_box(ann, "bbox", box, *size, fix=fix)
 
 
 def keypoint_bbox(kps: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -93,23 +121,36 @@ def pairs_file(root: str | Path, views: str = "different", split: str = "test") 
     return Path(root) / f"{split}_pairs_pf_{views}_views.csv"
 
 
+PAIRS_FIX = "expected the 3DCorrEnhance pair list (source_image,target_image,class,XA,YA,XB,YB); copy it again"
+CONVENTION = " (PF-PASCAL coordinates are 1-based pixels; a negative or NaN coordinate marks a missing keypoint)"
+KEYPOINTS_FIX = ("the pair list does not fit its images: use the 3DCorrEnhance pair lists with the original "
+                 "PF-dataset-PASCAL JPEGImages (not resized), coordinates as 1-based pixels, -1 for a missing point")
+
+
 def load_pairs(root: str | Path, views: str = "different", split: str = "test",
                max_pairs: int | None = None) -> list[SemanticPair]:
+    """The pairs of one pair list. Every row is checked: same number of XA/YA/XB/YB coordinates, both images
+    present, keypoints inside their images, annotation boxes non-empty and inside; a violation raises
+    :class:`corr3d.errors.DatasetFormatError` naming the file, its line and the field."""
     root = Path(root)
-    names = class_names(root)
-    pairs = []
     path = pairs_file(root, views, split)
-    fix = "expected the 3DCorrEnhance pair list (source_image,target_image,class,XA,YA,XB,YB); copy it again"
+    with reading(path, "PF-PASCAL pair list", PAIRS_FIX):
+        return _load_pairs(root, path, views, class_names(root), max_pairs)
+
+
+def _load_pairs(root: Path, path: Path, views: str, names: list[str], max_pairs: int | None) -> list[SemanticPair]:
+    pairs, sizes, fix = [], {}, PAIRS_FIX
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or header[0].strip().lower() not in ("source_image", "imagea", "source"):
-            raise DataFileError(f"unexpected header {header}", path=path, fix=fix)
+            raise DatasetFormatError(f"unexpected header {header}", path=path, fix=fix)
         for i, row in enumerate(reader):
             if max_pairs is not None and len(pairs) >= max_pairs:
                 break
             if not row or not "".join(row).strip():
                 continue
+            line = f"line {reader.line_num}"
             try:  # a malformed row names its line (header = line 1) instead of an IndexError deep in eval
                 if len(row) < 7:
                     raise ValueError(f"{len(row)} columns, expected 7")
@@ -118,16 +159,35 @@ def load_pairs(root: str | Path, views: str = "different", split: str = "test",
                     raise ValueError(f"class id {cls} outside 1..{len(names)}")
                 xa, ya, xb, yb = (_coords(v) for v in row[3:7])
             except ValueError as err:
-                raise DataFileError(f"line {reader.line_num}: {err}", path=path, fix=fix) from None
-            n = min(len(xa), len(ya), len(xb), len(yb))
-            src_kps = np.stack([xa[:n], ya[:n]], 1)
-            trg_kps = np.stack([xb[:n], yb[:n]], 1)
-            valid = (src_kps >= 0).all(1) & (trg_kps >= 0).all(1)
+                raise DatasetFormatError(f"{line}: {err}", path=path, fix=fix) from None
+            counts = [len(xa), len(ya), len(xb), len(yb)]
+            if len(set(counts)) != 1:
+                fail(path, line, f"XA, YA, XB, YB hold {', '.join(map(str, counts))} coordinates; every keypoint "
+                                 "needs all four", fix)
+            if counts[0] == 0:
+                fail(path, line, "no keypoints (XA, YA, XB, YB are empty)", fix)
+            src_kps = np.stack([xa, ya], 1)
+            trg_kps = np.stack([xb, yb], 1)
+            src_present, trg_present = present_keypoints(src_kps), present_keypoints(trg_kps)
+            valid = src_present & trg_present
             category = names[cls - 1]
-            src_path, trg_path = _resolve(root, src), _resolve(root, trg)
+            paths = []
+            for side, rel in (("source", src), ("target", trg)):
+                image = _resolve(root, rel)
+                if image is None:
+                    fail(path, line, f"{side} image {rel!r} not found (looked in {root.parent}, {root} and "
+                                     f"{root / 'JPEGImages'})",
+                         "put PF-dataset-PASCAL/JPEGImages next to the pair lists: " + DOWNLOAD_HINT.format(path=root))
+                paths.append(image)
+            src_path, trg_path = paths
             src_kps, trg_kps = src_kps + PIXEL_OFFSET, trg_kps + PIXEL_OFFSET
-            trg_bbox = _mat_bbox(root, category, trg_path)
-            src_bbox = _mat_bbox(root, category, src_path)
+            src_size, trg_size = _image_size(src_path, sizes), _image_size(trg_path, sizes)
+            for cols, kps, present, image, size in (("XA/YA", src_kps, src_present, src_path, src_size),
+                                                    ("XB/YB", trg_kps, trg_present, trg_path, trg_size)):
+                check_points(path, f"{line}: {cols} (keypoints on {image.name})", kps[present], *size,
+                             fix=KEYPOINTS_FIX, convention=CONVENTION, file_offset=PIXEL_OFFSET)
+            trg_bbox = _mat_bbox(root, category, trg_path, trg_size)
+            src_bbox = _mat_bbox(root, category, src_path, src_size)
             meta = {"views": views, "bbox_source": "annotation" if trg_bbox is not None else "keypoints"}
             if trg_bbox is None:
                 trg_bbox = keypoint_bbox(trg_kps, valid)

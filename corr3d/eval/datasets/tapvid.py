@@ -25,8 +25,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from corr3d.errors import DataFileError
+from corr3d.errors import DataFileError, DatasetFormatError
 from corr3d.utils.io import atomic_write
+from corr3d.utils.reading import ItemIterator, apply_filter, describe
 from corr3d.utils.safe_load import restricted_pickle_load
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,53 @@ def sample_queries_first(points: np.ndarray, occluded: np.ndarray):
 def _decode_frames(video) -> np.ndarray:
     if isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4:
         return video
+    if isinstance(video, np.ndarray) and video.dtype != object:
+        if not np.issubdtype(video.dtype, np.integer) or (video.size and (video.min() < 0 or video.max() > 255)):
+            raise _Bad(f"video: frames of dtype {video.dtype} with values in [{video.min()}, {video.max()}]; expected "
+                       "uint8 [T, H, W, 3] in 0..255 (or a list of JPEG bytes)",
+                       "store the frames as uint8 0..255 (e.g. (frames * 255).round().astype(np.uint8))")
+        return video.astype(np.uint8)
     frames = [np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) if isinstance(f, (bytes, bytearray)) else np.asarray(f)
               for f in video]
     return np.stack(frames).astype(np.uint8)
+
+
+class _Bad(ValueError):
+    """A field that breaks the documented format, with the fix for it."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix
+
+
+POINTS_MARGIN = 0.01  # visible points may lie this far (fraction of the frame) outside it (annotation on the border)
+UNITS_FIX = ("TAP-Vid points are normalised (x, y) in [0, 1] (pixel x / width, y / height): rescale them, or check "
+             "that x and y are not swapped and that the file is the official tapvid_davis.pkl")
+
+
+def _check_points(field: str, points: np.ndarray, occluded: np.ndarray, size=(1.0, 1.0), units: str = "") -> None:
+    """Visible points (N, T, 2) finite and inside the frame: ``points / size`` in [0, 1] x [0, 1] (``size`` (w, h)
+    of the frame the points refer to; 1 for normalised points); ``units`` names the convention in the message."""
+    visible = points[~occluded]
+    if not np.isfinite(visible).all():
+        raise _Bad(f"{field}: non-finite coordinates at visible points")
+    normalised = visible / np.asarray(size, dtype=np.float64)
+    bad = ((normalised < -POINTS_MARGIN) | (normalised > 1 + POINTS_MARGIN)).any(-1)
+    if bad.any():
+        n, t = np.argwhere(~occluded)[int(np.flatnonzero(bad)[0])]
+        raise _Bad(f"{field}: {int(bad.sum())} of {len(visible)} visible points outside the frame (e.g. point {n} "
+                   f"at frame {t}: ({visible[bad][0][0]:g}, {visible[bad][0][1]:g}) {units})", UNITS_FIX)
+
+
+def _occlusion(value, field: str = "occluded") -> np.ndarray:
+    """The occlusion flags as bool; anything but bool or 0/1 (e.g. visibility scores) is refused."""
+    raw = np.asarray(value)
+    if raw.dtype != bool:
+        values = np.unique(raw)
+        if raw.dtype == object or not np.isin(values, [0, 1]).all():
+            raise _Bad(f"{field}: values {values[:5].tolist()} of dtype {raw.dtype}; expected bool (True = occluded)",
+                       "store the occlusion flags as a bool array [N, T] (True where the point is occluded)")
+    return raw.astype(bool)
 
 
 def detect_format(data) -> str:
@@ -115,10 +160,11 @@ def load_pickle(path: str | Path):
     return data
 
 
-def _malformed(path: Path, video, err: Exception) -> DataFileError:
-    return DataFileError(f"video {video!r} is malformed ({type(err).__name__}: {err})", path=path,
-                         fix="expected {name: {'video', 'points', 'occluded'}} (official format) or DINO-Tracker's "
-                             "{'videos': [...]}; download the file again")
+def _malformed(path: Path, video, err: Exception) -> DatasetFormatError:
+    return DatasetFormatError(f"video {video!r} is malformed ({describe(err) if not isinstance(err, _Bad) else err})",
+                              path=path, fix=getattr(err, "fix", None) or
+                              "expected {name: {'video', 'points', 'occluded'}} (official format) or DINO-Tracker's "
+                              "{'videos': [...]}; download the file again")
 
 
 def _load_frames_dir(directory: Path) -> np.ndarray:
@@ -138,50 +184,60 @@ def _load_frames_dir(directory: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _has_queries(path: Path, name: str, query_t: np.ndarray) -> bool:
+def _has_queries(path: Path, name: str, query_t: np.ndarray, skipped: list) -> bool:
     """Videos without a single visible query point (every point occluded) give no metric: skipped with a reason."""
     if len(query_t):
         return True
-    log.warning("%s: video %s skipped: no visible query point (all points occluded at every query frame)", path, name)
+    reason = "no visible query point (all points occluded at every query frame)"
+    log.warning("%s: video %s skipped: %s", path, name, reason)
+    skipped.append((name, reason))
     return False
 
 
 def iter_videos(path: str | Path, query_mode: str = "strided", query_stride: int = 5, fmt: str = "auto",
-                frames_dir: str | Path | None = None, max_videos: int | None = None) -> Iterator[TapVidVideo]:
-    """Yield :class:`TapVidVideo` for each video of a TAP-Vid (or DINO-Tracker) pickle."""
+                frames_dir: str | Path | None = None, max_videos: int | None = None,
+                videos=None) -> ItemIterator:
+    """An iterator of :class:`TapVidVideo`, one per video of a TAP-Vid (or DINO-Tracker) pickle, in name order.
+
+    ``videos``: only these video names (DINO-Tracker: ``video_idx``); a filter none of whose names is in the file
+    raises :class:`corr3d.errors.UnknownNameError` listing the names present. The iterator's ``skipped``
+    (``[(video, reason)]``, complete once the iterator is exhausted) lists requested videos that are not in the
+    file and videos without a visible query point. Each video is checked (points normalised to the frame,
+    ``occluded`` bool [N, T], T equal to the number of frames); a violation raises
+    :class:`corr3d.errors.DatasetFormatError` naming the file, the video and the field."""
     path = Path(path)
+    return ItemIterator(lambda skipped: _iter_videos(path, query_mode, query_stride, fmt, frames_dir, max_videos,
+                                                     videos, skipped))
+
+
+def _iter_videos(path: Path, query_mode: str, query_stride: int, fmt: str, frames_dir, max_videos, videos,
+                 skipped: list) -> Iterator[TapVidVideo]:
     data = load_pickle(path)
     fmt = detect_format(data) if fmt == "auto" else fmt
     count = 0
     if fmt == "dinotracker":
         frames_root = Path(frames_dir) if frames_dir else path.parent / "tapvid-davis"
-        for cfg in data["videos"]:
+        entries = [(str(cfg.get("video_idx") if isinstance(cfg, dict) else cfg), cfg) for cfg in data["videos"]]
+        entries, missing = apply_filter(entries, videos, what="TAP-Vid video", source=path, key=lambda e: e[0])
+        skipped.extend(missing)
+        for name, cfg in entries:
             if max_videos is not None and count >= max_videos:
                 return
             vid = cfg.get("video_idx") if isinstance(cfg, dict) else cfg
             try:
                 frames = _load_frames_dir(frames_root / str(vid) / "video")
-                fh, fw = frames.shape[1:3]
-                sx, sy = fw / float(cfg["w"]), fh / float(cfg["h"])
-                qt, qxy, tr, oc = [], [], [], []
-                for frame_idx in sorted(cfg["query_points"]):
-                    q = np.asarray(cfg["query_points"][frame_idx], dtype=np.float64).reshape(-1, 2)
-                    qt.append(np.full(len(q), int(frame_idx)))
-                    qxy.append(q * [sx, sy])
-                    tr.append(np.asarray(cfg["target_points"][frame_idx], dtype=np.float64).reshape(len(q), -1, 2)
-                              * [sx, sy])
-                    oc.append(np.asarray(cfg["occluded"][frame_idx], dtype=bool).reshape(len(q), -1))
-                video = TapVidVideo(str(vid), frames, np.concatenate(qt).astype(np.int64), np.concatenate(qxy),
-                                    np.concatenate(tr), np.concatenate(oc), "strided", {"format": fmt})
+                video = _dinotracker_video(cfg, frames, fmt)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
                 raise _malformed(path, vid, err) from None
-            if _has_queries(path, video.name, video.query_t):
+            if _has_queries(path, video.name, video.query_t, skipped):
                 yield video
                 count += 1
         return
     if query_mode not in ("strided", "first"):
         raise ValueError(f"unknown query mode {query_mode!r}")
-    for name in sorted(data, key=str):
+    names, missing = apply_filter(sorted(data, key=str), videos, what="TAP-Vid video", source=path)
+    skipped.extend(missing)
+    for name in names:
         if max_videos is not None and count >= max_videos:
             return
         try:
@@ -190,13 +246,14 @@ def iter_videos(path: str | Path, query_mode: str = "strided", query_stride: int
             if frames.ndim != 4 or frames.shape[-1] != 3:
                 raise ValueError(f"frames of shape {frames.shape}, expected (T, H, W, 3)")
             h, w = frames.shape[1:3]
-            points = np.asarray(item["points"], dtype=np.float64) * np.array([w, h], dtype=np.float64)
-            occluded = np.asarray(item["occluded"], dtype=bool)
-            if points.ndim != 3 or occluded.shape != points.shape[:2] or points.shape[1] != frames.shape[0]:
-                raise ValueError(f"points {points.shape} / occluded {occluded.shape} do not fit {frames.shape[0]} "
+            normalised = np.asarray(item["points"], dtype=np.float64)
+            occluded = _occlusion(item["occluded"])
+            if normalised.ndim != 3 or normalised.shape[-1] != 2 or occluded.shape != normalised.shape[:2] \
+                    or normalised.shape[1] != frames.shape[0]:
+                raise ValueError(f"points {normalised.shape} / occluded {occluded.shape} do not fit {frames.shape[0]} "
                                  "frames (expected [N, T, 2] and [N, T])")
-            if not np.isfinite(points[~occluded]).all():
-                raise ValueError("non-finite coordinates at visible points")
+            _check_points("points", normalised, occluded, units="(normalised x, y)")
+            points = normalised * np.array([w, h], dtype=np.float64)
             if query_mode == "strided":
                 qt, qxy, tr, oc = sample_queries_strided(points, occluded, query_stride)
             else:
@@ -205,9 +262,43 @@ def iter_videos(path: str | Path, query_mode: str = "strided", query_stride: int
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError) as err:
             raise _malformed(path, name, err) from None
-        if _has_queries(path, str(name), qt):
+        if _has_queries(path, str(name), qt, skipped):
             yield TapVidVideo(str(name), frames, qt, qxy, tr, oc, query_mode, {"format": fmt})
             count += 1
+
+
+def _dinotracker_video(cfg: dict, frames: np.ndarray, fmt: str) -> TapVidVideo:
+    """One DINO-Tracker entry: queries and targets in pixels of (h, w), rescaled to the frames on disk."""
+    vid = cfg.get("video_idx")
+    num_frames, (fh, fw) = frames.shape[0], frames.shape[1:3]
+    h, w = float(cfg["h"]), float(cfg["w"])
+    if not (h > 0 and w > 0):
+        raise _Bad(f"h, w: {h:g} x {w:g}, expected the positive frame size the points refer to")
+    sx, sy = fw / w, fh / h
+    qt, qxy, tr, oc = [], [], [], []
+    for frame_idx in sorted(cfg["query_points"]):
+        q = np.asarray(cfg["query_points"][frame_idx], dtype=np.float64).reshape(-1, 2)
+        if not 0 <= int(frame_idx) < num_frames:
+            raise _Bad(f"query_points: query frame {frame_idx} outside the {num_frames} frames of video {vid}")
+        target = np.asarray(cfg["target_points"][frame_idx], dtype=np.float64)
+        occluded = _occlusion(cfg["occluded"][frame_idx], f"occluded[{frame_idx}]")
+        if target.size != len(q) * num_frames * 2 or occluded.size != len(q) * num_frames:
+            raise _Bad(f"target_points[{frame_idx}] {target.shape} / occluded[{frame_idx}] {occluded.shape} do not fit "
+                       f"{len(q)} queries x {num_frames} frames on disk (expected [n, T, 2] and [n, T])",
+                       "the frame folder and the pickle must hold the same video (every frame, same order)")
+        target, occluded = target.reshape(len(q), num_frames, 2), occluded.reshape(len(q), num_frames)
+        units = f"(pixels of the {w:g} x {h:g} frame)"
+        _check_points(f"target_points[{frame_idx}]", target, occluded, (w, h), units)
+        _check_points(f"query_points[{frame_idx}]", q[:, None], np.zeros((len(q), 1), bool), (w, h), units)
+        qt.append(np.full(len(q), int(frame_idx)))
+        qxy.append(q * [sx, sy])
+        tr.append(target * [sx, sy])
+        oc.append(occluded)
+    if not qt:
+        return TapVidVideo(str(vid), frames, np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, num_frames, 2)),
+                           np.zeros((0, num_frames), bool), "strided", {"format": fmt})
+    return TapVidVideo(str(vid), frames, np.concatenate(qt).astype(np.int64), np.concatenate(qxy),
+                       np.concatenate(tr), np.concatenate(oc), "strided", {"format": fmt})
 
 
 def write_tapvid_pickle(path: str | Path, videos: dict[str, dict]) -> Path:
