@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from corr3d.assets.experiment import evaluation_objects
 from corr3d.data.mvimgnet import discover_objects, open_objects
+from corr3d.errors import EmptySelectionError
 from corr3d.eval.features import model_device, to_tensor
 from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grouped, sample_normalized, visible_points
 from corr3d.eval.photometric import change_view, normals_from_xyz
@@ -219,10 +220,11 @@ def view_image(obj, view: int, photometric=None, seed: int = 0) -> np.ndarray:
 
 
 def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "equivariance",
-                     per_object: dict | None = None, items: list | None = None) -> dict[str, float]:
+                     per_object: dict | None = None, items: list | None = None,
+                     skipped: list | None = None) -> dict[str, float]:
     """APE/PCDP over all objects under ``eq`` (the ``equivariance`` section, sampled as its ``protocol``);
     ``per_object`` (if given) receives each object's own metrics, ``items`` (if given) one ``pair_item`` per
-    evaluated view pair.
+    evaluated view pair, ``skipped`` (if given) ``(object, reason)`` for each object without a measured pair.
 
     Pairs are drawn from (``seed``, object id) and each pair's source points from (seed, object id, i, j): the items
     do not depend on the process, the model or which other objects are evaluated."""
@@ -236,6 +238,8 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
             if not pairs:
                 log.warning("object %s has no view pair within %.0f deg; skipped", obj.object_id,
                             eq.max_rotation_deg)
+                if skipped is not None:
+                    skipped.append((obj.object_id, f"no view pair within {eq.max_rotation_deg:g} deg"))
                 continue
             views = sorted({v for pair in pairs for v in pair})
             maps = object_view_features(model, obj, views, eq.batch_size, eq.photometric, seed)
@@ -253,6 +257,8 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
                     items.append(pair_item(obj.object_id, i, j, errors, eq.thresholds))
             if per_object is not None and int(metric.count) > 0:
                 per_object[obj.object_id] = _to_floats(metric.compute())
+            if skipped is not None and int(metric.count) == 0:
+                skipped.append((obj.object_id, "no source point of any sampled pair is visible in its target view"))
             del maps
     return _to_floats(total.compute())
 
@@ -271,22 +277,27 @@ def evaluation_object_specs(cfg) -> list[str]:
 
 
 def render_evaluation_objects(cfg) -> list[Path]:
-    """Directories of the held-out evaluation objects, rendering the missing ones."""
+    """Directories of the held-out evaluation objects, rendering the missing ones; the returned list's ``skipped``
+    holds ``(spec, reason)`` of those that could not be rendered (corrupt or empty meshes)."""
     specs = evaluation_object_specs(cfg)
     if not specs:
-        raise ValueError("no equivariance evaluation objects: set equivariance.objects or equivariance.object_list")
+        raise EmptySelectionError("no equivariance evaluation objects",
+                                  fix="set equivariance.objects or equivariance.object_list")
     return ensure_rendered(specs, Path(cfg.data.rendered_dir), cfg.data.render)
 
 
 def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
-                          per_object: dict | None = None, items: list | None = None) -> dict[str, float]:
+                          per_object: dict | None = None, items: list | None = None,
+                          skipped: list | None = None) -> dict[str, float]:
     """The full equivariance evaluation of ``cfg.equivariance`` for ``model`` (any backbone, with or without adapter,
     or the ``OracleModel``); ``items`` (if given) receives the per-pair results (see ``evaluate_objects``).
     Real photographs are the ``real_pairs`` task (corr3d/eval/real_pairs.py)."""
     if object_dirs is None:
         object_dirs = render_evaluation_objects(cfg)
+    if skipped is not None:
+        skipped.extend(getattr(object_dirs, "skipped", []))
     results = evaluate_objects(model, open_rendered_objects(object_dirs), cfg.equivariance, seed=cfg.eval.seed,
-                               per_object=per_object, items=items)
+                               per_object=per_object, items=items, skipped=skipped)
     if cfg.equivariance.mvimgnet and not is_oracle(model):  # sparse COLMAP points: no dense ground truth
         results.update(evaluate_mvimgnet(model, cfg, items=items))
     return results

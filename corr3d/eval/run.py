@@ -39,7 +39,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from corr3d.assets.objaverse import check_experiment_disjoint
-from corr3d.errors import Corr3dUserError, RunLockedError
+from corr3d.errors import Corr3dUserError, EmptySelectionError, RunLockedError
 from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
 from corr3d.eval.datasets.onepose import list_objects
 from corr3d.eval.datasets.tapvid import iter_videos
@@ -277,8 +277,10 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         if offline:   # the suite's short test captures: its own query step
             pose = OmegaConf.merge(pose, {"query_step": pose.offline_query_step})
         if getattr(model, "is_oracle", False):   # ground-truth 2D-3D matches -> the same PnP (the ceiling)
-            return evaluate_oracle_pose(objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
-        return evaluate_objects(model, objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
+            result = evaluate_oracle_pose(objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
+        else:
+            result = evaluate_objects(model, objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
+        return _with_skipped(result, objects)
     if task == "pose_ycbv":
         ycbv = cfg.eval.pose_ycbv
         features = None if getattr(model, "is_oracle", False) else model   # None: ground-truth matches (ceiling)
@@ -290,12 +292,12 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
         t, o = cfg.eval.tracking, cfg.eval.offline
         videos = iter_videos(ds["path"], t.query_mode, t.query_stride, t.format, t.frames_dir, t.max_videos)
         if getattr(model, "is_oracle", False):   # ground-truth tracks and occlusion (the ceiling)
-            return evaluate_oracle_tracking(videos, t, ds["prefix"], desc)
+            return _with_skipped(evaluate_oracle_tracking(videos, t, ds["prefix"], desc), videos)
         # the offline suite's small videos: their own size unless eval.offline.tracking_frame_size, a smaller radius
         frame_size, radius = (o.tracking_frame_size or None, o.tracking_argmax_radius) if offline \
             else (t.frame_size, t.argmax_radius)
-        return evaluate_videos(model, videos, t, frame_size=frame_size, argmax_radius=radius,
-                               batch_size=cfg.eval.batch_size, prefix=ds["prefix"], desc=desc)
+        return _with_skipped(evaluate_videos(model, videos, t, frame_size=frame_size, argmax_radius=radius,
+                                             batch_size=cfg.eval.batch_size, prefix=ds["prefix"], desc=desc), videos)
     if task == "semantic":
         semantic = cfg.eval.semantic
         size = cfg.eval.offline.semantic_image_size if offline else semantic.image_size
@@ -307,6 +309,16 @@ def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tupl
             return evaluate_pfpascal(matcher, ds["path"], list(semantic.pfpascal_views), ds["prefix"], desc)
         return evaluate_spair(matcher, ds["path"], semantic.spair_split, ds["prefix"], desc)
     raise ValueError(task)
+
+
+def _with_skipped(result: tuple[dict, dict], selection) -> tuple[dict, dict]:
+    """Attach the reader's ``skipped`` ([(item, reason)], corr3d.utils.reading) to the tables: the report names them."""
+    metrics, tables = result
+    return metrics, {**tables, "skipped": list(tables.get("skipped", [])) + list(getattr(selection, "skipped", []))}
+
+
+def _skipped_messages(task: str, dataset: str, skipped) -> list[str]:
+    return [f"{task}: {dataset}: {item} not evaluated — {reason}" for item, reason in skipped]
 
 
 def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
@@ -329,7 +341,9 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
         if task in ("equivariance", "real_pairs"):
             start = time.perf_counter()
             if task == "equivariance":
-                metrics = evaluate_equivariance(model, cfg, items=items)
+                skipped: list = []
+                metrics = evaluate_equivariance(model, cfg, items=items, skipped=skipped)
+                messages += _skipped_messages(task, "objects", skipped)
                 part["datasets"].append({"name": task, "source": "rendered"})
             else:
 
@@ -344,6 +358,7 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
                 part["timings"][ds["name"]] = time.perf_counter() - start
                 part["metrics"].update(metrics)
                 tables = dict(tables)
+                messages += _skipped_messages(task, ds["name"], tables.pop("skipped", []))
                 # a dataset's items get its name in id and unit: real and offline sets may reuse object names
                 items += [{**it, "id": f"{ds['name']}/{it['id']}", "unit": f"{ds['name']}/{it['unit']}"}
                           for it in tables.pop("items", None) or []]
@@ -351,6 +366,10 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
                 part["datasets"].append({"name": ds["name"], "source": ds["source"], "prefix": ds["prefix"]})
     for msg in messages:
         _say(msg)
+    if part["datasets"] and not items:   # every requested item was skipped: a number over nothing is no number
+        raise EmptySelectionError(f"{task}: no item could be measured for {model_name}"
+                                  + (f" ({'; '.join(messages[:3])})" if messages else ""),
+                                  fix="see the reasons above; fix or replace the listed inputs")
     if own_model:
         del model
         gc.collect()

@@ -285,7 +285,8 @@ def evaluate_spair(matcher: SemanticMatcher, root: Path, split: str = "test", pr
             metrics[f"{prefix}vp{r['category']}/pck@{t}"] = r[f"pck@{t}"]
             metrics[f"{prefix}vp{r['category']}/pck_img@{t}"] = r[f"pck_img@{t}"]
     metrics[f"{prefix}num_pairs"] = cat_vals["num_pairs"]
-    return metrics, {"spair_pairs": rows, "spair_categories": m_cat.per_category(),
+    return metrics, {"skipped": list(getattr(pairs, "skipped", [])), "spair_pairs": rows,
+                     "spair_categories": m_cat.per_category(),
                      "spair_viewpoints": m_vp.per_category(), "items": items}
 
 

@@ -28,7 +28,7 @@ def fake_tasks(monkeypatch):
     calls: list[tuple[str, str]] = []
 
     def fake(task):
-        def evaluate(model, cfg, items=None):
+        def evaluate(model, cfg, items=None, **_):
             name = type(model).__name__
             calls.append((task, name))
             key = f"{task}/pck@0.05" if task == "real_pairs" else f"{task}/ape"
@@ -77,7 +77,7 @@ def test_parts_of_another_configuration_are_kept_but_not_reported(tmp_path, fake
 
 
 def test_a_failed_part_is_reported_not_hidden(tmp_path, fake_tasks, monkeypatch):
-    def broken(model, cfg, items=None):
+    def broken(model, cfg, items=None, **_):
         raise ValueError("bad photograph")
 
     monkeypatch.setattr(run, "evaluate_real_pairs", broken)
@@ -172,3 +172,26 @@ def test_a_backbone_name_that_is_a_path_touches_nothing(tmp_path, backbone):
         os.chdir(cwd)
     assert (victim / "keep__me.json").exists() and (victim / "task" / "me.json").exists()
     assert not (tmp_path / "a").exists()
+
+
+def test_objects_that_were_not_measured_are_named_in_the_report(tmp_path, monkeypatch):
+    """Every requested item is measured or named with its reason; a selection that yields nothing is an error."""
+    def partly(model, cfg, items=None, skipped=None, **_):
+        skipped.append(("sh3d_Scopia_x", "render failed: EmptyRenderError"))
+        items.append({"id": "a", "unit": "u", "weight": 1.0, "equivariance/ape": 10.0})
+        return {"equivariance/ape": 10.0}
+
+    monkeypatch.setattr(run, "evaluate_equivariance", partly)
+    run.run_eval(_cfg(tmp_path, "eval.tasks=[equivariance]", "eval.models=[pretrained]"))
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "equivariance: objects: sh3d_Scopia_x not evaluated — render failed: EmptyRenderError" in report
+
+    def nothing(model, cfg, items=None, skipped=None, **_):
+        skipped.append(("sh3d_Scopia_x", "no view pair within 70 deg"))
+        return {"equivariance/ape": float("nan")}
+
+    monkeypatch.setattr(run, "evaluate_equivariance", nothing)
+    with pytest.raises(run.EvaluationFailed):
+        run.run_eval(_cfg(tmp_path, "eval.tasks=[equivariance]", "eval.models=[pretrained]", "eval.resume=false"))
+    part = json.loads((tmp_path / "eval" / "parts" / "equivariance__pretrained.json").read_text())
+    assert part["status"] == "failed" and "no item could be measured" in part["error"]["message"]
