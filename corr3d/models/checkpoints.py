@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
+from corr3d.errors import AdapterMismatchError, Corr3dUserError, DataFileError
 from corr3d.models.adapter import read_adapter
 from corr3d.models.factory import create_model
 from corr3d.models.weights import WeightsInfo
+from corr3d.utils.safe_load import check_finite_tensors, load_failure_reason, unsafe_pickle_globals
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +37,44 @@ _KEY = re.compile(r"^w_([ab])_(\d{3})$")
 DEFAULT_BASE_WEIGHTS = "hf"
 
 
+_IMPORT_FIX = ("pass the authors' released .ckpt of this backbone (3DCorrEnhance: dinov2_small/base/large.ckpt, "
+               "trained on the last 4 blocks) and the --backbone it was trained on")
+
+
 def read_authors_checkpoint(path, trust_pickle: bool = False) -> dict[str, Any]:
-    """The checkpoint dict of a ``.ckpt`` written by the authors' Lightning module."""
+    """The checkpoint dict of a ``.ckpt`` written by the authors' Lightning module.
+
+    A file that is not a complete checkpoint (truncated zip, random bytes) raises :class:`DataFileError` saying so;
+    only a complete pickle that names globals ``weights_only`` refuses suggests ``trust_pickle`` (with those names).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as err:  # pickle.UnpicklingError for objects weights_only refuses
-        if trust_pickle:
-            raise
-        raise ValueError(f"{path}: torch.load(weights_only=True) refused an entry ({err}). If you trust this file, "
-                         "import it with trust_pickle=True (CLI: --trust-pickle).") from err
+    except Exception as err:  # noqa: BLE001 - UnpicklingError (refused globals or garbage), RuntimeError (zip), ...
+        unsafe = None if trust_pickle else unsafe_pickle_globals(path)
+        if unsafe:
+            raise DataFileError(f"torch.load(weights_only=True) refused the checkpoint: it pickles "
+                                f"{', '.join(unsafe[:5])}, not only tensors and containers", path=path,
+                                fix="if you trust this file, import it with trust_pickle=True (CLI: --trust-pickle); "
+                                    "unpickling it can run code") from None
+        raise DataFileError(f"not a readable checkpoint: truncated or corrupt ({load_failure_reason(err)})", path=path,
+                            fix="download the checkpoint again (compare its size/checksum with the release)") from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not a Lightning checkpoint dict")
+        raise DataFileError(f"not a Lightning checkpoint dict (found a {type(ckpt).__name__})", path=path,
+                            fix=_IMPORT_FIX)
     return ckpt
+
+
+def check_authors_finite(ckpt: dict, path) -> None:
+    """Refuse NaN/inf in the tensors an import uses (LoRA factors by their ``w_a_``/``w_b_`` names, refine_conv)."""
+    named = {str(k): v for k, v in ckpt.items() if _KEY.match(str(k))}
+    state = ckpt.get("state_dict")
+    conv = state.get("refine_conv") if isinstance(state, dict) else None
+    if isinstance(conv, dict):
+        named.update({f"state_dict.refine_conv.{k}": v for k, v in conv.items()})
+    check_finite_tensors(named, path, what="checkpoint tensor")
 
 
 def lora_pairs(ckpt: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -116,17 +141,41 @@ def import_checkpoint(path, backbone: str, out, base_weights: str = DEFAULT_BASE
     are the torch.hub weights the authors used). Returns the .safetensors path.
     """
     ckpt = read_authors_checkpoint(path, trust_pickle=trust_pickle)
-    structure = authors_structure(ckpt)
+    try:
+        structure = authors_structure(ckpt)
+        check_authors_finite(ckpt, path)
+    except Corr3dUserError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # layout errors: name the file
+        raise AdapterMismatchError(str(err).strip("'\""), path=path, fix=_IMPORT_FIX) from None
     embed_dim = structure.pop("embed_dim")
-    model = create_model(backbone, weights="random:0", timm_kwargs=timm_kwargs or {}, **structure, **model_overrides)
+    try:
+        model = create_model(backbone, weights="random:0", timm_kwargs=timm_kwargs or {}, **structure,
+                             **model_overrides)
+    except Corr3dUserError:
+        raise
+    except ValueError as err:  # e.g. more LoRA blocks than the backbone has
+        raise AdapterMismatchError(f"checkpoint (LoRA on {structure['lora']['blocks']} blocks) does not fit backbone "
+                                   f"'{backbone}': {err}", path=path, fix=_IMPORT_FIX) from None
     if model.embed_dim != embed_dim:
-        raise ValueError(f"checkpoint {path} has width {embed_dim} but backbone '{backbone}' has {model.embed_dim}")
-    tensors = authors_to_corr3d(ckpt, len(model.vit.blocks))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    expected = set(model.adapter_state_dict())
-    if unexpected or expected - set(tensors):
-        raise RuntimeError(f"checkpoint does not fit {backbone}: unexpected {unexpected[:8]}, "
-                           f"missing {sorted(expected - set(tensors))[:8]}")
+        raise AdapterMismatchError(f"checkpoint has width {embed_dim} but backbone '{backbone}' has width "
+                                   f"{model.embed_dim} (expected {model.embed_dim}, found {embed_dim})", path=path,
+                                   fix=f"pass the --backbone this checkpoint was trained on (one of width {embed_dim})")
+    try:
+        tensors = authors_to_corr3d(ckpt, len(model.vit.blocks))
+        expected = model.adapter_state_dict()
+        wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}" for k, v in tensors.items()
+                 if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        unexpected = sorted(set(tensors) - set(expected))
+        missing = sorted(set(expected) - set(tensors))
+        if wrong or unexpected or missing:
+            raise ValueError(f"checkpoint does not fit {backbone}: " + "; ".join(
+                part for part in (f"wrong shapes {wrong[:4]}" if wrong else "",
+                                  f"unexpected {unexpected[:8]}" if unexpected else "",
+                                  f"missing {missing[:8]}" if missing else "") if part))
+        model.load_state_dict(tensors, strict=False)
+    except (ValueError, RuntimeError) as err:
+        raise AdapterMismatchError(str(err), path=path, fix=_IMPORT_FIX) from None
     if base_weights.startswith("random"):
         seed = int(base_weights.split(":", 1)[1]) if ":" in base_weights else 0
         model.weights_info = WeightsInfo("random", None, f"random initialisation (seed {seed})", f"random:{seed}")

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.errors import AdapterMismatchError
 from corr3d.models.adapter import (
     adapter_base_weights,
     config_from_metadata,
@@ -34,6 +35,7 @@ from corr3d.models.model import (
     model_config,
 )
 from corr3d.models.weights import load_weights
+
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +86,15 @@ def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", 
     if backbone is not None and backbone != meta["backbone"]:
         spec = resolve_backbone(backbone)
         if spec is None or spec.timm_id != meta["timm_id"]:
-            raise ValueError(f"adapter {path} was trained for backbone '{meta['backbone']}' ({meta['timm_id']}), "
-                             f"not '{backbone}'; pass backbone='{meta['backbone']}' or backbone=None")
+            raise AdapterMismatchError(f"adapter {path} was trained for backbone '{meta['backbone']}' "
+                                       f"({meta['timm_id']}), not '{backbone}'", path=path,
+                                       fix=f"pass backbone='{meta['backbone']}' or backbone=None")
     cfg = config_from_metadata(meta)
     _check_structure(cfg, overrides)
     cfg = model_config(cfg, **overrides)
     cfg["weights"] = adapter_base_weights(weights, meta)
     model = create_model(**cfg)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    expected = set(model.adapter_state_dict())
-    if unexpected or expected - set(tensors):
-        raise RuntimeError(f"adapter {path} does not fit the rebuilt model: unexpected {unexpected[:8]}, "
-                           f"missing {sorted(expected - set(tensors))[:8]}")
+    model.load_adapter_state(tensors, source=path)   # AdapterMismatchError naming the file: keys and shapes
     log.info("loaded adapter %s (%d tensors) trained on %s weights", path, len(tensors),
              meta.get("weights", {}).get("source"))
     return model

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corr3d.config_schema import ModelConfig
+from corr3d.errors import AdapterMismatchError, NonFiniteFeaturesError
 from corr3d.models.adapter import save_adapter
 from corr3d.models.backbones import BackboneSpec
 from corr3d.models.convnet import adapt_convnet, convnet_map
@@ -42,6 +43,29 @@ FLAT_ALIASES = {"lora_rank": ("lora", "rank"), "lora_blocks": ("lora", "blocks")
 STRUCTURAL_KEYS = ("lora", "unfreeze_blocks", "head", "timm_kwargs")
 
 
+def finite_flag(tensor: torch.Tensor) -> torch.Tensor:
+    """0-d bool tensor on ``tensor``'s device: True when every value is finite. One min/max reduction (NaN propagates
+    through it, inf shows as an extreme), no tensor-sized temporary and no device sync (the caller decides when)."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return torch.ones((), dtype=torch.bool, device=tensor.device)
+    lo, hi = torch.aminmax(tensor.detach())
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
+def assert_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """``tensor`` unchanged if every value is finite; else :class:`NonFiniteFeaturesError` naming ``what``.
+
+    ``finite_flag`` plus one device sync: negligible next to the forward pass that produced ``tensor`` (measured in
+    tests/models/test_finite.py)."""
+    if not bool(finite_flag(tensor)):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteFeaturesError(
+            f"{what} hold {bad} non-finite (NaN/inf) values of {tensor.numel()}: the weights (or the input) are "
+            "broken, so any metric computed from them would be meaningless",
+            fix="evaluate another adapter/weights file; if it comes from training, re-train with a lower optim.lr")
+    return tensor
+
+
 def model_config(base: Mapping | None = None, **overrides) -> dict[str, Any]:
     """Defaults <- ``base`` <- ``overrides`` (nested dicts or flat aliases); unknown keys fail loudly."""
     cfg = copy.deepcopy(DEFAULT_MODEL_CONFIG)
@@ -68,6 +92,9 @@ class Corr3DModel(nn.Module):
     ``forward`` gives the raw (B, C, h, w) map (training path); ``dense_features``/``point_features`` are
     L2-normalised. ``vit`` is the timm backbone, ``head`` the conv refinement head.
     """
+
+    #: evaluation (eval mode) refuses NaN/inf feature maps (``assert_finite``); training checks its own loss/weights
+    check_finite: bool = True
 
     def __init__(self, vit: nn.Module, spec: BackboneSpec, config: Mapping, weights_info: WeightsInfo | None = None):
         super().__init__()
@@ -134,10 +161,21 @@ class Corr3DModel(nn.Module):
         """Raw (not normalised) (B, C, h, w) map: backbone tokens (prefix tokens dropped) -> conv head."""
         input_size = tuple(input_size or self.input_size(*images.shape[-2:]))
         if self.is_convnet:
-            return self.head(convnet_map(self.vit, self.preprocess(images, input_size), self.spec.feature_stage))
-        tokens, grid = vit_tokens(self.vit, self.preprocess(images, input_size), layer=self.config["layer"],
-                                  final_norm=self.config["final_norm"], stride=stride)
-        return self.head(tokens_to_map(tokens, self.spec.num_prefix_tokens, grid))
+            fmap = self.head(convnet_map(self.vit, self.preprocess(images, input_size), self.spec.feature_stage))
+        else:
+            tokens, grid = vit_tokens(self.vit, self.preprocess(images, input_size), layer=self.config["layer"],
+                                      final_norm=self.config["final_norm"], stride=stride)
+            fmap = self.head(tokens_to_map(tokens, self.spec.num_prefix_tokens, grid))
+        if self.check_finite and not self.training and not torch.jit.is_tracing() \
+                and not torch.compiler.is_compiling():
+            assert_finite(fmap, f"features of {self.name_for_errors()}")
+        return fmap
+
+    def name_for_errors(self) -> str:
+        """Which model this is, for error messages: backbone, weights and (if loaded) the adapter file."""
+        adapter = getattr(self, "adapter_source", None)
+        return (f"model {self.spec.name} ({self.weights_info.source}: {self.weights_info.label})"
+                + (f" with adapter {adapter}" if adapter else ""))
 
     def dense_features(self, images: torch.Tensor, input_size: tuple[int, int] | None = None,
                        stride: int | None = None) -> torch.Tensor:
@@ -187,6 +225,31 @@ class Corr3DModel(nn.Module):
 
     def save_adapter(self, path) -> Path:
         return save_adapter(self, path)
+
+    def load_adapter_state(self, tensors: Mapping[str, torch.Tensor], source=None) -> None:
+        """Load adapter tensors after checking they are exactly this model's adapter tensors with its shapes;
+        otherwise :class:`AdapterMismatchError` naming ``source`` (the file) and expected vs found."""
+        expected = self.adapter_state_dict()
+        wrong = [f"'{k}' expected {tuple(expected[k].shape)}, found {tuple(v.shape)}" for k, v in tensors.items()
+                 if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if wrong or missing or unexpected:
+            parts = [f"wrong shapes: {'; '.join(wrong[:4])}" if wrong else "",
+                     f"missing {missing[:6]}" if missing else "", f"unexpected {unexpected[:6]}" if unexpected else ""]
+            raise AdapterMismatchError(f"adapter tensors do not fit {self.spec.name} ({self.describe_structure()}): "
+                                       + ", ".join(p for p in parts if p), path=source,
+                                       fix="load the adapter with the backbone and structure it was trained with "
+                                           "(load_model(None, adapter=PATH) rebuilds them)")
+        self.load_state_dict(dict(tensors), strict=False)
+        if source is not None:
+            self.adapter_source = str(source)
+
+    def describe_structure(self) -> str:
+        if self.config["unfreeze_blocks"] or self.is_convnet:
+            trained = f"trained blocks/stages {self.adapted_blocks}"
+        else:
+            trained = f"LoRA rank {self.config['lora']['rank']} on blocks {self.adapted_blocks}"
+        return f"{trained}, {self.head.num_layers} head layer(s), width {self.embed_dim}"
 
     def describe(self) -> str:
         trainable = sum(p.numel() for p in self.trainable_parameters())

@@ -20,6 +20,7 @@ from typing import Sequence
 import lightning as L
 import torch
 
+from corr3d.errors import Corr3dUserError
 from corr3d.eval.equivariance import evaluate_equivariance
 from corr3d.models.adapter import read_adapter
 from corr3d.utils.run_dir import atomic_write_text
@@ -119,18 +120,18 @@ class EquivarianceCallback(L.Callback):
         self.best = data.get("best")
         best_file = self.run_dir / "best_adapter.safetensors"
         if self.best is not None and best_file.exists():
-            self.best_state = dict(read_adapter(best_file)[1])
+            try:
+                self.best_state = dict(read_adapter(best_file)[1])
+            except Corr3dUserError as err:  # corrupt / non-finite: forget it, later probes choose a new best
+                log.warning("ignoring the best probe of step %s: %s", self.best.get("step"), err)
+                self.best = None
 
     def restore_best(self, model) -> dict | None:
         """Load the best probe's adapter weights into ``model``; returns that probe's entry (None: no probe)."""
         if self.best is None or self.best_state is None:
             return None
-        missing = set(model.adapter_state_dict()) - set(self.best_state)
-        if missing:
-            raise KeyError(f"best adapter lacks {sorted(missing)[:3]}")
-        result = model.load_state_dict(self.best_state, strict=False)
-        if result.unexpected_keys:
-            raise KeyError(f"best adapter has unknown tensors {result.unexpected_keys[:3]}")
+        source = self.run_dir / "best_adapter.safetensors" if self.run_dir is not None else "the best probe's weights"
+        model.load_adapter_state(self.best_state, source=source)
         return self.best
 
 

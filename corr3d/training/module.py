@@ -10,20 +10,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from corr3d.errors import TrainingDivergedError
 from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
+from corr3d.models.model import finite_flag
 from corr3d.utils.visualize import correspondence_figure, pca_rgb
+
+
+CHECKPOINT_FINGERPRINT_KEY = "corr3d_fingerprint"
 
 
 class MultiviewFinetuneModule(L.LightningModule):
     """Finetunes a ``Corr3DModel`` (LoRA + conv head) with a dense 3D-correspondence ranking loss.
 
     Checkpoints hold only the trainable tensors (LoRA, head, unfrozen blocks) plus optimizer and loop state: the
-    frozen backbone is rebuilt from its weight source, so a ViT-G run does not write 4 GB per checkpoint.
+    frozen backbone is rebuilt from its weight source, so a ViT-G run does not write 4 GB per checkpoint. They also
+    carry ``fingerprint`` (``CHECKPOINT_FINGERPRINT_KEY``: a hash of the config sections that define the model and
+    its training, corr3d/training/run.py ``training_fingerprint``), so a resume can tell its own checkpoints apart.
+
+    Divergence stops training: after every optimizer step the loss of that step and the trainable tensors (LoRA,
+    head, unfrozen blocks: a few small tensors, one device sync) must be finite, else :class:`TrainingDivergedError`
+    names the step; no checkpoint of that step is written (the check runs before ``on_train_batch_end``).
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, lr: float = 1e-5, weight_decay: float = 1e-4,
                  image_log_every_n_steps: int = 50, pair_log_dir: str | None = None,
-                 cache_frozen_prefix: bool = False, prefix_cache_views: int = 4096):
+                 cache_frozen_prefix: bool = False, prefix_cache_views: int = 4096, fingerprint: str | None = None):
         """``cache_frozen_prefix``: keep the output of the frozen leading blocks per (object, view) and run only the
         trainable last blocks + head on a hit (``corr3d.models.features.frozen_prefix_depth``). Only valid when the
         images of a view never change, i.e. with augmentation off (training/run.py enables it only then)."""
@@ -38,6 +49,8 @@ class MultiviewFinetuneModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.image_log_every_n_steps = image_log_every_n_steps
         self.strict_loading = False  # checkpoints deliberately omit frozen weights; checked in on_load_checkpoint
+        self.fingerprint = fingerprint
+        self._step_loss: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -87,7 +100,46 @@ class MultiviewFinetuneModule(L.LightningModule):
         self._record_pairs(batch)
         if self._should_log_images():
             self._log_images(batch, maps.detach(), f0.detach(), f1.detach())
+        self._step_loss = loss.detach()
         return loss
+
+    # -- divergence ---------------------------------------------------------------------------------------------
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.check_finite_step()
+
+    def check_finite_step(self) -> None:
+        """Raise :class:`TrainingDivergedError` if this step's loss or the updated trainable tensors are not finite.
+
+        One min/max reduction per trainable tensor (``corr3d.models.model.finite_flag``) and one sync; across DDP
+        ranks the decision is shared, so every rank stops at the same step."""
+        flags = [finite_flag(p) for p in self.model.parameters() if p.requires_grad]
+        if self._step_loss is not None:
+            flags.append(finite_flag(self._step_loss))
+        bad = not bool(torch.stack(flags).all()) if flags else False
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise self._diverged()
+
+    def _diverged(self) -> TrainingDivergedError:
+        step = int(self.global_step) + 1  # the step that just ran (Lightning counts it as done after this hook)
+        loss = self._step_loss
+        what = []
+        if loss is not None and not bool(torch.isfinite(loss).all()):
+            what.append(f"the loss is {float(loss.float().mean())}")
+        names = [f"model.{n}" for n, p in self.model.named_parameters()
+                 if p.requires_grad and not bool(torch.isfinite(p.detach()).all())]
+        if names:
+            what.append(f"the updated weights are non-finite ({', '.join(names[:4])}"
+                        f"{f' and {len(names) - 4} more' if len(names) > 4 else ''})")
+        if not what:
+            what.append("another rank's loss or weights are non-finite")
+        return TrainingDivergedError(
+            f"training diverged at step {step}: {'; '.join(what)}. Stopped before writing a checkpoint, adapter or "
+            "DONE for it", fix=f"lower optim.lr (now {self.lr:g}; the paper's is 1e-5) and train again; "
+                               "optim.grad_clip limits the gradient norm")
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -112,6 +164,8 @@ class MultiviewFinetuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if self.fingerprint is not None:
+            checkpoint[CHECKPOINT_FINGERPRINT_KEY] = self.fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = self._trainable_keys() - set(checkpoint["state_dict"])

@@ -3,10 +3,17 @@
 ``corr3d train dinov2_single_object`` (= ``make train EXP=dinov2_single_object``). Re-running the same command after
 a kill resumes the unfinished run from ``checkpoints/last.ckpt``; the data stream is a function of (seed, rank,
 epoch, index), so the resumed run ends in the same state as an uninterrupted one.
+
+A resume must be justified (:func:`resume_checkpoint`): the newest checkpoint that loads with ``weights_only``, carries
+this config's :func:`training_fingerprint`, fits the current model's trainable tensors and optimizer, and holds only
+finite values; any other file is skipped with a warning naming it and the reason (never blocking a fresh start).
+A run whose loss or weights become non-finite stops with :class:`corr3d.errors.TrainingDivergedError` and writes no
+adapter and no ``DONE``.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from corr3d.assets.objaverse import check_experiment_disjoint
 from corr3d.data.datamodule import build_datamodule
@@ -30,11 +37,11 @@ from corr3d.losses import build_loss
 from corr3d.models import compared_model
 from corr3d.render.batch import ensure_rendered
 from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
-from corr3d.training.module import MultiviewFinetuneModule
+from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY, MultiviewFinetuneModule
 from corr3d.training.report import write_feature_figures, write_training_report
 from corr3d.utils.report import write_json
 from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done, point_latest, release_run
-from corr3d.utils.safe_load import safe_checkpoint_load
+from corr3d.utils.safe_load import non_finite_tensor, safe_checkpoint_load
 
 log = logging.getLogger("corr3d.training.run")
 RUN_DIR_ENV = "CORR3D_RUN_DIR"
@@ -170,19 +177,80 @@ def build_module(cfg: DictConfig, model):
                                    image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps),
                                    # frozen-block activations are per view only when views are never augmented
                                    cache_frozen_prefix=bool(cfg.trainer.cache_frozen_prefix)
-                                   and not bool(cfg.data.augment.enabled))
+                                   and not bool(cfg.data.augment.enabled),
+                                   fingerprint=training_fingerprint(cfg))
 
 
-def resume_checkpoint(run: Path) -> Path | None:
-    """The newest checkpoint of ``run`` that loads (a kill during a save can leave a truncated file behind)."""
+# the sections whose values define the trained model and its optimisation trajectory (the step budget does not:
+# a sweep continues a shorter cell's checkpoint, training/sweep.py warm_start) ...
+FINGERPRINT_SECTIONS = ("seed", "model", "loss", "optim", "data")
+# ... less the data keys that only say where files are or how fast they are read
+_UNFINGERPRINTED_DATA_KEYS = ("rendered_dir", "mvimgnet_dir", "num_workers")
+_UNFINGERPRINTED_RENDER_KEYS = ("workers", "png_compression")
+
+
+def training_fingerprint(cfg: DictConfig) -> str:
+    """Hash of what a checkpoint's state depends on: ``seed``, ``model``, ``loss``, ``optim`` and ``data`` (less file
+    locations and reader speed). Stored in every checkpoint (``MultiviewFinetuneModule.on_save_checkpoint``); a
+    resume takes only checkpoints with the same fingerprint."""
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
+                else cfg[key] for key in FINGERPRINT_SECTIONS if key in cfg}
+    data = sections.get("data", {})
+    for key in _UNFINGERPRINTED_DATA_KEYS:
+        data.pop(key, None)
+    for key in _UNFINGERPRINTED_RENDER_KEYS:
+        data.get("render", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resume_problem(ckpt, fingerprint: str | None, module) -> str | None:
+    """Why a loaded checkpoint cannot continue this run (None: it can)."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        return "not a Lightning checkpoint (no state_dict)"
+    if fingerprint is not None:
+        found = ckpt.get(CHECKPOINT_FINGERPRINT_KEY)
+        if found is None:
+            return "it has no config fingerprint (written by another program or an older corr3d)"
+        if found != fingerprint:
+            return f"it was written under another config (fingerprint {found}, this config's is {fingerprint})"
+    state = ckpt["state_dict"]
+    if module is not None:
+        expected = {f"model.{n}": tuple(p.shape) for n, p in module.model.named_parameters() if p.requires_grad}
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            return f"it lacks trainable tensors of this model: {missing[:4]}"
+        wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
+                 if tuple(getattr(state[k], "shape", ())) != expected[k]]
+        if wrong:
+            return f"its tensors have other shapes than this model's (found != expected): {wrong[:3]}"
+        groups = [g for opt in ckpt.get("optimizer_states") or [] if isinstance(opt, dict)
+                  for g in opt.get("param_groups", [])]
+        count = sum(len(g.get("params", [])) for g in groups)
+        if groups and count != len(expected):
+            return f"its optimizer state holds {count} parameters, this model trains {len(expected)}"
+    bad = non_finite_tensor(state)
+    if bad is not None:
+        return f"tensor {bad[0]} holds {bad[1]} non-finite values"
+    return None
+
+
+def resume_checkpoint(run: Path, fingerprint: str | None = None, module=None) -> Path | None:
+    """The newest checkpoint of ``run`` that justifies a resume: it loads (a kill during a save can leave a truncated
+    file behind), carries ``fingerprint`` (when given), fits ``module``'s trainable tensors (when given) and is
+    finite. Every other file is skipped with a warning that names it and the reason."""
     candidates = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
             # weights_only: a checkpoint found in a run directory must never execute code (utils/safe_load.py)
-            safe_checkpoint_load(path)
-            return path
+            ckpt = safe_checkpoint_load(path)
         except Exception as err:  # truncated or corrupt: try the next one
             log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            continue
+        problem = _resume_problem(ckpt, fingerprint, module)
+        del ckpt
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
     return None
 
 
@@ -239,7 +307,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
         callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=int(cfg.trainer.val_every_n_steps),
                                               run_dir=run))
     trainer = build_trainer(cfg, run, plugins=trainer_plugins, extra_callbacks=callbacks)
-    resume = resume_checkpoint(run)
+    resume = resume_checkpoint(run, fingerprint=module.fingerprint, module=module)
     if resume is not None:
         log.info("resuming from %s", resume)
     if rank0:

@@ -99,3 +99,126 @@ def test_hubconf_entry_points_are_light(tmp_path):
     hub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hub)
     assert hub.dependencies == ["torch", "timm"] and callable(hub.dinov2_s14) and callable(hub.clip_b16)
+
+
+# ------------------------------------------------------------------------- issue 21: permissions, finiteness, fit
+def _saved(tmp_path, **overrides):
+    model = tiny_model(16, head={"num_layers": 1, "init": "default"}, **overrides)
+    _train_a_bit(model)
+    return model, model.save_adapter(tmp_path / "run")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_adapter_files_get_the_umask_permissions_of_other_files(tmp_path, umask):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        _, path = _saved(tmp_path)
+        other = tmp_path / "run" / "other.txt"
+        other.write_text("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE(other.stat().st_mode)
+    assert stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == mode
+
+
+def test_non_finite_adapters_are_neither_written_nor_loaded(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from corr3d.errors import Corr3dUserError, NonFiniteTensorError
+
+    model, path = _saved(tmp_path)
+    with torch.no_grad():
+        model.head[0].bias[3] = float("nan")
+    with pytest.raises(NonFiniteTensorError, match="refusing to write an adapter: tensor 'head.0.bias'"):
+        model.save_adapter(tmp_path / "nan")
+    assert not (tmp_path / "nan" / "adapter.safetensors").exists()
+    # a NaN file from elsewhere (an older corr3d, a diverged run): refused on load, naming the file and the tensor
+    tensors = load_file(str(path))
+    tensors["vit.blocks.5.attn.qkv.lora_b_v"][0, 0] = float("inf")
+    save_file(tensors, str(path))
+    with pytest.raises(NonFiniteTensorError) as info:
+        corr3d.load_model(None, adapter=path)
+    assert isinstance(info.value, Corr3dUserError) and info.value.fix
+    assert str(path) in str(info.value) and "'vit.blocks.5.attn.qkv.lora_b_v' holds 1 non-finite" in str(info.value)
+
+
+def _edit_json(tmp_path, edit):
+    path = tmp_path / "run" / "adapter.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda m: m.pop("head"), "lacks ['head']"),
+    (lambda m: m.update(embed_dim="64"), "'embed_dim' is '64': expected int, found str"),
+    (lambda m: m["lora"].update(ranks=4), "'lora' has keys ['alpha', 'block_indices', 'blocks', 'rank', 'ranks']"),
+    (lambda m: m["head"].pop("init"), "'head' has keys ['num_layers']: expected ['num_layers', 'init']"),
+    (lambda m: m.update(backbone="no_such_vit"), "backbone 'no_such_vit', which is neither"),
+    (lambda m: m.update(backbone="dinov2_s14"), "expected timm_id 'vit_small_patch14_dinov2.lvd142m', found "
+                                                "'test_vit.r160_in1k'"),
+    (lambda m: m["lora"].update(rank=8), "'vit.blocks.4.attn.qkv.lora_a_q' expected (8, 64), found (4, 64)"),
+    (lambda m: m["head"].update(num_layers=2), "missing ['head.1.bias', 'head.1.weight']"),
+    (lambda m: m["lora"].update(block_indices=[3, 4]), "unexpected ['vit.blocks.5.attn.qkv.lora_a_q'"),
+])
+def test_adapter_json_that_does_not_fit_names_the_file_and_expected_vs_found(tmp_path, edit, expected):
+    from corr3d.errors import AdapterMismatchError, DataFileError
+
+    _saved(tmp_path)
+    json_path = _edit_json(tmp_path, edit)
+    with pytest.raises(AdapterMismatchError) as info:
+        read_adapter(tmp_path / "run")
+    message = str(info.value)
+    assert isinstance(info.value, DataFileError) and info.value.fix
+    assert expected in message, message
+    assert str(json_path) in message or str(json_path.with_suffix(".safetensors")) in message
+
+
+def test_adapter_backbone_width_mismatch(tmp_path):
+    from corr3d.errors import AdapterMismatchError
+
+    model = tiny_model(14, head={"num_layers": 1, "init": "default"})
+    model.save_adapter(tmp_path / "run")
+    path = _edit_json(tmp_path, lambda m: (m.pop("timm_kwargs"), m.update(embed_dim=32)))
+    with pytest.raises(AdapterMismatchError, match=r"embed_dim 32 for backbone 'dinov2_s14', which has embed_dim "
+                                                   r"384 \(expected 384, found 32\)") as info:
+        read_adapter(path)
+    assert str(path) in str(info.value)
+
+
+def test_adapter_tensors_that_do_not_fit_name_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from corr3d.errors import AdapterMismatchError
+
+    _, path = _saved(tmp_path)
+    tensors = load_file(str(path))
+    tensors["head.0.weight"] = tensors["head.0.weight"][:, :32].contiguous()
+    tensors["vit.blocks.2.attn.qkv.lora_a_q"] = torch.zeros(4, 64)
+    del tensors["head.0.bias"]
+    save_file(tensors, str(path))
+    with pytest.raises(AdapterMismatchError) as info:
+        corr3d.load_model(None, adapter=path)
+    message = str(info.value)
+    assert str(path) in message and "'head.0.weight' expected (64, 64, 3, 3), found (64, 32, 3, 3)" in message
+    assert "missing ['head.0.bias']" in message and "unexpected ['vit.blocks.2.attn.qkv.lora_a_q']" in message
+
+
+def test_unfrozen_block_adapter_shapes_are_checked_against_the_model(tmp_path):
+    from corr3d.errors import AdapterMismatchError
+
+    model, path = _saved(tmp_path, unfreeze_blocks=2)
+    _, tensors = read_adapter(path)  # whole-block tensors: only the built model knows their shapes
+    other = tiny_model(16, head={"num_layers": 1, "init": "default"}, unfreeze_blocks=2)
+    bad = dict(tensors, **{"vit.blocks.5.mlp.fc1.weight": torch.zeros(3, 3)})
+    with pytest.raises(AdapterMismatchError, match=r"'vit.blocks.5.mlp.fc1.weight' expected \(192, 64\), found "
+                                                   r"\(3, 3\)") as info:
+        other.load_adapter_state(bad, source=path)
+    assert str(path) in str(info.value)
+    other.load_adapter_state(tensors, source=path)
+    assert torch.equal(other.head[0].weight, model.head[0].weight)

@@ -216,3 +216,116 @@ def test_ddp_prefixed_state_dict(tmp_path):
     model = corr3d.load_model("dinov2_s14", weights=str(tmp_path / "ddp.pth"), timm_kwargs=TINY_DINOV2_KWARGS,
                               lora_blocks=0, head_layers=0)
     torch.testing.assert_close(model.vit.state_dict()["norm.weight"], vit.state_dict()["norm.weight"])
+
+
+# ----------------------------------------------------------------------- issue 21: corrupt / foreign / non-finite
+class _Payload:
+    """A pickled object whose unpickling would run ``touch <marker>``: the kind of file --trust-pickle is about."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _valid_ckpt_bytes(tmp_path) -> bytes:
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"})
+    torch.save(_lightning_checkpoint(*_authors_module(base.embed_dim)), tmp_path / "valid.ckpt")
+    return (tmp_path / "valid.ckpt").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["truncated_zip", "random_bytes", "empty", "truncated_legacy", "text"])
+def test_corrupt_checkpoints_never_suggest_trust_pickle(tmp_path, kind, capsys):
+    import os
+
+    from corr3d.cli import main
+    from corr3d.errors import DataFileError
+
+    valid = _valid_ckpt_bytes(tmp_path)
+    if kind == "truncated_legacy":
+        torch.save({"w_a_000": torch.ones(2)}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+        legacy = (tmp_path / "legacy.ckpt").read_bytes()
+    data = {"truncated_zip": valid[: len(valid) // 2], "random_bytes": os.urandom(4096), "empty": b"",
+            "truncated_legacy": legacy[: len(legacy) // 2] if kind == "truncated_legacy" else b"",
+            "text": b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n"}[kind]
+    path = tmp_path / "broken.ckpt"
+    path.write_bytes(data)
+    for trust in (False, True):
+        with pytest.raises(DataFileError) as info:
+            read_authors_checkpoint(path, trust_pickle=trust)
+        text = f"{info.value} {info.value.fix}"
+        assert str(path) in text and "truncated or corrupt" in text
+        assert "trust" not in text.lower() and "weights_only" not in text
+    assert main(["import-checkpoint", str(path), "--backbone", "dinov2_s14", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "--trust-pickle" not in err
+
+
+def test_only_a_valid_pickle_with_foreign_globals_suggests_trust_pickle(tmp_path, capsys):
+    from corr3d.cli import main
+    from corr3d.errors import DataFileError
+
+    marker = tmp_path / "pwned"
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"})
+    ckpt = _lightning_checkpoint(*_authors_module(base.embed_dim))
+    ckpt["hyper_parameters"] = _Payload(marker)
+    path = tmp_path / "pickled.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(DataFileError) as info:
+        read_authors_checkpoint(path)
+    assert "posix.system" in str(info.value) and "--trust-pickle" in info.value.fix and str(path) in str(info.value)
+    assert main(["import-checkpoint", str(path), "--backbone", "dinov2_s14", "--out", str(tmp_path / "o")]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_import_refuses_non_finite_tensors_by_name(tmp_path):
+    from corr3d.errors import NonFiniteTensorError
+
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"})
+    w_as, w_bs, conv = _authors_module(base.embed_dim)
+    ckpt = _lightning_checkpoint(w_as, w_bs, conv)
+    ckpt["w_b_005"] = ckpt["w_b_005"].detach().clone()
+    ckpt["w_b_005"][1, 2] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    with pytest.raises(NonFiniteTensorError, match="'w_b_005' holds 1 non-finite") as info:
+        import_checkpoint(tmp_path / "nan.ckpt", "dinov2_s14", tmp_path / "o", base_weights="random:0",
+                          timm_kwargs=TINY4)
+    assert str(tmp_path / "nan.ckpt") in str(info.value) and not (tmp_path / "o").exists()
+    ckpt = _lightning_checkpoint(w_as, w_bs, conv)
+    ckpt["state_dict"]["refine_conv"] = {k: v.clone() for k, v in ckpt["state_dict"]["refine_conv"].items()}
+    ckpt["state_dict"]["refine_conv"]["bias"][0] = float("inf")
+    torch.save(ckpt, tmp_path / "inf.ckpt")
+    with pytest.raises(NonFiniteTensorError, match="'state_dict.refine_conv.bias'"):
+        import_checkpoint(tmp_path / "inf.ckpt", "dinov2_s14", tmp_path / "o", base_weights="random:0",
+                          timm_kwargs=TINY4)
+
+
+def test_import_layout_errors_are_user_errors_naming_the_file(tmp_path):
+    from corr3d.errors import AdapterMismatchError
+
+    base = tiny_model(14, timm_kwargs=TINY4, lora={"blocks": 0, "rank": 4, "alpha": None},
+                      head={"num_layers": 0, "init": "default"})
+    w_as, w_bs, conv = _authors_module(base.embed_dim)
+    ckpt = _lightning_checkpoint(w_as, w_bs, conv)
+    ckpt["w_a_002"] = torch.zeros(8, base.embed_dim)  # another rank than the others
+    torch.save(ckpt, tmp_path / "shape.ckpt")
+    with pytest.raises(AdapterMismatchError, match=r"w_a_002/w_b_002 have shapes \(8, 32\)/\(32, 4\); expected "
+                                                   r"\(4, 32\)/\(32, 4\)") as info:
+        import_checkpoint(tmp_path / "shape.ckpt", "dinov2_s14", tmp_path / "o", timm_kwargs=TINY4)
+    assert str(tmp_path / "shape.ckpt") in str(info.value) and info.value.fix
+    torch.save(_lightning_checkpoint(w_as, w_bs, conv), tmp_path / "x.ckpt")
+    with pytest.raises(AdapterMismatchError, match=r"expected 64, found 32") as info:
+        import_checkpoint(tmp_path / "x.ckpt", "test_vit", tmp_path / "o", base_weights="random:0")
+    assert str(tmp_path / "x.ckpt") in str(info.value)
+    deep = {**TINY4, "depth": 2}   # 4 adapted blocks do not fit a 2-block backbone
+    with pytest.raises(AdapterMismatchError, match=r"LoRA on 4 blocks\) does not fit backbone 'dinov2_s14': "
+                                                   r"cannot adapt the last 4 blocks of a 2-block"):
+        import_checkpoint(tmp_path / "x.ckpt", "dinov2_s14", tmp_path / "o", base_weights="random:0",
+                          timm_kwargs=deep)

@@ -87,6 +87,41 @@ def test_disabled_probe_never_measures(tmp_path):
     assert callback.history == [] and callback.restore_best(None) is None
 
 
+def _probe_once(tmp_path, model):
+    callback = EquivarianceCallback(None, [], every_n_steps=2, run_dir=tmp_path,
+                                    evaluate=lambda m: {"equivariance/ape": 10.0})
+    callback.on_train_start(_Trainer(), SimpleNamespace(model=model))
+    return callback
+
+
+def test_restore_best_into_another_structure_names_the_file(tmp_path):
+    from corr3d.errors import AdapterMismatchError
+
+    callback = _probe_once(tmp_path, tiny_model(16, head={"num_layers": 1, "init": "default"}))
+    other = tiny_model(16, head={"num_layers": 2, "init": "default"})
+    with pytest.raises(AdapterMismatchError, match=r"missing \['head.1.bias', 'head.1.weight'\]") as info:
+        callback.restore_best(other)
+    assert str(tmp_path / "best_adapter.safetensors") in str(info.value)
+
+
+def test_a_corrupt_or_non_finite_best_adapter_does_not_block_a_resume(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model(16, head={"num_layers": 1, "init": "default"})
+    _probe_once(tmp_path, model)
+    best = tmp_path / "best_adapter.safetensors"
+    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(str(best)).items()}, str(best))
+    apes = iter([9.0])
+    fresh = EquivarianceCallback(None, [], every_n_steps=2, run_dir=tmp_path,
+                                 evaluate=lambda m: {"equivariance/ape": next(apes)})
+    trainer = _Trainer()
+    trainer.global_step = 2
+    with caplog.at_level("WARNING"):
+        fresh.on_train_start(trainer, SimpleNamespace(model=model))
+    assert "ignoring the best probe of step 0" in caplog.text and "non-finite" in caplog.text
+    assert fresh.best["step"] == 2 and [h["step"] for h in fresh.history] == [0, 2]
+
+
 @pytest.mark.slow
 def test_training_run_probes_val_objects_and_selects_best(tmp_path):
     """A real tiny run: val probe on a validation object at steps 0, 2, 4; select_best writes the chosen step."""

@@ -31,6 +31,22 @@ def test_copy_row_copies_the_row_per_object_results_and_parts(tmp_path):
             (tmp_path / task / "pretrained.json").read_text()
 
 
+def test_build_module_signs_its_checkpoints_with_the_config_fingerprint():
+    from corr3d.config import load_config
+    from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY
+    from corr3d.training.run import build_module, training_fingerprint
+    from tests.helpers.models import tiny_model
+
+    cfg = load_config("dinov2_single_object", ["optim.lr=1e-3"])
+    module = build_module(cfg, tiny_model(16))
+    assert module.fingerprint == training_fingerprint(cfg) and module.lr == 1e-3
+    checkpoint = {"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[CHECKPOINT_FINGERPRINT_KEY] == module.fingerprint
+    assert set(checkpoint["state_dict"]) == {f"model.{n}" for n, p in module.model.named_parameters()
+                                             if p.requires_grad}
+
+
 def _run_train(root: Path, *extra: str, timeout: int = 400) -> subprocess.CompletedProcess:
     cmd = corr3d_command("train", "dinov2_single_object", *tiny_train_overrides(root), *extra)
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
