@@ -25,8 +25,8 @@ LOSS_NAMES = ("smooth_ap", "infonce", "diff_procrustes")                 # corr3
 HEAD_INITS = ("default", "identity")                                     # corr3d.models.head.HEAD_INITS
 EQUIVARIANCE_PROTOCOLS = ("fast", "paper")                               # corr3d.eval.equivariance.PROTOCOLS
 EVAL_TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")   # corr3d.eval.run.TASKS
-EVAL_MODELS = ("oracle", "pretrained", "pretrained_head_init", "random", "finetuned")     # eval.run.MODEL_ORDER
-REFERENCE_MODELS = ("random", "oracle", "pretrained", "pretrained_head_init")  # training/run.py reference_model
+EVAL_MODELS = ("oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")     # eval.run.MODEL_ORDER
+REFERENCE_MODELS = ("random", "oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv")  # training/run.py reference_model
 # Lightning's Trainer(precision=...) strings (lightning.fabric.plugins.precision.precision._PRECISION_INPUT_STR and
 # its aliases; the integers 16/32/64 arrive as strings) and corr3d's "auto" (training/run.py trainer_precision)
 LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
@@ -184,13 +184,33 @@ class PhotometricConfig:
 
 
 @dataclass
+class ObjectSetConfig:
+    objects: List[str] = field(default_factory=list)
+    object_list: Optional[str] = None
+    about: str = ""
+
+
+_PROCEDURAL = ("procedural:sphere_astronaut", "procedural:torus_coffee", "procedural:box_chelsea",
+               "procedural:cone_voronoi", "procedural:vase_coffee", "procedural:gear_astronaut",
+               "procedural:knot_immuno", "procedural:mug_cat", "procedural:house", "procedural:tori_chain")
+
+
+def _default_controls() -> dict:
+    return {"procedural": ObjectSetConfig(
+                objects=list(_PROCEDURAL),
+                about="colour-matching control: procedural shapes wrapped in photographs, where a random-init "
+                      "network matches about as well as DINOv2 (texture colour alone finds the point)"),
+            "untextured": ObjectSetConfig(
+                objects=["sh3d_split:untextured"],
+                about="shape-only control: real models with flat material colours, where colour cannot be matched")}
+
+
+@dataclass
 class EquivarianceConfig:
     protocol: str = choice("fast", EQUIVARIANCE_PROTOCOLS)
-    objects: List[str] = _list("procedural:sphere_astronaut", "procedural:torus_coffee", "procedural:box_chelsea",
-                               "procedural:cone_voronoi", "procedural:vase_coffee", "procedural:gear_astronaut",
-                               "procedural:knot_immuno", "procedural:mug_cat", "procedural:house",
-                               "procedural:tori_chain")
+    objects: List[str] = _list("sh3d_split:test")
     object_list: Optional[str] = None
+    controls: Dict[str, ObjectSetConfig] = field(default_factory=_default_controls)
     max_views_per_object: int = ranged(0, ge=0)
     max_pairs_per_object: int = ranged(20, ge=0)
     max_rotation_deg: float = 70.0

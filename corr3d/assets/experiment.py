@@ -31,9 +31,30 @@ class ExperimentObjects(NamedTuple):
         return list(dict.fromkeys([*self.train, *self.val, *self.eval]))
 
 
+SPLIT_PREFIX = "sh3d_split:"
+
+
+def expand_split(spec: str) -> list[str]:
+    """``sh3d_split:<split>[@<n>]`` -> the committed split's specs (``data_prep/splits/sh3d_<split>.txt``); with
+    ``@n`` n of them, evenly spaced over the file's order (library, then name), so every library keeps its share.
+    Any other spec is returned as is."""
+    if not spec.startswith(SPLIT_PREFIX):
+        return [spec]
+    name, _, count = spec[len(SPLIT_PREFIX):].partition("@")
+    specs = sh3d.load_split(name)
+    if count:
+        if not count.isdigit() or not 0 < int(count) <= len(specs):
+            raise Corr3dUserError(f"{spec!r}: the count after '@' must be 1..{len(specs)} (split {name!r} has "
+                                  f"{len(specs)} objects)", fix=f"write e.g. {SPLIT_PREFIX}{name}@{min(16, len(specs))}")
+        k = int(count)
+        specs = [specs[(i * len(specs)) // k] for i in range(k)]
+    return specs
+
+
 def listed_specs(specs: Iterable, list_file: str | None) -> list[str]:
-    """``specs`` followed by those of the list file (``data_prep/download_objaverse.py`` output), each once."""
-    out = [str(s) for s in specs]
+    """``specs`` (a ``sh3d_split:`` entry expands to its split, :func:`expand_split`) followed by those of the list
+    file (``data_prep/download_objaverse.py`` output), each once."""
+    out = [expanded for s in specs for expanded in expand_split(str(s))]
     if list_file:
         out += read_object_list(list_file)
     return list(dict.fromkeys(out))

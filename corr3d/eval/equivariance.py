@@ -31,7 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from corr3d.assets.experiment import evaluation_objects
+from corr3d.assets.experiment import evaluation_objects, listed_specs
 from corr3d.data.mvimgnet import discover_objects, open_objects
 from corr3d.errors import EmptySelectionError
 from corr3d.eval.features import model_device, to_tensor
@@ -121,12 +121,17 @@ def is_oracle(model) -> bool:
 def sample_view_pairs(poses: np.ndarray, max_rotation_deg: float, max_pairs: int, rng: np.random.Generator,
                       max_views: int = 0) -> list[tuple[int, int]]:
     """Ordered pairs (i != j) within the rotation limit, a random subset of at most ``max_pairs``; with
-    ``max_views`` > 0 only among that many random views (features are extracted once per view used)."""
+    ``max_views`` > 0 only among that many views (features are extracted once per view used): a random anchor view
+    and ``max_views - 1`` random views within the rotation limit of it, so every object has pairs (independent
+    random views of a 42-view sphere are often all farther apart than the limit)."""
     angles = relative_rotation_matrix_deg(np.asarray(poses))
     allowed = np.ones(len(poses), dtype=bool)
     if 0 < max_views < len(poses):
         allowed[:] = False
-        allowed[rng.choice(len(poses), size=max_views, replace=False)] = True
+        anchor = int(rng.integers(len(poses)))
+        near = np.flatnonzero((angles[anchor] <= max_rotation_deg) & (np.arange(len(poses)) != anchor))
+        allowed[anchor] = True
+        allowed[rng.choice(near, size=min(max_views - 1, len(near)), replace=False)] = True
     ok = (angles <= max_rotation_deg) & allowed[:, None] & allowed[None, :]
     pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(ok)) if i != j]
     if max_pairs and len(pairs) > max_pairs:
@@ -221,7 +226,7 @@ def view_image(obj, view: int, photometric=None, seed: int = 0) -> np.ndarray:
 
 def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "equivariance",
                      per_object: dict | None = None, items: list | None = None,
-                     skipped: list | None = None) -> dict[str, float]:
+                     skipped: list | None = None, prefix: str = "equivariance/") -> dict[str, float]:
     """APE/PCDP over all objects under ``eq`` (the ``equivariance`` section, sampled as its ``protocol``);
     ``per_object`` (if given) receives each object's own metrics, ``items`` (if given) one ``pair_item`` per
     evaluated view pair, ``skipped`` (if given) ``(object, reason)`` for each object without a measured pair.
@@ -229,7 +234,7 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
     Pairs are drawn from (``seed``, object id) and each pair's source points from (seed, object id, i, j): the items
     do not depend on the process, the model or which other objects are evaluated."""
     eq = protocol_sampling(eq)
-    total = _local_metric(eq.thresholds)
+    total = _local_metric(eq.thresholds, prefix)
     with eval_mode(model):
         objects = list(objects)
         for obj in tqdm(objects, desc=desc, leave=False):
@@ -244,7 +249,7 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
             views = sorted({v for pair in pairs for v in pair})
             maps = object_view_features(model, obj, views, eq.batch_size, eq.photometric, seed)
             size = (obj.height, obj.width)
-            metric = _local_metric(eq.thresholds)
+            metric = _local_metric(eq.thresholds, prefix)
             matches = object_pair_matches(model, obj, maps, pairs, eq, seed)
             for i, j in pairs:
                 if (i, j) not in matches:
@@ -254,7 +259,7 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
                 metric.update(errors)
                 total.update(errors)
                 if items is not None:
-                    items.append(pair_item(obj.object_id, i, j, errors, eq.thresholds))
+                    items.append(pair_item(obj.object_id, i, j, errors, eq.thresholds, prefix))
             if per_object is not None and int(metric.count) > 0:
                 per_object[obj.object_id] = _to_floats(metric.compute())
             if skipped is not None and int(metric.count) == 0:
@@ -288,7 +293,7 @@ def render_evaluation_objects(cfg) -> list[Path]:
 
 def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
                           per_object: dict | None = None, items: list | None = None,
-                          skipped: list | None = None) -> dict[str, float]:
+                          skipped: list | None = None, controls: bool = False) -> dict[str, float]:
     """The full equivariance evaluation of ``cfg.equivariance`` for ``model`` (any backbone, with or without adapter,
     or the ``OracleModel``); ``items`` (if given) receives the per-pair results (see ``evaluate_objects``).
     Real photographs are the ``real_pairs`` task (corr3d/eval/real_pairs.py)."""
@@ -298,6 +303,16 @@ def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
         skipped.extend(getattr(object_dirs, "skipped", []))
     results = evaluate_objects(model, open_rendered_objects(object_dirs), cfg.equivariance, seed=cfg.eval.seed,
                                per_object=per_object, items=items, skipped=skipped)
+    for name, section in (cfg.equivariance.controls.items() if controls else ()):
+        # a secondary set (equivariance.controls): same protocol, keys equivariance/<name>/...
+        dirs = ensure_rendered(listed_specs(section.objects, section.object_list), Path(cfg.data.rendered_dir),
+                               cfg.data.render)
+        found: list = []
+        results.update(evaluate_objects(model, open_rendered_objects(dirs), cfg.equivariance, seed=cfg.eval.seed,
+                                        items=items, skipped=found, prefix=f"equivariance/{name}/",
+                                        desc=f"equivariance/{name}"))
+        if skipped is not None:
+            skipped.extend((f"{name}: {spec}", reason) for spec, reason in [*getattr(dirs, "skipped", []), *found])
     if cfg.equivariance.mvimgnet and not is_oracle(model):  # sparse COLMAP points: no dense ground truth
         results.update(evaluate_mvimgnet(model, cfg, items=items))
     return results

@@ -38,6 +38,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.assets.experiment import listed_specs
+from corr3d.assets.sh3d import write_attribution
 from corr3d.assets.objaverse import check_experiment_disjoint
 from corr3d.errors import Corr3dUserError, EmptySelectionError, RunLockedError
 from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
@@ -68,13 +70,13 @@ log = logging.getLogger(__name__)
 TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")
 # tasks with a ground-truth oracle (dense GT for every point)
 ORACLE_TASKS = ("equivariance", "real_pairs", "pose", "tracking", "semantic", "pose_ycbv")
-MODEL_ORDER = ("oracle", "pretrained", "pretrained_head_init", "random", "finetuned")
+MODEL_ORDER = ("oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")
 HEADLINE = {
     "pose": ["acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg"],
     "tracking": ["aj", "delta_avg", "oa"],
     "semantic": ["pck@0.05", "pck@0.10", "pck@0.15", "pck_bbox@0.10", "same/pck@0.10", "spair/pck@0.10",
                  "spair/pck_img@0.10"],
-    "equivariance": ["ape", "pcdp@0.05", "pcdp@0.1", "pcdp@0.2"],
+    "equivariance": ["ape", "pcdp@0.05", "pcdp@0.1", "pcdp@0.2"],   # + <control>/ape, <control>/pcdp@0.05
     "real_pairs": ["pck@0.01", "pck@0.02", "pck@0.05", "median_px", "stereo/pck@0.01", "stereo/pck@0.02",
                    "stereo/pck@0.05", "stereo/median_px", "homography/pck@0.01", "homography/pck@0.02",
                    "homography/pck@0.05", "homography/median_px"],
@@ -342,7 +344,7 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
             start = time.perf_counter()
             if task == "equivariance":
                 skipped: list = []
-                metrics = evaluate_equivariance(model, cfg, items=items, skipped=skipped)
+                metrics = evaluate_equivariance(model, cfg, items=items, skipped=skipped, controls=True)
                 messages += _skipped_messages(task, "objects", skipped)
                 part["datasets"].append({"name": task, "source": "rendered"})
             else:
@@ -473,8 +475,9 @@ def delta_pairs(models) -> list[tuple[str, str]]:
     ``pretrained_head_init`` (what training did beyond adding an untrained head)."""
     models = list(models)
     pairs = [(m, "pretrained") for m in models if m != "pretrained" and "pretrained" in models]
-    if "finetuned" in models and "pretrained_head_init" in models:
-        pairs.append(("finetuned", "pretrained_head_init"))
+    for control in ("pretrained_head_init", "pretrained_default_conv"):   # training beyond an untrained head
+        if "finetuned" in models and control in models:
+            pairs.append(("finetuned", control))
     return pairs
 
 
@@ -504,6 +507,9 @@ def _headline_keys(metrics: dict[str, dict[str, float]]) -> dict[str, list[str]]
         for scope in ("", "offline/"):
             base = f"{scope}{task}/"
             keys = [base + leaf for leaf in leaves if base + leaf in keys_all]
+            if task == "equivariance":   # the secondary object sets (equivariance.controls)
+                keys += sorted(k for k in keys_all if k.startswith(base) and k.count("/") == 2 + scope.count("/")
+                               and k.rsplit("/", 1)[1] in ("ape", "pcdp@0.05"))
             if keys:
                 out[f"{scope}{task}"] = keys
     return out
@@ -552,6 +558,10 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     report.write_csv(out / "deltas.csv", delta_rows)
     text = render_report(cfg, metrics, descriptions, tables, timings, messages, out, ci=ci, deltas=deltas)
     report.write_text(out / "report.md", text)
+    if any(k.startswith("equivariance/") for m in metrics.values() for k in m):   # credit the CC-BY objects measured
+        eq = cfg.equivariance
+        write_attribution(listed_specs(eq.objects, eq.object_list)
+                          + [s for c in eq.controls.values() for s in listed_specs(c.objects, c.object_list)], out)
     _say(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return {"metrics": metrics, "ci": ci, "deltas": deltas, "out_dir": str(out)}
 
@@ -580,6 +590,19 @@ def current_parts(cfg: DictConfig, parts_dir: Path) -> tuple[list[dict], list[st
             others.append(f"{key[0]} / {key[1]}: not reported — measured under another configuration, adapter or "
                           f"weights (kept in {path.parent.name}/; `make eval TASKS={key[0]}` measures it again)")
     return parts, others
+
+
+def object_sets_section(cfg: DictConfig) -> list[str]:
+    """Markdown: the equivariance object sets, each with its size and what it controls for."""
+    eq = cfg.equivariance
+    main = listed_specs(eq.objects, eq.object_list)
+    lines = ["## Equivariance object sets", "",
+             f"- `equivariance/...` (the benchmark): {len(main)} held-out objects ({', '.join(map(str, eq.objects))}"
+             f"{', ' + str(eq.object_list) if eq.object_list else ''})"]
+    for name, section in eq.controls.items():
+        n = len(listed_specs(section.objects, section.object_list))
+        lines.append(f"- `equivariance/{name}/...`: {n} objects — {section.about or 'secondary set'}")
+    return lines + [""]
 
 
 def _lower_is_better(key: str) -> bool:
@@ -621,6 +644,8 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
              "pixels). `offline/...` keys: the synthetic offline suite (not comparable with the paper's numbers).",
              "", report.CI_LEGEND, "", "## Models", ""]
     lines += [f"- **{name}**: {desc}" for name, desc in descriptions.items()] + [""]
+    if any(k.startswith("equivariance/") for m in metrics.values() for k in m):
+        lines += object_sets_section(cfg)
     baseline = "pretrained" if "pretrained" in metrics else next(iter(metrics), None)
     models = [m for m in MODEL_ORDER if m in metrics] + [m for m in metrics if m not in MODEL_ORDER]
     delta_names = [f"{a}-{b}" for a, b in delta_pairs(models) if a != "oracle"]

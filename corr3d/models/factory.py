@@ -39,7 +39,10 @@ from corr3d.models.weights import load_weights
 
 log = logging.getLogger(__name__)
 
-COMPARED_MODELS = ("pretrained", "pretrained_head_init", "random", "finetuned")
+# pretrained_default_conv: the pretrained backbone plus an untrained, default-initialised conv head (the paper's
+# starting point): a random 3x3 conv mixes neighbouring tokens, which nearest-neighbour matching already likes, so
+# training must beat this free control, not only the raw backbone
+COMPARED_MODELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")
 
 
 def create_model(backbone: str = "dinov2_s14", weights: str = "auto", **overrides) -> Corr3DModel:
@@ -131,6 +134,9 @@ def compared_model_config(reference: Mapping, name: str, seed: int = 0) -> dict[
         cfg.update(lora={**cfg["lora"], "blocks": 0}, unfreeze_blocks=0, head={**cfg["head"], "num_layers": 0})
         if name == "random":
             cfg["weights"] = f"random:{int(seed)}"
+    elif name == "pretrained_default_conv":
+        cfg.update(lora={**cfg["lora"], "blocks": 0}, unfreeze_blocks=0,
+                   head={**cfg["head"], "num_layers": max(1, int(cfg["head"]["num_layers"])), "init": "default"})
     elif name not in ("pretrained_head_init", "finetuned"):
         raise ValueError(f"unknown compared model {name!r}; known: {', '.join(COMPARED_MODELS)}")
     return cfg

@@ -35,13 +35,15 @@ from corr3d.utils.visualize import correspondence_figure, pca_rgb
 
 log = logging.getLogger(__name__)
 
-MODELS = ("pretrained", "pretrained_head_init", "finetuned")
+MODELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv", "finetuned")
 REFERENCES = ("random", "oracle")
 DESCRIPTIONS = {"pretrained": "pretrained backbone, no head", "pretrained_head_init": "pretrained + untrained conv head",
+                "pretrained_default_conv": "pretrained + untrained default-init 3x3 conv (the paper's starting point)",
                 "finetuned": "after finetuning (LoRA + head)", "random": "random-init backbone (floor)",
                 "oracle": "ground truth as features (ceiling)"}
 # the deltas a training report shows: what training did, what the untrained head alone did
-DELTAS = ("finetuned-pretrained", "finetuned-pretrained_head_init", "pretrained_head_init-pretrained")
+DELTAS = ("finetuned-pretrained", "finetuned-pretrained_head_init", "finetuned-pretrained_default_conv",
+          "pretrained_head_init-pretrained", "pretrained_default_conv-pretrained")
 SECTIONS = (("equivariance/", "Equivariance on held-out objects (APE % lower is better, PCDP % higher is better)"),
             ("real_pairs/", "Real photographs: real_pairs (PCK % higher is better, median error px lower is better)"))
 LOWER_IS_BETTER = ("ape", "median_px")

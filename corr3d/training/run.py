@@ -27,7 +27,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.assets.experiment import experiment_objects
 from corr3d.assets.objaverse import check_experiment_disjoint
+from corr3d.assets.sh3d import write_attribution
 from corr3d.data.datamodule import build_datamodule
 from corr3d.eval.equivariance import (OracleModel, evaluate_equivariance, evaluation_object_specs,
                                       render_evaluation_objects)
@@ -145,7 +147,7 @@ def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
     return metrics
 
 
-MODEL_LABELS = ("pretrained", "pretrained_head_init", "random", "oracle", "finetuned")
+MODEL_LABELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "oracle", "finetuned")
 
 
 def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
@@ -339,6 +341,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     _write_metrics(run, metrics)
     log_metrics_to_tensorboard(trainer, metrics)
     report = write_training_report(run, metrics, cfg)
+    # CC-BY real objects (trained on or evaluated on) are credited beside the report
+    write_attribution(experiment_objects(cfg).all(), run)
     mark_done(run)
     release_run(run)
     print(report.read_text().split("## Per held-out object")[0])

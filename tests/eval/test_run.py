@@ -94,6 +94,7 @@ def _trust_config(tmp_path, *extra):
                                 "data.render.width=96", "data.render.height=96", "data.render.focal=105.0",
                                 "data.render.icosphere_subdivisions=0",   # 12 views: neighbours 63 deg apart
                                 "equivariance.objects=[procedural:sphere_astronaut,procedural:box_chelsea]",
+                                "equivariance.controls={}",
                                 "equivariance.max_pairs_per_object=3", "equivariance.num_source_points=60",
                                 "eval.real_pairs.homography_images=[coins,camera]", "eval.real_pairs.num_points=80",
                                 "eval.real_pairs.target_stride=4", "eval.n_boot=300", "eval.device=cpu", *extra])
