@@ -211,6 +211,7 @@ class EquivarianceConfig:
     objects: List[str] = _list("sh3d_split:test")
     object_list: Optional[str] = None
     controls: Dict[str, ObjectSetConfig] = field(default_factory=_default_controls)
+    control_sets: List[str] = _list("procedural", "untextured")
     max_views_per_object: int = ranged(0, ge=0)
     max_pairs_per_object: int = ranged(20, ge=0)
     max_rotation_deg: float = 70.0

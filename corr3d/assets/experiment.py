@@ -18,7 +18,7 @@ from typing import Iterable, NamedTuple
 
 from corr3d.assets import sh3d
 from corr3d.assets.objaverse import read_object_list
-from corr3d.errors import Corr3dUserError
+from corr3d.errors import Corr3dUserError, EmptySelectionError
 
 
 class ExperimentObjects(NamedTuple):
@@ -110,7 +110,8 @@ def split_objects(items: list[str], val_items: list[str], val_fraction: float, n
     if num_train is not None:
         items = items[: int(num_train)]
     if not items:
-        raise ValueError("no training objects (check data.train_objects / object_list / num_train_objects)")
+        raise EmptySelectionError("no training objects", fix="set data.train_objects (e.g. [sh3d_split:train@16]), "
+                                  "data.object_list or a larger data.num_train_objects")
     return items, list(val_items)
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from corr3d.assets.experiment import evaluation_objects, listed_specs
 from corr3d.data.mvimgnet import discover_objects, open_objects
-from corr3d.errors import EmptySelectionError
+from corr3d.errors import EmptySelectionError, UnknownNameError
 from corr3d.eval.features import model_device, to_tensor
 from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grouped, sample_normalized, visible_points
 from corr3d.eval.photometric import change_view, normals_from_xyz
@@ -291,6 +291,16 @@ def render_evaluation_objects(cfg) -> list[Path]:
     return ensure_rendered(specs, Path(cfg.data.rendered_dir), cfg.data.render)
 
 
+def control_sets(eq) -> list[str]:
+    """The secondary object sets ``make eval`` measures (``equivariance.control_sets``, names of
+    ``equivariance.controls``); an unknown name is a user error naming the known ones."""
+    unknown = [str(n) for n in eq.control_sets if n not in eq.controls]
+    if unknown:
+        raise UnknownNameError(f"equivariance.control_sets: unknown set(s) {unknown}",
+                               fix=f"use names of equivariance.controls: {', '.join(eq.controls)}")
+    return [str(n) for n in eq.control_sets]
+
+
 def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
                           per_object: dict | None = None, items: list | None = None,
                           skipped: list | None = None, controls: bool = False) -> dict[str, float]:
@@ -303,7 +313,8 @@ def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
         skipped.extend(getattr(object_dirs, "skipped", []))
     results = evaluate_objects(model, open_rendered_objects(object_dirs), cfg.equivariance, seed=cfg.eval.seed,
                                per_object=per_object, items=items, skipped=skipped)
-    for name, section in (cfg.equivariance.controls.items() if controls else ()):
+    for name in (control_sets(cfg.equivariance) if controls else ()):
+        section = cfg.equivariance.controls[name]
         # a secondary set (equivariance.controls): same protocol, keys equivariance/<name>/...
         dirs = ensure_rendered(listed_specs(section.objects, section.object_list), Path(cfg.data.rendered_dir),
                                cfg.data.render)

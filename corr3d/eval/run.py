@@ -45,7 +45,7 @@ from corr3d.errors import Corr3dUserError, EmptySelectionError, RunLockedError
 from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
 from corr3d.eval.datasets.onepose import list_objects
 from corr3d.eval.datasets.tapvid import iter_videos
-from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
+from corr3d.eval.equivariance import OracleModel, control_sets, evaluate_equivariance
 from corr3d.eval.offline_suite import SUITE_VERSION, ensure_offline_suite
 from corr3d.eval.pose import evaluate_objects, evaluate_oracle_pose
 from corr3d.eval.pose_ycbv import evaluate_bop_dataset
@@ -561,7 +561,8 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     if any(k.startswith("equivariance/") for m in metrics.values() for k in m):   # credit the CC-BY objects measured
         eq = cfg.equivariance
         write_attribution(listed_specs(eq.objects, eq.object_list)
-                          + [s for c in eq.controls.values() for s in listed_specs(c.objects, c.object_list)], out)
+                          + [s for n in control_sets(eq) for s in listed_specs(eq.controls[n].objects,
+                                                                                eq.controls[n].object_list)], out)
     _say(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     return {"metrics": metrics, "ci": ci, "deltas": deltas, "out_dir": str(out)}
 
@@ -599,7 +600,8 @@ def object_sets_section(cfg: DictConfig) -> list[str]:
     lines = ["## Equivariance object sets", "",
              f"- `equivariance/...` (the benchmark): {len(main)} held-out objects ({', '.join(map(str, eq.objects))}"
              f"{', ' + str(eq.object_list) if eq.object_list else ''})"]
-    for name, section in eq.controls.items():
+    for name in control_sets(eq):
+        section = eq.controls[name]
         n = len(listed_specs(section.objects, section.object_list))
         lines.append(f"- `equivariance/{name}/...`: {n} objects — {section.about or 'secondary set'}")
     return lines + [""]
@@ -687,6 +689,8 @@ def run_eval(cfg: DictConfig) -> dict:
     out = output_dir(cfg)           # validates every name that becomes a path, before any write
     tasks = selected_tasks(cfg)
     names = model_names(cfg)
+    if "equivariance" in tasks:
+        control_sets(cfg.equivariance)   # an unknown set name fails here, before any work
     check_experiment_disjoint(cfg)   # refuse held-out evaluation objects that the experiment trains on
     try:
         lock = RunLock(out, name=".eval.lock", what="evaluation output directory").acquire()

@@ -1,6 +1,6 @@
 import pytest
 
-from corr3d.assets.experiment import experiment_objects, split_objects
+from corr3d.assets.experiment import experiment_objects, listed_specs, split_objects
 from corr3d.config import load_config
 from corr3d.launch import slurm
 
@@ -51,7 +51,7 @@ def test_render_command_renders_the_listed_objects(tmp_path, monkeypatch):
 def test_other_data_kinds_have_no_objects_to_render():
     cfg = load_config("base", ["data.kind=mvimgnet"])
     objs = experiment_objects(cfg)
-    assert objs.train == [] and objs.val == [] and objs.eval == list(cfg.equivariance.objects)
+    assert objs.train == [] and objs.val == [] and objs.eval == listed_specs(cfg.equivariance.objects, None)
 
 
 def test_no_training_objects_is_an_error():
@@ -96,3 +96,22 @@ def test_sh3d_held_out_check_reads_the_given_splits(tmp_path):
         check_sh3d_held_out(["sh3d:L/v"], [], str(tmp_path))
     with pytest.raises(HeldOutObjectError, match=r"sh3d:L/t \(test\)"):
         check_sh3d_held_out([], ["sh3d:L/t"], str(tmp_path))
+
+
+def test_split_entries_expand_to_the_committed_splits():
+    from corr3d.assets import sh3d
+    from corr3d.assets.experiment import expand_split
+    from corr3d.errors import Corr3dUserError
+
+    test = sh3d.load_split("test")
+    assert expand_split("sh3d_split:test") == test
+    picked = expand_split("sh3d_split:test@8")
+    assert len(set(picked)) == 8 and set(picked) <= set(test) and picked[0] == test[0]
+    assert picked == [test[(i * len(test)) // 8] for i in range(8)]       # evenly spaced, deterministic
+    assert expand_split("procedural:house") == ["procedural:house"]
+    for bad in ("sh3d_split:test@0", "sh3d_split:test@x", f"sh3d_split:test@{len(test) + 1}"):
+        with pytest.raises(Corr3dUserError):
+            expand_split(bad)
+    cfg = load_config("base", ["data.train_objects=[sh3d_split:test@2]"])
+    with pytest.raises(Corr3dUserError, match="held-out"):
+        experiment_objects(cfg)

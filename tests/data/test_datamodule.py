@@ -55,7 +55,9 @@ def test_object_list_file_extends_train_objects(tmp_path):
 
 
 def test_unknown_kind_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="unknown data.kind"):
+    from corr3d.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'data.kind' must be one of rendered, mvimgnet"):   # refused at load time
         build_datamodule(small_config(tmp_path, "data.kind=video"))
 
 

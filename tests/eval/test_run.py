@@ -81,7 +81,12 @@ def test_run_eval_end_to_end(suite_dir, tmp_path):
 def test_unknown_task_is_rejected(tmp_path):
     from corr3d.eval.run import selected_tasks
 
-    cfg = load_config("base", ["eval.tasks=[posse]"])
+    from corr3d.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.tasks"):     # refused when the config is loaded, before any work
+        load_config("base", ["eval.tasks=[posse]"])
+    cfg = load_config("base")
+    cfg.eval.tasks = ["posse"]                                # and by the evaluation itself, for a caller past it
     with pytest.raises(ValueError, match="unknown eval task"):
         selected_tasks(cfg)
 
@@ -94,7 +99,7 @@ def _trust_config(tmp_path, *extra):
                                 "data.render.width=96", "data.render.height=96", "data.render.focal=105.0",
                                 "data.render.icosphere_subdivisions=0",   # 12 views: neighbours 63 deg apart
                                 "equivariance.objects=[procedural:sphere_astronaut,procedural:box_chelsea]",
-                                "equivariance.controls={}",
+                                "equivariance.control_sets=[]",
                                 "equivariance.max_pairs_per_object=3", "equivariance.num_source_points=60",
                                 "eval.real_pairs.homography_images=[coins,camera]", "eval.real_pairs.num_points=80",
                                 "eval.real_pairs.target_stride=4", "eval.n_boot=300", "eval.device=cpu", *extra])

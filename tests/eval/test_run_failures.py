@@ -36,14 +36,17 @@ def test_bad_tracking_file_fails_its_task_and_eval_carries_on(tmp_path):
                                "eval.models=[pretrained]", "eval.real_data=true", "eval.offline.enabled=false",
                                f"eval.tracking.data={bad}", f"eval.semantic.pfpascal_dir={pf}",
                                "eval.semantic.pfpascal_views=[different]", "eval.device=cpu"])
-    with pytest.raises(EvaluationFailed, match="tracking/pretrained"):  # exits non-zero after writing the rest
+    with pytest.raises(EvaluationFailed, match="tracking/pretrained, semantic/pretrained"):  # exits non-zero after writing the rest
         run_eval(cfg)
     out = tmp_path / "eval"
     assert not marker.exists()  # the crafted pickle never ran
     failed = json.loads((out / "parts" / "tracking__pretrained.json").read_text())
-    assert failed["status"] == "failed" and failed["error"]["type"] == "DataFileError"
+    assert failed["status"] == "failed" and failed["error"]["type"] in ("DataFileError", "DatasetFormatError")
     assert str(bad) in failed["error"]["message"]
-    metrics = json.loads((out / "metrics.json").read_text())["pretrained"]
-    assert metrics["semantic/pck@0.10"] is None and metrics["semantic/num_pairs"] == 0  # n/a, not 0
-    assert not any(k.startswith("tracking/") for k in metrics)
+    # a dataset with zero pairs measures nothing: an error naming the task, never a number over nothing
+    empty = json.loads((out / "parts" / "semantic__pretrained.json").read_text())
+    assert empty["status"] == "failed" and empty["error"]["type"] == "EmptySelectionError"
+    assert "semantic: no item could be measured" in empty["error"]["message"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not any(k.startswith(("tracking/", "semantic/")) for k in metrics.get("pretrained", {}))
     assert "tracking FAILED for pretrained" in (out / "report.md").read_text()

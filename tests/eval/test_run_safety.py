@@ -195,3 +195,24 @@ def test_objects_that_were_not_measured_are_named_in_the_report(tmp_path, monkey
         run.run_eval(_cfg(tmp_path, "eval.tasks=[equivariance]", "eval.models=[pretrained]", "eval.resume=false"))
     part = json.loads((tmp_path / "eval" / "parts" / "equivariance__pretrained.json").read_text())
     assert part["status"] == "failed" and "no item could be measured" in part["error"]["message"]
+
+
+def test_control_sets_are_measured_under_their_own_keys_and_described(tmp_path):
+    from corr3d.eval.equivariance import OracleModel, evaluate_equivariance
+
+    cfg = _cfg(tmp_path, "data.render.width=96", "data.render.height=96", "data.render.focal=105.0",
+               "data.render.icosphere_subdivisions=0", "equivariance.max_rotation_deg=70",
+               "equivariance.objects=[procedural:sphere_astronaut]", "equivariance.max_pairs_per_object=2",
+               "equivariance.num_source_points=40", "equivariance.controls.procedural.objects=[procedural:box_chelsea]",
+               "equivariance.control_sets=[procedural]")
+    items: list = []
+    metrics = evaluate_equivariance(OracleModel(), cfg, items=items, controls=True)
+    assert metrics["equivariance/ape"] < 2 and metrics["equivariance/procedural/ape"] < 2
+    assert {it["unit"] for it in items} == {"procedural_sphere_astronaut", "procedural_box_chelsea"}
+    assert all(("equivariance/procedural/ape" in it) == (it["unit"] == "procedural_box_chelsea") for it in items)
+    assert "equivariance/untextured/ape" not in metrics                  # not selected
+    text = "\n".join(run.object_sets_section(cfg))
+    assert "colour-matching control" in text and "1 held-out objects" in text
+    cfg.equivariance.control_sets = ["nope"]
+    with pytest.raises(Corr3dUserError, match="unknown set"):
+        run.run_eval(cfg)
