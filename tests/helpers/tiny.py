@@ -13,6 +13,7 @@ def tiny_train_overrides(root: Path, max_steps: int = 6, pairs_per_epoch: int = 
             "model.backbone=test_vit.r160_in1k", "model.weights=random", "model.lora.blocks=2",
             "model.target_res=128", "data.render.width=96", "data.render.height=96", "data.render.focal=105.0",
             "data.pairs.num_points=300", "data.num_workers=0", f"data.pairs_per_epoch={pairs_per_epoch}",
+            "data.train_objects=[procedural:hemisphere_textured]",   # one small procedural object: fast, no package
             "equivariance.objects=[procedural:sphere_astronaut]", "equivariance.max_pairs_per_object=2",
             "equivariance.num_source_points=100", "equivariance.real_pairs=false",
             f"trainer.max_steps={max_steps}", "trainer.accelerator=cpu", "trainer.image_log_every_n_steps=2",

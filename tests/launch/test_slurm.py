@@ -25,7 +25,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
         "model.backbone=test_vit.r160_in1k", "model.weights=random", "model.target_res=64",
         "data.render.width=64", "data.render.height=64", "data.render.focal=70.0", "data.num_workers=0",
         "data.pairs.num_points=100", "data.pairs_per_epoch=2", "data.augment.enabled=false",
-        "equivariance.objects=[]", "equivariance.real_pairs=false",
+        "equivariance.objects=[]", "equivariance.real_pairs=false", "data.train_objects=[procedural:hemisphere_textured]",
         "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=2", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
         "launcher.name=slurm", "launcher.cpus_per_task=1", "launcher.mem_gb=1", "launcher.time_min=15",
         *overrides])
