@@ -62,6 +62,7 @@ from corr3d.eval.stats import (
 from corr3d.eval.tracking import evaluate_oracle_tracking, evaluate_videos
 from corr3d.models import compared_model
 from corr3d.utils import report
+from corr3d.utils.io import sha256_of
 from corr3d.utils.paths import is_within, safe_join, safe_name
 from corr3d.utils.run_dir import RunLock, latest_run
 
@@ -444,11 +445,7 @@ def file_digest(path: str | Path) -> str:
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = sha256_of(path)
     return _DIGESTS[key]
 
 

