@@ -20,11 +20,13 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, get_type_hints
 
+from corr3d.eval.tasks import TASK_NAMES
+
 # ---- closed sets of values (each test-kept equal to the constant of the module that uses it) -----------------------
 LOSS_NAMES = ("smooth_ap", "infonce", "diff_procrustes")                 # corr3d.losses.LOSSES
 HEAD_INITS = ("default", "identity")                                     # corr3d.models.head.HEAD_INITS
 EQUIVARIANCE_PROTOCOLS = ("fast", "paper")                               # corr3d.eval.equivariance.PROTOCOLS
-EVAL_TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")   # corr3d.eval.run.TASKS
+EVAL_TASKS = TASK_NAMES                                                  # corr3d.eval.tasks: one module per task
 EVAL_MODELS = ("oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")     # eval.run.MODEL_ORDER
 REFERENCE_MODELS = ("random", "oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv")  # training/run.py reference_model
 # Lightning's Trainer(precision=...) strings (lightning.fabric.plugins.precision.precision._PRECISION_INPUT_STR and
@@ -83,6 +85,7 @@ class ModelConfig:
     unfreeze_blocks: int = ranged(0, ge=0)
     head: HeadConfig = field(default_factory=HeadConfig)
     timm_kwargs: Dict[str, Any] = field(default_factory=dict)
+    pos_embed_interp: str = choice("exact", ("exact", "dinov2"))  # corr3d.models.features.POS_EMBED_INTERP
 
 
 @dataclass
@@ -108,6 +111,7 @@ class RenderConfig:
     focal: float = ranged(560.0, gt=0)
     distance: float = ranged(2.0, gt=0)
     icosphere_subdivisions: int = ranged(1, ge=0)
+    views: str = choice("corr3d", ("corr3d", "authors"))        # corr3d.geometry.icosphere.VIEWS
     background: List[int] = _list(0, 0, 0)
     up: List[float] = _list(0.0, 1.0, 0.0)
     lights: List[List[float]] = _list([1.0, -1.0, 1.0, 200.0], [-1.0, -1.0, -1.0, 200.0], [1.0, 0.0, 1.0, 20.0])
@@ -124,6 +128,7 @@ class PairsConfig:
     max_rotation_deg: float = 120.0
     num_points: int = ranged(3000, gt=0)
     true_fraction: float = ranged(0.0, ge=0, le=1)
+    point_sampling: str = choice("distinct", ("distinct", "paper_era", "authors_fixed"))  # data.pairs.POINT_SAMPLING
 
 
 @dataclass
@@ -262,6 +267,7 @@ class PoseEvalConfig:
     grid_step: int = ranged(4, gt=0)
     ransac_reproj_px: float = 8.0
     ransac_iters: int = ranged(10000, gt=0)
+    ransac: str = choice("paper", ("paper", "fast"))
     min_matches: int = 4
     min_inliers: int = 6
     points_scale: float = 1000.0
@@ -289,9 +295,11 @@ class PoseYcbvEvalConfig:
     feature_px: int = ranged(8, gt=0)
     ransac_reproj_px: float = 8.0
     ransac_iters: int = ranged(10000, gt=0)
+    ransac: str = choice("paper", ("paper", "fast"))
     min_matches: int = 4
     min_inliers: int = 6
     thresholds: List[int] = _list(1, 3, 5)
+    bop_ar: bool = True
     auc_max_mm: float = ranged(100.0, gt=0)
     add_diameter_frac: float = ranged(0.1, gt=0)
     max_model_points: int = ranged(2000, gt=0)
@@ -315,6 +323,7 @@ class TrackingEvalConfig:
     resolution: int = ranged(256, gt=0)
     query_chunk: int = ranged(64, gt=0)
     final_norm: Optional[bool] = False
+    normalize: str = choice("before_sampling", ("before_sampling", "after_sampling"))  # eval.tracking.NORMALIZE
 
 
 @dataclass
@@ -342,9 +351,11 @@ class EvalConfig:
     device: str = "auto"
     batch_size: int = ranged(4, gt=0)
     feature_cache_size: int = ranged(256, ge=0)
+    precision: str = choice("fp32", ("auto", "fp32", "bf16", "fp16"))  # corr3d.models.features.PRECISIONS
     seed: int = 0
     n_boot: int = ranged(2000, gt=0)
     resume: bool = True
+    part_cache: Optional[str] = "${output_dir}/.part_cache"
     real_data: bool = True
     real_pairs: RealPairsEvalConfig = field(default_factory=RealPairsEvalConfig)
     offline: OfflineEvalConfig = field(default_factory=OfflineEvalConfig)

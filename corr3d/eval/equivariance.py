@@ -39,7 +39,7 @@ from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grou
 from corr3d.eval.photometric import change_view, normals_from_xyz
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
 from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
-from corr3d.geometry.rotations import relative_rotation_matrix_deg
+from corr3d.geometry.rotations import relative_rotation_deg, relative_rotation_matrix_deg
 from corr3d.models.features import autocast_context, sample_feature_map
 from corr3d.render.batch import ensure_rendered
 from corr3d.render.store import RenderedObject
@@ -73,12 +73,16 @@ def object_rng(seed: int, *parts) -> np.random.Generator:
 
 
 def pair_item(object_id: str, i: int, j: int, errors: torch.Tensor, thresholds: Sequence[float],
-              prefix: str = "equivariance/") -> dict:
+              prefix: str = "equivariance/", poses: np.ndarray | None = None) -> dict:
     """Per-item result of one view pair: APE and PCDP over its points (%), weighted by its number of points, so
-    the points-weighted mean over items equals the pooled metric of ``EquivarianceMetric``."""
+    the points-weighted mean over items equals the pooled metric of ``EquivarianceMetric``. With the object's
+    camera ``poses`` the item also carries ``rotation_deg``, the pair's relative camera rotation (degrees), which
+    ``corr3d.eval.stats.binned_table`` breaks metrics down by (Probe3D's 0-15 / 15-30 / 30-60 / 60-180 bins)."""
     e = errors.reshape(-1).double()
     item = {"id": f"{object_id}/{i}-{j}", "unit": str(object_id), "weight": float(e.numel()),
             f"{prefix}ape": 100.0 * float(e.mean())}
+    if poses is not None:
+        item["rotation_deg"] = relative_rotation_deg(poses[i], poses[j])
     for t in thresholds:
         item[f"{prefix}pcdp@{float(t):g}"] = 100.0 * float((e < float(t)).double().mean())
     return item
@@ -259,7 +263,7 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
                 metric.update(errors)
                 total.update(errors)
                 if items is not None:
-                    items.append(pair_item(obj.object_id, i, j, errors, eq.thresholds, prefix))
+                    items.append(pair_item(obj.object_id, i, j, errors, eq.thresholds, prefix, obj.poses))
             if per_object is not None and int(metric.count) > 0:
                 per_object[obj.object_id] = _to_floats(metric.compute())
             if skipped is not None and int(metric.count) == 0:
@@ -378,5 +382,6 @@ def evaluate_mvimgnet(model, cfg, items: list | None = None) -> dict[str, float]
                 errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
                 metric.update(errors)
                 if items is not None:
-                    items.append(pair_item(f"mvimgnet:{obj.object_id}", i, j, errors, eq.thresholds, "mvimgnet/"))
+                    items.append(pair_item(f"mvimgnet:{obj.object_id}", i, j, errors, eq.thresholds, "mvimgnet/",
+                                           obj.poses))   # COLMAP's registered camera rotations
     return _to_floats(metric.compute())

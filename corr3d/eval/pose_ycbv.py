@@ -18,10 +18,15 @@ protocol as the data allow:
   (accuracy-vs-threshold curve integrated up to ``auc_max_mm`` = 10 cm; ADD-S for objects with
   ``symmetries_discrete``/``symmetries_continuous`` in models_info.json) and ADD(-S) < 0.1 diameter. Each is
   computed per object and averaged over objects (items carry weight 1/queries of their object).
+- **BOP19 AR** (``bop_ar``; the paper's Table 8 metric, corr3d/eval/metrics/bop.py): ``ar_vsd`` (model depth
+  rendered in both poses vs the test depth), ``ar_mssd``, ``ar_mspd`` (symmetry-aware, over the model points) and
+  ``ar`` = their mean, per object then over objects like the other keys; ``ar_bop`` (and ``ar_bop_vsd`` ...) pool
+  all queries as bop_toolkit does (no per-object step), which is the number comparable to the paper's 44.4 / 49.4.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 
 from corr3d.eval.datasets.bop import list_scenes, load_models_info, load_object_model, read_targets
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
+from corr3d.eval.metrics import bop as bop_metrics
 from corr3d.eval.metrics.pose import pose_errors, threshold_key
 from corr3d.eval.pose import MATCH_CHUNK, grid_points, mutual_nearest_neighbours, solve_pnp
 from corr3d.utils.seeding import stable_seed
@@ -182,15 +188,70 @@ def query_instances(scenes, ycbv, ref_step: int, targets=None) -> list:
     return out
 
 
+def load_meshes(models_dir, obj_ids) -> dict:
+    """{obj_id: trimesh mesh (mm)} of ``obj_<id>.ply``: VSD renders the whole surface, not the point subsample."""
+    import trimesh  # deferred: heavy optional dependency, loaded only when used
+
+    out = {}
+    for obj_id in obj_ids:
+        path = Path(models_dir) / f"obj_{obj_id:06d}.ply"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the models folder has no mesh for object {obj_id}")
+        out[obj_id] = trimesh.load(path, process=False, force="mesh")
+    return out
+
+
+class DepthRenderer:
+    """Depth (mm) of object meshes under a pose, by the project's ray caster (one open3d scene per object)."""
+
+    def __init__(self, meshes: dict):
+        self.meshes = meshes
+        self._casters: dict = {}
+
+    def __call__(self, obj_id: int, K: np.ndarray, pose: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        from corr3d.render.raycast import RaycastRenderer  # deferred: open3d import is slow, needed only here
+
+        if obj_id not in self._casters:
+            self._casters[obj_id] = RaycastRenderer(self.meshes[obj_id])
+        caster = self._casters[obj_id]
+        h, w = hw
+        hit, faces, bary, _, _ = caster.cast(K, pose, w, h)
+        weights = np.concatenate([1.0 - bary.sum(1, keepdims=True), bary], axis=1)[:, :, None]
+        xyz = (caster.vertices[caster.faces[faces]] * weights).sum(1)
+        depth = np.zeros((h, w))
+        depth[hit] = xyz @ pose[2, :3] + pose[2, 3]
+        return depth
+
+
+def bop_errors(render: DepthRenderer | None, obj_id: int, model_pts, pose: np.ndarray, pose_gt: np.ndarray,
+               K: np.ndarray, depth: np.ndarray | None, syms) -> dict:
+    """One query's BOP19 errors: VSD per tau (None without meshes or depth), MSSD (mm), MSPD (px)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # failed poses may put points at z = 0
+        out = {"mssd_mm": bop_metrics.mssd(pose, pose_gt, model_pts.points, syms),
+               "mspd_px": bop_metrics.mspd(pose, pose_gt, K, model_pts.points, syms), "vsd": None}
+    if render is not None and depth is not None:
+        hw = depth.shape
+        out["vsd"] = [float(e) for e in bop_metrics.vsd(render(obj_id, K, pose, hw), render(obj_id, K, pose_gt, hw),
+                                                        depth, K, model_pts.diameter)]
+    return out
+
+
 def evaluate_ycbv(model, scenes, object_models: dict, ycbv, *, seed: int, ref_step: int | None = None,
-                  prefix: str = "pose_ycbv/", desc: str = "pose_ycbv", targets=None
+                  prefix: str = "pose_ycbv/", desc: str = "pose_ycbv", targets=None, meshes: dict | None = None
                   ) -> tuple[dict[str, float], dict[str, list]]:
     """Metrics (per-object means averaged over objects) and tables: per-instance rows, per-object rows and
     ``items`` (one per query instance; unit = object) whose weighted means are the headline metrics.
     ``ycbv``: the ``eval.pose_ycbv`` section; ``ref_step`` replaces its ``ref_step`` (the offline suite's).
+    ``meshes`` ({obj_id: mesh}, :func:`load_meshes`): needed for VSD; without them (or ``bop_ar`` false) the AR keys
+    that need them are not reported.
 
     ``model=None`` is the oracle (the protocol's ceiling): ground-truth matches (:func:`oracle_matches`) instead of
     feature matching, then the same PnP and metrics."""
+    bop_ar = bool(getattr(ycbv, "bop_ar", False))
+    render = DepthRenderer(meshes) if (bop_ar and meshes) else None
+    syms = {o: bop_metrics.symmetry_transformations({"symmetries_discrete": m.symmetries_discrete,
+                                                     "symmetries_continuous": m.symmetries_continuous})
+            for o, m in object_models.items()} if bop_ar else {}
     with eval_mode(model):
         ref_step = ycbv.ref_step if ref_step is None else ref_step
         banks = build_templates(model, scenes, ycbv, seed=seed, ref_step=ref_step)
@@ -202,6 +263,7 @@ def evaluate_ycbv(model, scenes, object_models: dict, ycbv, *, seed: int, ref_st
                 fmap, size, input_size = _features(model, scene.image(im_id), ycbv.feature_px)
             else:
                 size = scene.mask_visib(im_id, insts[0].gt_idx).shape
+            depth = scene.depth(im_id) if render is not None else None
             for inst in insts:
                 model_pts = object_models[inst.obj_id]
                 pts2d = box_grid(inst.bbox_visib, size, ycbv.grid_step, ycbv.bbox_margin)
@@ -220,12 +282,16 @@ def evaluate_ycbv(model, scenes, object_models: dict, ycbv, *, seed: int, ref_st
                     pose, n_in, ok = solve_pnp(pts3d, matched2d, K, ycbv)
                 r_err, t_err = pose_errors(pose, inst.pose, "mm")
                 dist = add_s_distance(pose, inst.pose, model_pts.points, model_pts.symmetric)
-                rows.append({"id": inst.id, "scene": scene.scene_id, "image": im_id, "object": inst.obj_id,
-                             "symmetric": model_pts.symmetric, "visib_fract": inst.visib_fract,
-                             "templates": int(len(banks[inst.obj_id][1])) if inst.obj_id in banks else 0,
-                             "matches": int(n_match), "inliers": int(n_in), "success": bool(ok),
-                             "rot_err_deg": r_err, "trans_err_cm": t_err, "add_s_mm": dist,
-                             "diameter_mm": model_pts.diameter})
+                row = {"id": inst.id, "scene": scene.scene_id, "image": im_id, "object": inst.obj_id,
+                       "symmetric": model_pts.symmetric, "visib_fract": inst.visib_fract,
+                       "templates": int(len(banks[inst.obj_id][1])) if inst.obj_id in banks else 0,
+                       "matches": int(n_match), "inliers": int(n_in), "success": bool(ok),
+                       "rot_err_deg": r_err, "trans_err_cm": t_err, "add_s_mm": dist,
+                       "diameter_mm": model_pts.diameter}
+                if bop_ar:
+                    row.update(bop_errors(render, inst.obj_id, model_pts, pose, inst.pose, K, depth,
+                                          syms[inst.obj_id]), image_width=int(size[1]))
+                rows.append(row)
     return summarise(rows, ycbv, prefix)
 
 
@@ -242,6 +308,7 @@ def summarise(rows: list[dict], ycbv, prefix: str) -> tuple[dict[str, float], di
         item[f"{prefix}add_s_auc"] = auc_score(row["add_s_mm"], ycbv.auc_max_mm)
         item[f"{prefix}add_s@0.1d"] = 100.0 if row["add_s_mm"] < ycbv.add_diameter_frac * row["diameter_mm"] \
             else 0.0
+        item.update(_ar_values(row, prefix))
         items.append(item)
     keys = [k for k in (items[0] if items else {}) if k.startswith(prefix)]
     per_object = []
@@ -250,9 +317,27 @@ def summarise(rows: list[dict], ycbv, prefix: str) -> tuple[dict[str, float], di
         per_object.append({"object": obj_id, "queries": len(mine),
                            **{k[len(prefix):]: float(np.mean([it[k] for it in mine])) for k in keys}})
     metrics = {k: float(np.mean([o[k[len(prefix):]] for o in per_object])) for k in keys}
+    for key in ("ar", "ar_vsd", "ar_mssd", "ar_mspd"):
+        if items and f"{prefix}{key}" in items[0]:   # BOP's own aggregation: pooled over all queries
+            pooled = float(np.mean([it[f"{prefix}{key}"] for it in items]))
+            metrics[f"{prefix}{key.replace('ar', 'ar_bop', 1)}"] = pooled
     metrics[f"{prefix}num_queries"] = float(len(rows))
     metrics[f"{prefix}num_objects"] = float(len(per_object))
     return metrics, {"pose_ycbv_instances": rows, "pose_ycbv_objects": per_object, "items": items}
+
+
+def _ar_values(row: dict, prefix: str) -> dict[str, float]:
+    """A query's BOP19 recall shares (percent) from its errors in ``row`` (none when they were not computed;
+    ``ar_vsd`` and ``ar`` need the VSD errors)."""
+    if "mssd_mm" not in row:
+        return {}
+    vsd = row.get("vsd")
+    rec = bop_metrics.instance_recalls(vsd if vsd is not None else [np.nan] * len(bop_metrics.VSD_TAUS),
+                                       row["mssd_mm"], row["mspd_px"], row["diameter_mm"], row["image_width"])
+    out = {f"{prefix}ar_mssd": 100.0 * rec["mssd"], f"{prefix}ar_mspd": 100.0 * rec["mspd"]}
+    if vsd is not None:
+        out.update({f"{prefix}ar_vsd": 100.0 * rec["vsd"], f"{prefix}ar": 100.0 * rec["ar"]})
+    return out
 
 
 def load_object_models(models_dir, obj_ids, max_points: int, seed: int) -> dict:
@@ -268,6 +353,7 @@ def evaluate_bop_dataset(model, test_dir, models_dir, ycbv, *, seed: int, ref_st
     obj_ids = sorted({i.obj_id for s in scenes for im in s.image_ids for i in s.instances(im)})
     targets = read_targets(targets_file) if (ycbv.use_targets and targets_file) else None
     object_models = load_object_models(models_dir, obj_ids, ycbv.max_model_points, seed)
+    meshes = load_meshes(models_dir, obj_ids) if getattr(ycbv, "bop_ar", False) else None
     metrics, tables = evaluate_ycbv(model, scenes, object_models, ycbv, seed=seed, ref_step=ref_step, prefix=prefix,
-                                    desc=desc, targets=targets)
+                                    desc=desc, targets=targets, meshes=meshes)
     return metrics, {**tables, "skipped": list(getattr(scenes, "skipped", []))}   # named in the report

@@ -16,6 +16,11 @@ They are computed per image pair and macro-averaged over pairs (each pair one it
 bootstrap is the photograph, since the warps of one photograph share its content). ``real_pairs/stereo/...`` and
 ``real_pairs/homography/...`` break the headline down; the stereo pair is one unit, so it has no CI.
 
+Relative rotation (``rotation_deg`` of an item, for ``corr3d.eval.stats.binned_table``): the stereo pair is
+rectified, i.e. both images are re-projected onto parallel image planes of one orientation, so its ground-truth
+relative rotation is exactly 0 degrees. A homography warp has no camera pose (a generic homography is not a camera
+rotation), so homography items carry no ``rotation_deg`` and fall in no rotation bin.
+
 The ``OracleModel`` (corr3d/eval/equivariance.py) predicts the candidate pixel nearest to the ground truth: the best
 any matcher over these candidates can do (~zero error), the ceiling next to the random-init floor.
 """
@@ -55,6 +60,7 @@ class ImagePair:
     src_xy: np.ndarray
     gt_xy: np.ndarray
     candidates: np.ndarray
+    rotation_deg: float | None = None   # ground-truth relative camera rotation; None without a camera pose
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -85,7 +91,7 @@ def stereo_pair(real_pairs, seed: int) -> ImagePair:
     pick = _subsample(len(src), real_pairs.num_points, np.random.default_rng(stable_seed(seed, "stereo")))
     candidates = pixel_centers(np.ones((h, w), dtype=bool), real_pairs.target_stride)
     return ImagePair("stereo/motorcycle", "stereo/motorcycle", "stereo", _rgb(left), _rgb(right), src[pick],
-                     gt[pick], candidates)
+                     gt[pick], candidates, rotation_deg=0.0)   # rectified: both views share one orientation
 
 
 # ------------------------------------------------------------------------------------------------ homography
@@ -178,6 +184,8 @@ def pair_item(pair: ImagePair, pred: np.ndarray, thresholds: Sequence[float]) ->
     errors = np.linalg.norm(pred.astype(np.float64) - pair.gt_xy.astype(np.float64), axis=1)
     side = float(min(pair.target.shape[:2]))
     item: dict = {"id": pair.id, "unit": pair.unit, "weight": 1.0, "num_points": int(len(errors))}
+    if pair.rotation_deg is not None:
+        item["rotation_deg"] = float(pair.rotation_deg)
     for scope in (PREFIX, f"{PREFIX}{pair.kind}/"):
         for t in thresholds:
             item[f"{scope}pck@{float(t):g}"] = 100.0 * float((errors < float(t) * side).mean())

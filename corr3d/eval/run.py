@@ -14,7 +14,7 @@ gathering adds to metrics.json ``"ci"`` ({model: {key: [lo, hi]}}, cluster boots
 ({"<model>-<ref>": {key: {delta, lo, hi, significant}}}, paired bootstrap on identical items; each model against
 ``pretrained``, and ``finetuned`` against ``pretrained_head_init``), see ``corr3d.eval.stats``. The models
 (``corr3d.models.compared_model``) share one configuration and differ only in weights / adapter / head;
-``random`` is the floor and ``oracle`` (ground truth as features, ``ORACLE_TASKS`` only) the ceiling of the
+``random`` is the floor and ``oracle`` (ground truth as features, for the tasks whose ``EvalTask.oracle`` is set) the ceiling of the
 validity section of report.md.
 
 Resume: each part records :func:`part_fingerprint` (what its numbers depend on); ``run_eval`` reuses the finished
@@ -32,7 +32,7 @@ import re
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import torch
 import yaml
@@ -42,15 +42,8 @@ from corr3d.assets.experiment import listed_specs
 from corr3d.assets.sh3d import write_attribution
 from corr3d.assets.objaverse import check_experiment_disjoint
 from corr3d.errors import Corr3dUserError, EmptySelectionError, RunLockedError
-from corr3d.eval.datasets import bop, onepose, pfpascal, spair, tapvid
-from corr3d.eval.datasets.onepose import list_objects
-from corr3d.eval.datasets.tapvid import iter_videos
-from corr3d.eval.equivariance import OracleModel, control_sets, evaluate_equivariance
+from corr3d.eval.equivariance import OracleModel, control_sets
 from corr3d.eval.offline_suite import SUITE_VERSION, ensure_offline_suite
-from corr3d.eval.pose import evaluate_objects, evaluate_oracle_pose
-from corr3d.eval.pose_ycbv import evaluate_bop_dataset
-from corr3d.eval.real_pairs import evaluate_real_pairs
-from corr3d.eval.semantic import GroundTruthMatcher, SemanticMatcher, evaluate_pfpascal, evaluate_spair
 from corr3d.eval.stats import (
     MAX_CI_HALF_WIDTH,
     ORACLE_MAX_ERROR,
@@ -59,8 +52,8 @@ from corr3d.eval.stats import (
     delta_table,
     validity,
 )
-from corr3d.eval.tracking import evaluate_oracle_tracking, evaluate_videos
-from corr3d.models import compared_model
+from corr3d.eval.tasks import Dataset, get_task, offline_parts, registry
+from corr3d.models import COMPARED_MODELS, compared_model, compared_model_config, reference_model_config
 from corr3d.utils import report
 from corr3d.utils.io import sha256_of
 from corr3d.utils.paths import is_within, safe_join, safe_name
@@ -68,21 +61,8 @@ from corr3d.utils.run_dir import RunLock, latest_run
 
 log = logging.getLogger(__name__)
 
-TASKS = ("pose", "tracking", "semantic", "equivariance", "pose_ycbv", "real_pairs")
-# tasks with a ground-truth oracle (dense GT for every point)
-ORACLE_TASKS = ("equivariance", "real_pairs", "pose", "tracking", "semantic", "pose_ycbv")
-MODEL_ORDER = ("oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")
-HEADLINE = {
-    "pose": ["acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg"],
-    "tracking": ["aj", "delta_avg", "oa"],
-    "semantic": ["pck@0.05", "pck@0.10", "pck@0.15", "pck_bbox@0.10", "same/pck@0.10", "spair/pck@0.10",
-                 "spair/pck_img@0.10"],
-    "equivariance": ["ape", "pcdp@0.05", "pcdp@0.1", "pcdp@0.2"],   # + <control>/ape, <control>/pcdp@0.05
-    "real_pairs": ["pck@0.01", "pck@0.02", "pck@0.05", "median_px", "stereo/pck@0.01", "stereo/pck@0.02",
-                   "stereo/pck@0.05", "stereo/median_px", "homography/pck@0.01", "homography/pck@0.02",
-                   "homography/pck@0.05", "homography/median_px"],
-    "pose_ycbv": ["acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg", "add_s_auc", "add_s@0.1d"],
-}
+MODEL_ORDER = ("oracle", *COMPARED_MODELS)   # the report's order: ceiling, baselines and controls, floor, trained
+AUTO = "auto"   # the adapter argument's default: resolve_adapter(cfg)
 LOWER_IS_BETTER = ("ape", "err", "median_px")
 
 
@@ -196,144 +176,51 @@ def _ckpt_tag(adapter: Path) -> str:
     return f"{readable}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 
-def _suite(cfg: DictConfig, task: str) -> dict[str, Path]:
-    return ensure_offline_suite(cfg.eval.offline.dir, [task], force=bool(cfg.eval.offline.regenerate))
+def _suite(cfg: DictConfig):
+    """``parts -> suite paths``: generates the offline-suite parts a task reads when missing."""
+    return lambda parts: ensure_offline_suite(cfg.eval.offline.dir, parts, force=bool(cfg.eval.offline.regenerate))
 
 
-class RealDataset(NamedTuple):
-    name: str
-    prefix: str
-    fields: dict                    # of the dataset entry (its paths)
-    present: Callable[[], bool]
-    missing: str                    # the message when it is absent
-
-
-def real_datasets(e: DictConfig) -> dict[str, list[RealDataset]]:
-    """Task -> the real datasets it reads, under the ``eval`` section ``e``."""
-    p, y, t, s = e.pose, e.pose_ycbv, e.tracking, e.semantic
-    return {
-        "pose": [RealDataset("onepose_lowtexture", "pose/", {"data_dir": Path(p.data_dir), "sfm_dir": Path(p.sfm_dir)},
-                             lambda: onepose.data_present(p.data_dir, p.sfm_dir),
-                             "real data missing — " + onepose.DOWNLOAD_HINT.format(data_dir=p.data_dir,
-                                                                                    sfm_dir=p.sfm_dir))],
-        "pose_ycbv": [RealDataset("ycbv", "pose_ycbv/", {"test_dir": Path(y.test_dir), "models_dir": Path(y.models_dir),
-                                                         "targets": y.targets},
-                                  lambda: bop.data_present(y.test_dir, y.models_dir),
-                                  "YCB-V missing — " + bop.DOWNLOAD_HINT.format(test_dir=y.test_dir,
-                                                                                models_dir=y.models_dir))],
-        "tracking": [RealDataset("tapvid_davis", "tracking/", {"path": Path(t.data)}, lambda: Path(t.data).exists(),
-                                 "real data missing — " + tapvid.DOWNLOAD_HINT.format(path=t.data))],
-        "semantic": [RealDataset("pfpascal", "semantic/", {"path": Path(s.pfpascal_dir)},
-                                 lambda: pfpascal.data_present(s.pfpascal_dir),
-                                 "PF-PASCAL missing — " + pfpascal.DOWNLOAD_HINT.format(path=s.pfpascal_dir)),
-                     RealDataset("spair", "semantic/spair/", {"path": Path(s.spair_dir)},
-                                 lambda: spair.data_present(s.spair_dir, s.spair_split),
-                                 "SPair-71k missing — " + spair.DOWNLOAD_HINT.format(path=s.spair_dir))],
-    }
-
-
-# task -> its datasets in the offline suite: (name, prefix, suite paths -> fields of the dataset entry)
-OFFLINE_DATASETS: dict[str, list[tuple[str, str, Callable[[dict], dict]]]] = {
-    "pose": [("offline_onepose", "offline/pose/",
-              lambda paths: {"data_dir": paths["onepose_data"], "sfm_dir": paths["onepose_sfm"]})],
-    "pose_ycbv": [("offline_ycbv", "offline/pose_ycbv/",
-                   lambda paths: {"test_dir": paths["bop_ycbv_test"], "models_dir": paths["bop_ycbv_models"],
-                                  "targets": None})],
-    "tracking": [("offline_tapvid", "offline/tracking/", lambda paths: {"path": paths["tapvid"]})],
-    "semantic": [("offline_pfpascal", "offline/semantic/", lambda paths: {"path": paths["pfpascal"]}),
-                 ("offline_spair", "offline/semantic/spair/", lambda paths: {"path": paths["spair"]})],
-}
-
-
-def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) -> list[dict]:
-    """[{name, prefix, source, ...paths}] for a task: the real dataset when present, the offline suite if enabled."""
-    messages = messages if messages is not None else []
-    out: list[dict] = []
-    if cfg.eval.real_data:
-        for ds in real_datasets(cfg.eval).get(task, []):
-            if ds.present():
-                out.append({"name": ds.name, "prefix": ds.prefix, "source": "real", **ds.fields})
-            else:
-                messages.append(f"{task}: {ds.missing}")
-    if cfg.eval.offline.enabled and task in OFFLINE_DATASETS:
-        paths = _suite(cfg, task)
-        out += [{"name": name, "prefix": prefix, "source": "offline", **fields(paths)}
-                for name, prefix, fields in OFFLINE_DATASETS[task]]
-    return out
+def datasets_for(cfg: DictConfig, task: str, messages: list[str] | None = None) -> list[Dataset]:
+    """A task's datasets: the real benchmark when present, the offline suite when enabled (``EvalTask.datasets``)."""
+    return get_task(task).datasets(cfg, messages if messages is not None else [], _suite(cfg))
 
 
 def selected_tasks(cfg: DictConfig) -> list[str]:
-    tasks = [str(t) for t in cfg.eval.tasks] if cfg.eval.tasks else list(TASKS)
-    unknown = [t for t in tasks if t not in TASKS]
+    tasks = [str(t) for t in cfg.eval.tasks] if cfg.eval.tasks else list(registry())
+    unknown = [t for t in tasks if t not in registry()]
     if unknown:
-        raise ValueError(f"unknown eval task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown eval task(s) {unknown}; known: {', '.join(registry())}")
     return tasks
 
 
 # ------------------------------------------------------------------------------------------------------- parts
-def _run_dataset(cfg: DictConfig, model, task: str, ds: dict, desc: str) -> tuple[dict, dict]:
-    offline = ds["source"] == "offline"
-    if task == "pose":
-        pose = cfg.eval.pose
-        objects = list_objects(ds["data_dir"], ds["sfm_dir"], list(pose.objects) or None, pose.ref_seq,
-                               pose.test_seq)
-        if offline:   # the suite's short test captures: its own query step
-            pose = OmegaConf.merge(pose, {"query_step": pose.offline_query_step})
-        if getattr(model, "is_oracle", False):   # ground-truth 2D-3D matches -> the same PnP (the ceiling)
-            result = evaluate_oracle_pose(objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
-        else:
-            result = evaluate_objects(model, objects, pose, seed=cfg.eval.seed, prefix=ds["prefix"], desc=desc)
-        return _with_skipped(result, objects)
-    if task == "pose_ycbv":
-        ycbv = cfg.eval.pose_ycbv
-        features = None if getattr(model, "is_oracle", False) else model   # None: ground-truth matches (ceiling)
-        return evaluate_bop_dataset(features, ds["test_dir"], ds["models_dir"], ycbv, seed=cfg.eval.seed,
-                                    ref_step=ycbv.offline_ref_step if offline else ycbv.ref_step,
-                                    scene_ids=None if offline else (list(ycbv.scenes) or None),
-                                    targets_file=ds["targets"], prefix=ds["prefix"], desc=desc)
-    if task == "tracking":
-        t, o = cfg.eval.tracking, cfg.eval.offline
-        videos = iter_videos(ds["path"], t.query_mode, t.query_stride, t.format, t.frames_dir, t.max_videos)
-        if getattr(model, "is_oracle", False):   # ground-truth tracks and occlusion (the ceiling)
-            return _with_skipped(evaluate_oracle_tracking(videos, t, ds["prefix"], desc), videos)
-        # the offline suite's small videos: their own size unless eval.offline.tracking_frame_size, a smaller radius
-        frame_size, radius = (o.tracking_frame_size or None, o.tracking_argmax_radius) if offline \
-            else (t.frame_size, t.argmax_radius)
-        return _with_skipped(evaluate_videos(model, videos, t, frame_size=frame_size, argmax_radius=radius,
-                                             batch_size=cfg.eval.batch_size, prefix=ds["prefix"], desc=desc), videos)
-    if task == "semantic":
-        semantic = cfg.eval.semantic
-        size = cfg.eval.offline.semantic_image_size if offline else semantic.image_size
-        if getattr(model, "is_oracle", False):   # ground-truth keypoints (the ceiling)
-            matcher = GroundTruthMatcher(semantic, image_size=size)
-        else:
-            matcher = SemanticMatcher(model, semantic, cache_size=cfg.eval.feature_cache_size, image_size=size)
-        if ds["name"].endswith("pfpascal"):
-            return evaluate_pfpascal(matcher, ds["path"], list(semantic.pfpascal_views), ds["prefix"], desc)
-        return evaluate_spair(matcher, ds["path"], semantic.spair_split, ds["prefix"], desc)
-    raise ValueError(task)
-
-
-def _with_skipped(result: tuple[dict, dict], selection) -> tuple[dict, dict]:
-    """Attach the reader's ``skipped`` ([(item, reason)], corr3d.utils.reading) to the tables: the report names them."""
-    metrics, tables = result
-    return metrics, {**tables, "skipped": list(tables.get("skipped", [])) + list(getattr(selection, "skipped", []))}
-
-
 def _skipped_messages(task: str, dataset: str, skipped) -> list[str]:
-    return [f"{task}: {dataset}: {item} not evaluated — {reason}" for item, reason in skipped]
+    where = f"{task}: " if dataset == task else f"{task}: {dataset}: "
+    return [f"{where}{item} not evaluated — {reason}" for item, reason in skipped]
 
 
 def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
-                  parts_dir: str | Path | None = None) -> dict:
-    """Evaluate one model on one task (all of its datasets); returns and (optionally) writes the part JSON."""
+                  parts_dir: str | Path | None = None, datasets: list[Dataset] | None = None,
+                  adapter: Path | None | str = AUTO, variant: str = "", cache: bool = False) -> dict:
+    """Evaluate one model on one task (all of its datasets, or ``datasets``, then named by ``variant``); returns
+    and (optionally) writes the part JSON. ``make eval``, its SLURM array and training's before/after measurement
+    all measure through here.
+
+    ``model``: the compared model ``model_name`` (else loaded from ``cfg``); ``adapter``: the finetuned adapter its
+    configuration derives from (``"auto"``: :func:`resolve_adapter`; training passes None). With ``cache``, a part
+    measured under the same fingerprint by any earlier run (``eval.part_cache``) is reused, and a new one kept: the
+    caller guarantees ``model`` is what ``cfg`` and ``adapter`` describe."""
+    fingerprint = part_fingerprint(cfg, task, model_name, adapter=adapter, variant=variant)
+    if cache and (done := reuse_cached_part(cfg, task, model_name, fingerprint, parts_dir)) is not None:
+        return done
     torch.manual_seed(int(cfg.eval.seed))
+    spec = get_task(task)
     messages: list[str] = []
     part: dict[str, Any] = {"task": task, "model": model_name, "description": "", "metrics": {}, "tables": {},
-                            "timings": {}, "datasets": [], "messages": messages,
-                            "fingerprint": part_fingerprint(cfg, task, model_name)}
+                            "timings": {}, "datasets": [], "messages": messages, "fingerprint": fingerprint}
     items: list[dict] = []
-    if model_name == "oracle" and task not in ORACLE_TASKS:
+    if model_name == "oracle" and not spec.oracle:
         part["description"] = f"oracle: not defined for {task} (no dense ground truth)"
         return _finish_part(part, items, task, model_name, parts_dir)
     own_model = model is None
@@ -341,32 +228,21 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
         model = load_eval_model(cfg, model_name)
     part["description"] = describe_model(cfg, model_name, model)
     with torch.no_grad():
-        if task in ("equivariance", "real_pairs"):
+        for ds in datasets if datasets is not None else datasets_for(cfg, task, messages):
             start = time.perf_counter()
-            if task == "equivariance":
-                skipped: list = []
-                metrics = evaluate_equivariance(model, cfg, items=items, skipped=skipped, controls=True)
-                messages += _skipped_messages(task, "objects", skipped)
-                part["datasets"].append({"name": task, "source": "rendered"})
-            else:
-
-                metrics = evaluate_real_pairs(model, cfg, items=items)
-                part["datasets"].append({"name": task, "source": "real"})
-            part["metrics"].update({k: float(v) for k, v in metrics.items()})
-            part["timings"][task] = time.perf_counter() - start
-        else:
-            for ds in datasets_for(cfg, task, messages):
-                start = time.perf_counter()
-                metrics, tables = _run_dataset(cfg, model, task, ds, f"{model_name} {ds['name']}")
-                part["timings"][ds["name"]] = time.perf_counter() - start
-                part["metrics"].update(metrics)
-                tables = dict(tables)
-                messages += _skipped_messages(task, ds["name"], tables.pop("skipped", []))
-                # a dataset's items get its name in id and unit: real and offline sets may reuse object names
-                items += [{**it, "id": f"{ds['name']}/{it['id']}", "unit": f"{ds['name']}/{it['unit']}"}
-                          for it in tables.pop("items", None) or []]
-                part["tables"].update({f"{ds['name']}__{k}": v for k, v in tables.items()})
-                part["datasets"].append({"name": ds["name"], "source": ds["source"], "prefix": ds["prefix"]})
+            metrics, tables = spec.run(cfg, model, ds, f"{model_name} {ds.name}")
+            part["timings"][ds.name] = time.perf_counter() - start
+            part["metrics"].update(metrics)
+            tables = dict(tables)
+            messages += _skipped_messages(task, ds.name, tables.pop("skipped", []))
+            found = tables.pop("items", None) or []
+            if ds.qualify_items:   # real and offline sets may reuse object names
+                found = [{**it, "id": f"{ds.name}/{it['id']}", "unit": f"{ds.name}/{it['unit']}"} for it in found]
+            items += found
+            part["tables"].update({f"{ds.name}__{k}": v for k, v in tables.items()})
+            label, detail = spec.protocol(cfg, ds)
+            part["datasets"].append({"name": ds.name, "source": ds.source, "prefix": ds.prefix,
+                                     "protocol": label, "protocol_detail": detail})
     for msg in messages:
         _say(msg)
     if part["datasets"] and not items:   # every requested item was skipped: a number over nothing is no number
@@ -376,7 +252,10 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
     if own_model:
         del model
         gc.collect()
-    return _finish_part(part, items, task, model_name, parts_dir)
+    finished = _finish_part(part, items, task, model_name, parts_dir)
+    if cache:
+        store_part(cfg, finished)
+    return finished
 
 
 class EvaluationFailed(Corr3dUserError):
@@ -417,24 +296,96 @@ def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
 # eval keys that choose what to run or where to write, not what a part measures
 # (ckpt: the adapter's bytes stand for it)
 _UNFINGERPRINTED_EVAL_KEYS = ("tasks", "models", "out_dir", "n_boot", "resume", "device", "batch_size",
-                              "feature_cache_size", "ckpt")
+                              "feature_cache_size", "ckpt", "part_cache")
+# data keys that only training reads (what it trains on and how it batches): never part of what a part measured, so
+# a second training run with other training objects or pairs reuses the reference rows of the first
+_TRAINING_DATA_KEYS = ("kind", "train_objects", "val_objects", "object_list", "num_train_objects", "val_fraction",
+                       "val_pairs", "pairs", "augment", "batch_size", "num_workers", "pairs_per_epoch")
+# compared models whose features do not depend on the run's seed (no random head, no random backbone)
+_SEED_FREE_MODELS = ("pretrained", "oracle")
 
 
-def part_fingerprint(cfg: DictConfig, task: str, model_name: str) -> str:
-    """What a part's numbers depend on: the sections that the tasks and the compared models read (model, data,
-    equivariance, eval but its selection / output / speed keys), the adapter's bytes (every model but the oracle:
-    the adapter fixes the resolution, layer and norm all compared models share) and the offline suite's version.
+def _plain_section(cfg: DictConfig, key: str):
+    value = cfg[key]
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def model_identity(cfg: DictConfig, model_name: str, adapter: Path | None) -> dict:
+    """What fixes compared model ``model_name``'s features: the finetuned adapter's bytes; for the other models
+    their configuration (``corr3d.models.compared_model_config``, derived from the adapter's own configuration when
+    there is one, not from its weights), the weights file's content and, where a random draw is involved, the seed.
+    The optimiser, loss and training data never enter: another training run reuses the reference rows."""
+    reference = reference_model_config(cfg.model, adapter=adapter, backbone=None if adapter else cfg.eval.backbone)
+    if model_name == "oracle":   # ground truth; the model section stays in (input sizes), conservatively
+        return {"model": "oracle", "config": reference}
+    identity = {"model": model_name, "config": compared_model_config(reference, model_name, seed=int(cfg.seed)),
+                "weights": _weights_digest(reference["weights"])}
+    if model_name == "finetuned":
+        identity["adapter"] = file_digest(adapter) if adapter is not None else None
+    if model_name not in _SEED_FREE_MODELS:
+        identity["seed"] = int(cfg.seed)
+    return identity
+
+
+def part_fingerprint(cfg: DictConfig, task: str, model_name: str, adapter: Path | None | str = AUTO,
+                     variant: str = "") -> str:
+    """What a part's numbers depend on: the compared model (:func:`model_identity`), the sections the tasks read
+    (``equivariance``, ``eval`` but its selection / output / speed keys, ``data`` but its training-only keys), the
+    offline suite's version and ``variant`` (a part measured on other datasets than the task's own, e.g. training's
+    equivariance without control sets). ``adapter``: the finetuned adapter, ``"auto"``: :func:`resolve_adapter`.
     Equal fingerprints -> the part can be reused."""
-    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig)
-                else cfg[key] for key in ("seed", "data_root", "model", "data", "equivariance") if key in cfg}
-    sections["eval"] = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items()
-                        if k not in _UNFINGERPRINTED_EVAL_KEYS}
+    if adapter == AUTO:
+        adapter = resolve_adapter(cfg)
+    sections = {key: _plain_section(cfg, key) for key in ("data_root", "equivariance") if key in cfg}
+    sections["data"] = {k: v for k, v in _plain_section(cfg, "data").items() if k not in _TRAINING_DATA_KEYS}
+    sections["eval"] = {k: v for k, v in _plain_section(cfg, "eval").items() if k not in _UNFINGERPRINTED_EVAL_KEYS}
     sections["eval"]["offline"].pop("regenerate", None)   # the suite's version stands for its content
-    adapter = resolve_adapter(cfg) if model_name != "oracle" else None
-    sections.update(task=task, compared_model=model_name, suite_version=SUITE_VERSION,
-                    adapter=file_digest(adapter) if adapter is not None else None,
-                    weights=_weights_digest(cfg.model.weights) if model_name != "oracle" else None)
+    sections.update(task=task, model=model_identity(cfg, model_name, adapter), suite_version=SUITE_VERSION,
+                    variant=variant)
     return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------------- part cache
+def part_cache_dir(cfg: DictConfig) -> Path | None:
+    return Path(cfg.eval.part_cache) if cfg.eval.part_cache else None
+
+
+def cached_part(cfg: DictConfig, task: str, model_name: str, fingerprint: str) -> dict | None:
+    """A part measured under ``fingerprint`` by any earlier run (``eval.part_cache``), with its items; None if
+    absent or unreadable (then it is measured again)."""
+    root = part_cache_dir(cfg)
+    if root is None:
+        return None
+    path = root / task / model_name / f"{fingerprint}.json"
+    try:
+        part = report.read_json(path)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(part, dict) and part.get("fingerprint") == fingerprint and isinstance(part.get("items"), list)
+    return part if ok and part.get("status") != "failed" else None
+
+
+def reuse_cached_part(cfg: DictConfig, task: str, model_name: str, fingerprint: str, parts_dir) -> dict | None:
+    """The cached part of this fingerprint, written into ``parts_dir`` as if just measured; None when not cached."""
+    found = cached_part(cfg, task, model_name, fingerprint)
+    if found is None:
+        return None
+    _say(f"{model_name} / {task}: reusing the part an earlier run measured under the same fingerprint "
+         f"({part_cache_dir(cfg)}; eval.part_cache=null measures everything again)")
+    found = {**found, "timings": {}, "reused": True}
+    items = found.pop("items")
+    return _finish_part(found, items, task, model_name, parts_dir)
+
+
+def store_part(cfg: DictConfig, part: dict) -> None:
+    """Keep a finished part for later runs (atomic write; the cache is an optimisation: a failure only warns)."""
+    root = part_cache_dir(cfg)
+    if root is None or part.get("status") == "failed" or not part.get("fingerprint"):
+        return
+    try:
+        report.write_json(root / part["task"] / part["model"] / f"{part['fingerprint']}.json", part, indent=None)
+    except OSError as err:
+        log.warning("part cache %s not written: %s", root, err)
 
 
 _DIGESTS: dict[tuple, str] = {}
@@ -498,17 +449,14 @@ def confidence(items_by_task: dict[str, dict[str, list[dict]]], metrics: dict[st
 
 # ------------------------------------------------------------------------------------------------------- gather
 def _headline_keys(metrics: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    """{report group: its keys}: each task's headline keys (``EvalTask.headline_keys``), real then offline."""
     keys_all = {k for m in metrics.values() for k in m}
     out: dict[str, list[str]] = {}
-    for task, leaves in HEADLINE.items():
+    for name, task in registry().items():
         for scope in ("", "offline/"):
-            base = f"{scope}{task}/"
-            keys = [base + leaf for leaf in leaves if base + leaf in keys_all]
-            if task == "equivariance":   # the secondary object sets (equivariance.controls)
-                keys += sorted(k for k in keys_all if k.startswith(base) and k.count("/") == 2 + scope.count("/")
-                               and k.rsplit("/", 1)[1] in ("ape", "pcdp@0.05"))
+            keys = task.headline_keys(keys_all, scope)
             if keys:
-                out[f"{scope}{task}"] = keys
+                out[f"{scope}{name}"] = keys
     return out
 
 
@@ -518,14 +466,19 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     out = Path(out_dir) if out_dir else parts_dir.parent
     parts, not_reported = current_parts(cfg, parts_dir)
     order = {n: i for i, n in enumerate(MODEL_ORDER)}
-    parts.sort(key=lambda p: (order.get(p["model"], 9), TASKS.index(p["task"]) if p["task"] in TASKS else 9))
+    task_order = {name: i for i, name in enumerate(registry())}
+    parts.sort(key=lambda p: (order.get(p["model"], 9), task_order.get(p["task"], 99)))
     metrics: dict[str, dict[str, float]] = {}
     descriptions: dict[str, str] = {}
     timings: list[dict] = []
     messages: list[str] = []
     tables: dict[str, list[dict]] = {}
     items_by_task: dict[str, dict[str, list[dict]]] = {}
+    protocols: dict[str, dict[str, str]] = {}
     for part in parts:
+        for ds in part.get("datasets", []):   # which protocol made the keys under each prefix
+            if ds.get("protocol") and ds.get("prefix"):
+                protocols[ds["prefix"]] = {"protocol": ds["protocol"], "detail": ds.get("protocol_detail", "")}
         if not part["metrics"] and part["model"] == "oracle":
             continue  # the oracle is not defined for this task
         metrics.setdefault(part["model"], {}).update(part["metrics"])
@@ -540,7 +493,7 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
             tables.setdefault(name, []).extend({"model": part["model"], **r} for r in rows)
     messages += not_reported
     ci, deltas = confidence(items_by_task, metrics, int(cfg.eval.n_boot), int(cfg.eval.seed))
-    report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas})
+    report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas, "protocols": protocols})
     meta = {"experiment": cfg.experiment, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "models": descriptions, "timings": timings, "messages": messages,
             "config": OmegaConf.to_container(cfg.eval, resolve=True)}
@@ -553,7 +506,8 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     report.write_csv(out / "metrics.csv", flat_rows)
     delta_rows = [{"delta": name, "metric": k, **d} for name, values in deltas.items() for k, d in values.items()]
     report.write_csv(out / "deltas.csv", delta_rows)
-    text = render_report(cfg, metrics, descriptions, tables, timings, messages, out, ci=ci, deltas=deltas)
+    text = render_report(cfg, metrics, descriptions, tables, timings, messages, out, ci=ci, deltas=deltas,
+                         protocols=protocols)
     report.write_text(out / "report.md", text)
     if any(k.startswith("equivariance/") for m in metrics.values() for k in m):   # credit the CC-BY objects measured
         eq = cfg.equivariance
@@ -579,7 +533,7 @@ def current_parts(cfg: DictConfig, parts_dir: Path) -> tuple[list[dict], list[st
             continue
         if key not in expected:
             try:
-                expected[key] = part_fingerprint(cfg, *key) if key[0] in TASKS else None
+                expected[key] = part_fingerprint(cfg, *key) if key[0] in registry() else None
             except (OSError, Corr3dUserError):   # e.g. the adapter it measured is gone
                 expected[key] = None
         if expected[key] is not None and part.get("fingerprint") == expected[key]:
@@ -636,8 +590,20 @@ def validity_section(metrics, deltas, groups: dict[str, list[str]], ci=None) -> 
     return lines
 
 
-def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Path, ci=None, deltas=None) -> str:
-    ci, deltas = ci or {}, deltas or {}
+def protocol_lines(protocols: dict[str, dict[str, str]], group: str) -> list[str]:
+    """Markdown: the protocol of each dataset of a report group (``paper``: compare with the paper's tables)."""
+    rows = [f"- `{prefix}`: **{p['protocol']}**" + (f" — {p['detail']}" if p.get("detail") else "")
+            for prefix, p in sorted(protocols.items()) if prefix.startswith(group + "/")]
+    return (["Protocol (" + ", ".join(PROTOCOL_MEANING) + "):", ""] + rows + [""]) if rows else []
+
+
+PROTOCOL_MEANING = ("**paper**: the authors' settings, comparable with the paper's tables",
+                    "**official**: the benchmark's own protocol", "**corr3d**: corr3d's own settings")
+
+
+def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Path, ci=None, deltas=None,
+                  protocols=None) -> str:
+    ci, deltas, protocols = ci or {}, deltas or {}, protocols or {}
     lines = [f"# Downstream evaluation — {cfg.experiment}", "",
              f"Generated {_dt.datetime.now().isoformat(timespec='seconds')}. Values in percent (`median_px`: "
              "pixels). `offline/...` keys: the synthetic offline suite (not comparable with the paper's numbers).",
@@ -651,7 +617,7 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
     plots = out / "plots"
     groups = _headline_keys(metrics)
     for group, keys in groups.items():
-        lines += [f"## {group}", ""]
+        lines += [f"## {group}", ""] + protocol_lines(protocols, group)
         if baseline is not None:
             lines.append(report.markdown_table(report.ci_comparison_rows(metrics, ci, deltas, models, keys,
                                                                          delta_names)))
@@ -705,7 +671,7 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     parts_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if cfg.eval.offline.enabled and cfg.eval.offline.regenerate:   # once here, not once per model
-        ensure_offline_suite(cfg.eval.offline.dir, tasks, force=True)
+        ensure_offline_suite(cfg.eval.offline.dir, offline_parts(tasks), force=True)
         cfg = OmegaConf.merge(cfg, {"eval": {"offline": {"regenerate": False}}})
     # a selected part is reused when finished under the same fingerprint, otherwise measured again (overwritten);
     # nothing is deleted: parts of other tasks and models stay and merge into the report
@@ -716,13 +682,16 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     failed: list[str] = []
     for name in names:
         todo = [task for task in tasks if (task, name) not in reuse]
+        if cfg.eval.resume:   # parts another run measured under the same fingerprint (eval.part_cache)
+            todo = [task for task in todo if reuse_cached_part(cfg, task, name, part_fingerprint(cfg, task, name),
+                                                               parts_dir) is None]
         if not todo:
             continue
         model = load_eval_model(cfg, name)
         for task in todo:
             start = time.perf_counter()
             try:
-                run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir)
+                run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir, cache=bool(cfg.eval.resume))
             except Exception as err:  # noqa: BLE001 - one bad dataset file fails its task, not the evaluation
                 _record_failed_part(task, name, err, parts_dir, part_fingerprint(cfg, task, name))
                 failed.append(f"{task}/{name}")

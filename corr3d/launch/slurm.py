@@ -356,9 +356,10 @@ def missing_offline_parts(cfg: DictConfig, tasks: Iterable[str]) -> list[str]:
     if not cfg.eval.offline.enabled:
         return []
     # deferred: a SLURM job loads only the stack of its task
-    from corr3d.eval.offline_suite import TASK_PARTS, is_complete
+    from corr3d.eval.offline_suite import is_complete
+    from corr3d.eval.tasks import offline_parts
 
-    needed = list(dict.fromkeys(part for task in tasks for part in TASK_PARTS.get(task, ())))
+    needed = offline_parts(tasks)
     force = bool(cfg.eval.offline.regenerate)
     return [part for part in needed if force or not is_complete(cfg.eval.offline.dir, part)]
 
@@ -371,7 +372,7 @@ def _submit_offline_suite(cfg: DictConfig, tasks: list[str], log_root: Path):
                               gpus_per_node=0)
     root = str(Path(cfg.eval.offline.dir).resolve())
     return make_executor(log_root, params).submit(
-        OfflineSuiteTask(root, tasks, bool(cfg.eval.offline.regenerate)))
+        OfflineSuiteTask(root, missing_offline_parts(cfg, tasks), bool(cfg.eval.offline.regenerate)))
 
 
 def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry: str = EVAL_GATHER_ENTRY):

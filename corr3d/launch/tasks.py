@@ -138,14 +138,14 @@ class OfflineSuiteTask:
     """Generates the offline benchmark suite parts the evaluation needs, once, before the array starts: the array's
     tasks would otherwise generate the same parts concurrently into one directory."""
 
-    def __init__(self, root: str, tasks: list[str], force: bool):
-        self.root, self.tasks, self.force = str(root), list(tasks), bool(force)
+    def __init__(self, root: str, parts: list[str], force: bool):
+        self.root, self.parts, self.force = str(root), list(parts), bool(force)
 
     def __call__(self) -> None:
         # deferred: a SLURM job loads only the stack of its task
         from corr3d.eval.offline_suite import ensure_offline_suite
 
-        ensure_offline_suite(self.root, self.tasks, force=self.force)
+        ensure_offline_suite(self.root, self.parts, force=self.force)
 
 
 class RenderChunkTask:

@@ -50,11 +50,6 @@ class BackboneSpec:
         return self.timm_id.split(".", 1)[0]
 
     @property
-    def pretrained_tag(self) -> str | None:
-        parts = self.timm_id.split(".", 1)
-        return parts[1] if len(parts) == 2 else None
-
-    @property
     def hf_hub_id(self) -> str:
         """Hugging Face repository timm publishes these weights under (``timm/<arch>.<tag>``)."""
         import timm  # deferred: heavy optional dependency, loaded only when used

@@ -103,10 +103,6 @@ def unfreeze_last_blocks(vit: nn.Module, count: int) -> list[int]:
     return list(range(depth - count, depth))
 
 
-def has_lora(vit: nn.Module) -> bool:
-    return any(isinstance(m, LoRAQKV) for m in vit.modules())
-
-
 def merge_lora(vit: nn.Module) -> nn.Module:
     """In place: replace every ``LoRAQKV`` by a plain Linear holding W + s B A (frozen); returns ``vit``."""
     for block in vit.blocks:

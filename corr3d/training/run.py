@@ -31,17 +31,16 @@ from corr3d.assets.experiment import experiment_objects
 from corr3d.assets.objaverse import check_experiment_disjoint
 from corr3d.assets.sh3d import write_attribution
 from corr3d.data.datamodule import build_datamodule
-from corr3d.eval.equivariance import (OracleModel, evaluate_equivariance, evaluation_object_specs,
+from corr3d.eval.equivariance import (OracleModel, evaluation_object_specs,
                                       render_evaluation_objects)
-from corr3d.eval.real_pairs import evaluate_real_pairs
-from corr3d.eval.run import confidence
+from corr3d.eval.run import MODEL_ORDER, confidence, run_eval_part
+from corr3d.eval.tasks.equivariance import TASK as EQUIVARIANCE
 from corr3d.losses import build_loss
 from corr3d.models import compared_model
 from corr3d.render.batch import ensure_rendered
 from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY, MultiviewFinetuneModule
 from corr3d.training.report import write_feature_figures, write_training_report
-from corr3d.utils.report import write_json
 from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done, point_latest, release_run
 from corr3d.utils.safe_load import non_finite_tensor, safe_checkpoint_load
 
@@ -88,22 +87,24 @@ def _write_metrics(run: Path, metrics: dict) -> None:
 
 
 def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], label: str,
-                         per_object: dict | None = None, parts_dir: Path | None = None) -> dict[str, float]:
-    """Equivariance on the held-out objects (and the real_pairs task when ``equivariance.real_pairs``) of one
-    compared model; the per-item results go to ``<parts_dir>/<task>/<label>.json`` for the CIs and paired deltas."""
-    start = time.perf_counter()
-    items: list[dict] = []
-    results = evaluate_equivariance(model, cfg, object_dirs=object_dirs, per_object=per_object, items=items)
-    results["equivariance/eval_seconds"] = round(time.perf_counter() - start, 1)
-    found = {"equivariance": items}
+                         per_object: dict | None = None, parts_dir: Path | None = None,
+                         cache: bool = False) -> dict[str, float]:
+    """Equivariance on the held-out objects (and the real_pairs task when ``equivariance.real_pairs``) of compared
+    model ``label``, through ``make eval``'s part pipeline (``corr3d.eval.run.run_eval_part``): the parts go to
+    ``<parts_dir>/`` for the CIs and paired deltas. With ``cache``, a reference row measured by an earlier run under
+    the same fingerprint (``eval.part_cache``) is reused: another lr or seed does not measure pretrained again."""
+    tasks = [("equivariance", [EQUIVARIANCE.dataset(object_dirs, controls=False)], "held-out objects, no controls")]
     if cfg.equivariance.real_pairs:
-        start = time.perf_counter()
-        found["real_pairs"] = []
-        results.update(evaluate_real_pairs(model, cfg, items=found["real_pairs"]))
-        results["real_pairs/eval_seconds"] = round(time.perf_counter() - start, 1)
-    if parts_dir is not None:
-        for task, task_items in found.items():
-            write_json(Path(parts_dir) / task / f"{label}.json", task_items, indent=None)
+        tasks.append(("real_pairs", None, ""))
+    results: dict[str, float] = {}
+    for task, datasets, variant in tasks:
+        part = run_eval_part(cfg, task, label, model=model, parts_dir=parts_dir, datasets=datasets, adapter=None,
+                             variant=variant, cache=cache)
+        results.update({k: v for k, v in part["metrics"].items() if v is not None})
+        results[f"{task}/eval_seconds"] = round(sum(part["timings"].values()), 1)
+        if per_object is not None:
+            per_object.update({row["object"]: {k: v for k, v in row.items() if k != "object"}
+                               for row in part["tables"].get("equivariance__objects", [])})
     log.info("%s: %s", label, ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return results
 
@@ -147,7 +148,7 @@ def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
     return metrics
 
 
-MODEL_LABELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "oracle", "finetuned")
+MODEL_LABELS = MODEL_ORDER   # the rows of metrics.json that are models (the others: per_object, train, ci ...)
 
 
 def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
@@ -274,7 +275,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     if rank0 and eval_dirs and "pretrained" not in metrics:
         baseline = compared_model("pretrained", cfg.model, seed=int(cfg.seed))
         per_object: dict = {}
-        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object, parts_dir)
+        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object, parts_dir,
+                                                     cache=True)
         metrics.setdefault("per_object", {})["pretrained"] = per_object
         metrics["weights"] = f"{baseline.weights_info.source}: {baseline.weights_info.label}"
         del baseline
@@ -282,7 +284,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     for name in cfg.equivariance.reference_models if rank0 and eval_dirs else ():
         if str(name) not in metrics:  # floor (random init) and ceiling (oracle) of the validity section
             reference = reference_model(str(name), cfg)
-            metrics[str(name)] = measure_equivariance(reference, cfg, eval_dirs, str(name), parts_dir=parts_dir)
+            metrics[str(name)] = measure_equivariance(reference, cfg, eval_dirs, str(name), parts_dir=parts_dir,
+                                                      cache=True)
             del reference
             _write_metrics(run, metrics)
 
@@ -295,7 +298,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
             # the untrained conv head alone changes the features: report it so training is not credited for it
             per_object = {}
             metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained_head_init",
-                                                                   per_object, parts_dir)
+                                                                   per_object, parts_dir, cache=True)
             metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
         _write_metrics(run, metrics)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -15,7 +15,7 @@ from corr3d.eval.equivariance import (
     sample_view_pairs,
     visible_correspondences,
 )
-from corr3d.eval.stats import weighted_mean
+from corr3d.eval.stats import metric_keys, weighted_mean
 from corr3d.geometry import icosphere_poses, intrinsics, project, relative_rotation_deg
 from corr3d.models.features import sample_feature_map
 from corr3d.render import render_views
@@ -123,6 +123,13 @@ def test_items_are_view_pairs_whose_weighted_mean_is_the_metric(rendered_object)
     assert sum(it["weight"] for it in items) == pooled["equivariance/num_points"]
     for key in ("equivariance/ape", "equivariance/pcdp@0.05", "equivariance/pcdp@0.1", "equivariance/pcdp@0.2"):
         assert weighted_mean(items, key) == pytest.approx(pooled[key], rel=1e-9), key
+    # each pair carries its relative camera rotation (the rotation bins of stats.binned_table), not as a metric
+    for it in items:
+        i, j = map(int, it["id"].split("/")[1].split("-"))
+        assert it["rotation_deg"] == pytest.approx(relative_rotation_deg(rendered_object.poses[i],
+                                                                         rendered_object.poses[j]), abs=1e-9)
+        assert 0 < it["rotation_deg"] <= settings.max_rotation_deg   # distinct views within the limit
+    assert "rotation_deg" not in metric_keys(items)
     # the same pairs and points for a different model: items pair up by id
     other = []
     evaluate_objects(PixelFeatureModel(True), [rendered_object], settings, seed=0, items=other)

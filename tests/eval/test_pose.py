@@ -132,3 +132,60 @@ def test_frame_order():
     assert query_frames(obj, config_section("eval.pose", query_step=5, frame_order="lexicographic")) == ["0", "3", "8"]
     with pytest.raises(ValueError, match="frame_order"):
         query_frames(obj, config_section("eval.pose", frame_order="random"))
+
+
+def _noisy_matches(n: int, inlier_fraction: float, seed: int):
+    """2D-3D matches of a known pose (metres, OnePose scale): a share exact, the rest uniform garbage."""
+    obj = _object("0700-a-others", 1, seed)
+    T, K = obj.test.pose("0"), obj.test.K("0")
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(-0.05, 0.05, (n, 3))
+    cam = pts @ T[:3, :3].T + T[:3, 3]
+    uv = (cam @ K.T)[:, :2] / cam[:, 2:]
+    bad = rng.random(n) >= inlier_fraction
+    uv[bad] = rng.uniform(0, SIZE, (bad.sum(), 2))
+    return pts, uv, K, T
+
+
+def test_paper_ransac_is_the_authors_call_bit_for_bit():
+    """``ransac: paper`` = cv2.solvePnPRansac(EPnP, 8 px, ransac_iters) on points x 1000, exactly."""
+    import cv2
+
+    from corr3d.eval.pose import solve_pnp
+
+    pnp = config_section("eval.pose", ransac="paper", ransac_iters=300)
+    for seed, frac in ((0, 0.5), (1, 0.05)):
+        pts, uv, K, _ = _noisy_matches(300, frac, seed)
+        pose, n_in, ok = solve_pnp(pts, uv, K, pnp, 1000.0)
+        ok_ref, rvec, tvec, inliers = cv2.solvePnPRansac(pts * 1000.0, uv, K, None, reprojectionError=8.0,
+                                                         iterationsCount=300, flags=cv2.SOLVEPNP_EPNP)
+        assert n_in == (0 if inliers is None else len(inliers))
+        if ok:
+            assert np.array_equal(pose[:3, :3], cv2.Rodrigues(rvec)[0]) and np.array_equal(pose[:3, 3],
+                                                                                          tvec.reshape(3) / 1000.0)
+        assert ok == (bool(ok_ref) and n_in >= pnp.min_inliers)
+
+
+def test_fast_ransac_recovers_the_pose_and_is_reproducible_in_a_new_process():
+    import subprocess
+    import sys
+
+    from corr3d.eval.metrics.pose import pose_errors
+    from corr3d.eval.pose import solve_pnp
+
+    pnp = config_section("eval.pose", ransac="fast")
+    pts, uv, K, T = _noisy_matches(400, 0.3, 3)
+    pose, n_in, ok = solve_pnp(pts, uv, K, pnp, 1000.0)
+    r_err, t_err = pose_errors(pose, T, "m")
+    assert ok and r_err < 0.5 and t_err < 0.5 and n_in >= 0.25 * 400
+    again = solve_pnp(pts, uv, K, pnp, 1000.0)
+    assert np.array_equal(pose, again[0]) and n_in == again[1]
+    code = ("import numpy as np, sys; from tests.eval.test_pose import _noisy_matches; "
+            "from corr3d.eval.pose import solve_pnp; from tests.helpers.config import config_section; "
+            "p, u, K, _ = _noisy_matches(400, 0.3, 3); "
+            "pnp = config_section('eval.pose', ransac='fast'); "
+            "sys.stdout.write(solve_pnp(p, u, K, pnp, 1000.0)[0].tobytes().hex())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert bytes.fromhex(out) == pose.tobytes()
+    with pytest.raises(ValueError, match="ransac must be one of"):
+        solve_pnp(pts, uv, K, config_section("eval.pose", ransac="magic"), 1000.0)

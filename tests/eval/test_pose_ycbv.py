@@ -94,7 +94,7 @@ def test_pose_ycbv_offline_through_make_eval(tmp_path_factory, tmp_path):
                                "eval.pose_ycbv.grid_step=8"])
     messages: list[str] = []
     ds = datasets_for(cfg, "pose_ycbv", messages)
-    assert [d["name"] for d in ds] == ["offline_ycbv"]
+    assert [d.name for d in ds] == ["offline_ycbv"]
     assert any("ycbv_test_bop19" in m and str(tmp_path) in m for m in messages)
     model = tiny_model(16, lora={"blocks": 0, "rank": 4, "alpha": None}, head={"num_layers": 0, "init": "default"})
     part = run_eval_part(cfg, "pose_ycbv", "pretrained", model=model)
@@ -113,9 +113,35 @@ def test_oracle_is_the_ceiling_on_the_offline_suite(tmp_path_factory):
     from corr3d.eval.offline_suite import ensure_offline_suite
     from corr3d.eval.pose_ycbv import evaluate_bop_dataset
 
-    paths = ensure_offline_suite(tmp_path_factory.getbasetemp() / "bop_suite", ["pose_ycbv"])
+    paths = ensure_offline_suite(tmp_path_factory.getbasetemp() / "bop_suite", ["bop"])
     metrics, tables = evaluate_bop_dataset(None, paths["bop_ycbv_test"], paths["bop_ycbv_models"],
                                            config_section("eval.pose_ycbv", ransac_iters=500), seed=0,
                                            ref_step=4, prefix="o/")
     assert metrics["o/add_s@0.1d"] > 95.0 and metrics["o/acc@5cm5deg"] > 90.0 and metrics["o/add_s_auc"] > 90.0
     assert len(tables["items"]) == metrics["o/num_queries"]
+    # BOP19 AR of the ceiling ~ 100 (VSD from the suite's exact depth, the symmetric vase through its symmetries)
+    for key in ("ar", "ar_vsd", "ar_mssd", "ar_mspd", "ar_bop"):
+        assert metrics[f"o/{key}"] > 97.0, key
+    assert all(len(r["vsd"]) == 10 for r in tables["pose_ycbv_instances"])
+
+
+def test_summarise_bop_ar_per_object_and_pooled():
+    """AR items: the per-instance share of BOP settings passed; headline per object then over objects (like the
+    other keys), ``ar_bop`` pooled over queries (bop_toolkit's aggregation)."""
+    base = {"rot_err_deg": 0.0, "trans_err_cm": 0.0, "add_s_mm": 0.0, "diameter_mm": 100.0, "image_width": 640}
+    rows = [{**base, "id": "a", "object": 1, "vsd": [0.0] * 10, "mssd_mm": 0.0, "mspd_px": 0.0},       # AR 1
+            {**base, "id": "b", "object": 1, "vsd": [1.0] * 10, "mssd_mm": 1e3, "mspd_px": 1e3},       # AR 0
+            {**base, "id": "c", "object": 2, "vsd": [0.22] * 10, "mssd_mm": 12.0, "mspd_px": 12.0}]   # 0.6/0.8/0.8
+    metrics, tables = summarise(rows, config_section("eval.pose_ycbv"), "p/")
+    c_ar = 100 * (0.6 + 0.8 + 0.8) / 3
+    assert metrics["p/ar"] == pytest.approx((50.0 + c_ar) / 2)
+    assert metrics["p/ar_vsd"] == pytest.approx((50.0 + 60.0) / 2)
+    assert metrics["p/ar_mspd"] == pytest.approx((50.0 + 80.0) / 2)
+    assert metrics["p/ar_bop"] == pytest.approx((100.0 + 0.0 + c_ar) / 3)
+    items = tables["items"]
+    w = np.array([it["weight"] for it in items])
+    for key in ("p/ar", "p/ar_vsd", "p/ar_mssd", "p/ar_mspd"):
+        assert (w * np.array([it[key] for it in items])).sum() / w.sum() == pytest.approx(metrics[key])
+    # without VSD errors (no meshes): MSSD / MSPD only, no AR
+    metrics, _ = summarise([{**r, "vsd": None} for r in rows], config_section("eval.pose_ycbv"), "p/")
+    assert "p/ar" not in metrics and "p/ar_vsd" not in metrics and "p/ar_mssd" in metrics

@@ -82,6 +82,7 @@ def test_pair_item_hand_computed():
     assert item["real_pairs/median_px"] == pytest.approx((5.0 + 0.015 * side) / 2, rel=1e-5)
     assert item["real_pairs/homography/pck@0.05"] == item["real_pairs/pck@0.05"]
     assert item["unit"] == "homography/coins" and item["weight"] == 1.0
+    assert "rotation_deg" not in item     # a homography warp has no camera pose: in no rotation bin
 
 
 def test_oracle_is_perfect_and_items_average_to_metrics():
@@ -94,6 +95,9 @@ def test_oracle_is_perfect_and_items_average_to_metrics():
         if key != "real_pairs/num_pairs":
             assert weighted_mean(items, key) == pytest.approx(value), key
     assert metrics["real_pairs/stereo/pck@0.05"] == pytest.approx(100.0)
+    # the rectified stereo pair shares one camera orientation; the warps have none
+    assert [it.get("rotation_deg") for it in items] == [0.0, None, None, None, None]
+    assert "real_pairs/num_pairs" in metrics and "rotation_deg" not in metrics
 
 
 def test_tiny_model_runs_at_its_own_resolution_and_scores_below_the_oracle():

@@ -174,8 +174,9 @@ def test_a_killed_eval_resumes_from_its_finished_parts(tmp_path, monkeypatch):
     args = ["eval.tasks=[real_pairs]", "eval.models=[pretrained,oracle]", "eval.real_pairs.stereo=false"]
     first = run.run_eval(_trust_config(tmp_path, *args))
     calls = []
-    measure = run.evaluate_real_pairs
-    monkeypatch.setattr(run, "evaluate_real_pairs", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    from corr3d.eval.tasks import real_pairs as real_pairs_task
+    measure = real_pairs_task.evaluate_real_pairs
+    monkeypatch.setattr("corr3d.eval.tasks.real_pairs.evaluate_real_pairs", lambda *a, **k: calls.append(1) or measure(*a, **k))
     again = run.run_eval(_trust_config(tmp_path, *args))
     assert calls == [] and again["metrics"] == first["metrics"] and again["ci"] == first["ci"]
     parts = tmp_path / "eval" / "parts"

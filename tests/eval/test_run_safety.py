@@ -37,8 +37,8 @@ def fake_tasks(monkeypatch):
             return {key: sum(r[key] for r in rows) / len(rows)}
         return evaluate
 
-    monkeypatch.setattr(run, "evaluate_equivariance", fake("equivariance"))
-    monkeypatch.setattr(run, "evaluate_real_pairs", fake("real_pairs"))
+    monkeypatch.setattr("corr3d.eval.tasks.equivariance.evaluate_equivariance", fake("equivariance"))
+    monkeypatch.setattr("corr3d.eval.tasks.real_pairs.evaluate_real_pairs", fake("real_pairs"))
     return calls
 
 
@@ -80,7 +80,7 @@ def test_a_failed_part_is_reported_not_hidden(tmp_path, fake_tasks, monkeypatch)
     def broken(model, cfg, items=None, **_):
         raise ValueError("bad photograph")
 
-    monkeypatch.setattr(run, "evaluate_real_pairs", broken)
+    monkeypatch.setattr("corr3d.eval.tasks.real_pairs.evaluate_real_pairs", broken)
     with pytest.raises(run.EvaluationFailed):
         run.run_eval(_cfg(tmp_path, *BOTH))
     assert "real_pairs FAILED for pretrained: ValueError: bad photograph" in (tmp_path / "eval" / "report.md").read_text()
@@ -181,7 +181,7 @@ def test_objects_that_were_not_measured_are_named_in_the_report(tmp_path, monkey
         items.append({"id": "a", "unit": "u", "weight": 1.0, "equivariance/ape": 10.0})
         return {"equivariance/ape": 10.0}
 
-    monkeypatch.setattr(run, "evaluate_equivariance", partly)
+    monkeypatch.setattr("corr3d.eval.tasks.equivariance.evaluate_equivariance", partly)
     run.run_eval(_cfg(tmp_path, "eval.tasks=[equivariance]", "eval.models=[pretrained]"))
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "equivariance: objects: sh3d_Scopia_x not evaluated — render failed: EmptyRenderError" in report
@@ -190,7 +190,7 @@ def test_objects_that_were_not_measured_are_named_in_the_report(tmp_path, monkey
         skipped.append(("sh3d_Scopia_x", "no view pair within 70 deg"))
         return {"equivariance/ape": float("nan")}
 
-    monkeypatch.setattr(run, "evaluate_equivariance", nothing)
+    monkeypatch.setattr("corr3d.eval.tasks.equivariance.evaluate_equivariance", nothing)
     with pytest.raises(run.EvaluationFailed):
         run.run_eval(_cfg(tmp_path, "eval.tasks=[equivariance]", "eval.models=[pretrained]", "eval.resume=false"))
     part = json.loads((tmp_path / "eval" / "parts" / "equivariance__pretrained.json").read_text())

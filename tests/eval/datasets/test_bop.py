@@ -71,7 +71,7 @@ def test_offline_suite_is_consistent_bop(tmp_path_factory):
     from corr3d.eval.pose_ycbv import backproject, mask_grid
 
     root = tmp_path_factory.getbasetemp() / "bop_suite"
-    paths = ensure_offline_suite(root, ["pose_ycbv"])
+    paths = ensure_offline_suite(root, ["bop"])
     scenes = bop.list_scenes(paths["bop_ycbv_test"])
     assert [s.scene_id for s in scenes] == [48, 49, 50, 51]
     info = bop.load_models_info(paths["bop_ycbv_models"])
