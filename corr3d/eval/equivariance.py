@@ -50,9 +50,11 @@ log = logging.getLogger(__name__)
 
 
 PROTOCOLS = ("fast", "paper")
-# the ``paper`` protocol: every ordered view pair within the rotation limit, every visible foreground pixel as
-# source, every target foreground pixel as candidate
-PAPER_SAMPLING = {"max_pairs_per_object": 0, "num_source_points": 0, "max_views_per_object": 0, "target_stride": 1}
+# the ``paper`` protocol as the authors' project page describes it: every ordered pair of the 42 views (42 x 41 =
+# 1,722 per object, rotations up to 180 deg, pairs without a visible point drop out), about 1,000 sampled visible
+# source points per pair (seeded), every target foreground pixel as candidate
+PAPER_SAMPLING = {"max_pairs_per_object": 0, "num_source_points": 1000, "max_views_per_object": 0, "target_stride": 1,
+                  "max_rotation_deg": 180.0}
 
 
 def protocol_sampling(eq):

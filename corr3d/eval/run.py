@@ -10,8 +10,8 @@ under ``offline/`` for the synthetic offline suite (e.g. ``offline/tracking/aj``
 (``real_pairs/pck@0.05``...). Values are percentages (``*median_px``: pixels).
 
 Trust: every task also returns per-item results (``tables["items"]``, written to ``parts/<task>/<model>.json``);
-gathering adds to metrics.json ``"ci"`` ({model: {key: [lo, hi]}}, cluster bootstrap) and ``"deltas"``
-({"<model>-<ref>": {key: {delta, lo, hi, significant}}}, paired bootstrap on identical items; each model against
+gathering adds to metrics.json ``"ci"`` ({model: {key: [lo, hi]}}, t-interval over units) and ``"deltas"``
+({"<model>-<ref>": {key: {delta, lo, hi, significant}}}, paired on identical items; each model against
 ``pretrained``, and ``finetuned`` against ``pretrained_head_init``), see ``corr3d.eval.stats``. The models
 (``corr3d.models.compared_model``) share one configuration and differ only in weights / adapter / head;
 ``random`` is the floor and ``oracle`` (ground truth as features, for the tasks whose ``EvalTask.oracle`` is set) the ceiling of the
@@ -46,6 +46,7 @@ from corr3d.eval.equivariance import OracleModel, control_sets
 from corr3d.eval.offline_suite import SUITE_VERSION, ensure_offline_suite
 from corr3d.eval.stats import (
     MAX_CI_HALF_WIDTH,
+    binned_table,
     ORACLE_MAX_ERROR,
     ORACLE_MIN_SCORE,
     ci_table,
@@ -493,7 +494,9 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
             tables.setdefault(name, []).extend({"model": part["model"], **r} for r in rows)
     messages += not_reported
     ci, deltas = confidence(items_by_task, metrics, int(cfg.eval.n_boot), int(cfg.eval.seed))
-    report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas, "protocols": protocols})
+    breakdowns = breakdown_tables(items_by_task, int(cfg.eval.n_boot), int(cfg.eval.seed))
+    report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas, "protocols": protocols,
+                                            "breakdowns": breakdowns})
     meta = {"experiment": cfg.experiment, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "models": descriptions, "timings": timings, "messages": messages,
             "config": OmegaConf.to_container(cfg.eval, resolve=True)}
@@ -507,7 +510,7 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     delta_rows = [{"delta": name, "metric": k, **d} for name, values in deltas.items() for k, d in values.items()]
     report.write_csv(out / "deltas.csv", delta_rows)
     text = render_report(cfg, metrics, descriptions, tables, timings, messages, out, ci=ci, deltas=deltas,
-                         protocols=protocols)
+                         protocols=protocols, breakdowns=breakdowns)
     report.write_text(out / "report.md", text)
     if any(k.startswith("equivariance/") for m in metrics.values() for k in m):   # credit the CC-BY objects measured
         eq = cfg.equivariance
@@ -601,8 +604,51 @@ PROTOCOL_MEANING = ("**paper**: the authors' settings, comparable with the paper
                     "**official**: the benchmark's own protocol", "**corr3d**: corr3d's own settings")
 
 
+def breakdown_tables(items_by_task: dict[str, dict[str, list[dict]]], n_boot: int, seed: int) -> dict[str, dict]:
+    """``{"<key> by <field>": {model: {bin: {value, lo, hi, n, n_units}}}}`` for each task's ``breakdowns``,
+    real and offline, wherever the items carry the field (``corr3d.eval.stats.binned_table``)."""
+    out: dict[str, dict] = {}
+    for name, by_model in items_by_task.items():
+        task = registry().get(name)
+        for leaf, field, bins in task.breakdowns if task is not None else ():
+            for scope in ("", "offline/"):
+                key = f"{scope}{name}/{leaf}"
+                if not any(field in it and key in it for items in by_model.values() for it in items):
+                    continue
+                try:
+                    table = binned_table(by_model, key, bins=bins, field=field, n_boot=n_boot, seed=seed)
+                except ValueError as err:   # a breakdown must never cost the report: say why it is missing
+                    log.warning("breakdown of %s by %s skipped: %s", key, field, err)
+                    continue
+                out[f"{key} by {field}"] = {model: cells for model, cells in table.items()
+                                            if any(cell["n"] for cell in cells.values())}
+    return out
+
+
+def breakdown_section(breakdowns: dict[str, dict], models: list[str]) -> list[str]:
+    """Markdown: each breakdown as one table, a row per bin, a column per model (value [95% CI], n items)."""
+    if not breakdowns:
+        return []
+    lines = ["## By viewpoint change", "",
+             "Each metric again over the items of each bin of the viewpoint change (relative camera rotation in "
+             "degrees; SPair: its viewpoint-variation difficulty 0/1/2), with its 95% CI over the bin's units.", ""]
+    for name, by_model in breakdowns.items():
+        names = [m for m in models if m in by_model]
+        labels = list(dict.fromkeys(b for m in names for b in by_model[m]))
+        rows = [{"bin": label, **{m: _bin_cell(by_model[m].get(label)) for m in names}} for label in labels]
+        lines += [f"### {name}", "", report.markdown_table(rows), ""]
+    return lines
+
+
+def _bin_cell(cell: dict | None) -> str:
+    if not cell or not cell.get("n"):
+        return "–"
+    lo_hi = [cell["lo"], cell["hi"]] if cell.get("lo") is not None else None
+    return f"{report.format_ci(cell['value'], lo_hi)} (n={cell['n']})"
+
+
 def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Path, ci=None, deltas=None,
-                  protocols=None) -> str:
+                  protocols=None, breakdowns=None) -> str:
     ci, deltas, protocols = ci or {}, deltas or {}, protocols or {}
     lines = [f"# Downstream evaluation — {cfg.experiment}", "",
              f"Generated {_dt.datetime.now().isoformat(timespec='seconds')}. Values in percent (`median_px`: "
@@ -630,6 +676,7 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
             log.warning("plot failed: %s", err)
     if groups:
         lines += validity_section(metrics, deltas, groups, ci)
+    lines += breakdown_section(breakdowns or {}, models)
     detail = [(n, r) for n, r in tables.items() if n.endswith(("_objects", "_videos", "_classes", "_viewpoints"))]
     if detail:
         lines += ["## Details", ""]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from corr3d.eval.equivariance import (extract_view_features, nearest_neighbor_matches, open_rendered_objects,
                                       pixel_centers, visible_correspondences)
+from corr3d.eval.run import breakdown_section
 from corr3d.eval.stats import validity
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.utils.report import (
@@ -217,6 +218,7 @@ def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
         eq_keys = [k for k in next(iter(scores.values())) if k.startswith("equivariance/")]
         plot_grouped_bars(scores, run / "equivariance.png", title="held-out objects", ylabel="%", keys=eq_keys)
         parts += ["![equivariance](equivariance.png)", ""]
+        parts += breakdown_section(metrics.get("breakdowns", {}), [*MODELS, *REFERENCES])
     rows = per_object_rows(metrics)
     if rows:
         parts += ["## Per held-out object", "", markdown_table(rows), ""]

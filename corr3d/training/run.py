@@ -33,7 +33,7 @@ from corr3d.assets.sh3d import write_attribution
 from corr3d.data.datamodule import build_datamodule
 from corr3d.eval.equivariance import (OracleModel, evaluation_object_specs,
                                       render_evaluation_objects)
-from corr3d.eval.run import MODEL_ORDER, confidence, run_eval_part
+from corr3d.eval.run import MODEL_ORDER, breakdown_tables, confidence, run_eval_part
 from corr3d.eval.tasks.equivariance import TASK as EQUIVARIANCE
 from corr3d.losses import build_loss
 from corr3d.models import compared_model
@@ -143,8 +143,9 @@ def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
     """metrics.json's ``"ci"`` and ``"deltas"`` (finetuned − pretrained, finetuned − pretrained_head_init,
     pretrained_head_init − pretrained, random/oracle − pretrained) from the per-item parts."""
     models = {k: v for k, v in metrics.items() if k in MODEL_LABELS}
-    metrics["ci"], metrics["deltas"] = confidence(read_parts(parts_dir), models, int(cfg.eval.n_boot),
-                                                  int(cfg.eval.seed))
+    items = read_parts(parts_dir)
+    metrics["ci"], metrics["deltas"] = confidence(items, models, int(cfg.eval.n_boot), int(cfg.eval.seed))
+    metrics["breakdowns"] = breakdown_tables(items, int(cfg.eval.n_boot), int(cfg.eval.seed))
     return metrics
 
 

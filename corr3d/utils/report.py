@@ -295,5 +295,6 @@ def ci_comparison_rows(metrics: Mapping[str, Mapping[str, float]], ci: Mapping[s
     return rows
 
 
-CI_LEGEND = (f"Values: metric [95% cluster-bootstrap CI]. Δ a − b: paired difference on identical items [95% paired "
-             f"bootstrap CI]; {SIGNIFICANT_MARK} = significant (the CI excludes 0).")
+CI_LEGEND = (f"Values: metric [95% CI: t-interval over the task's independent units]. Δ a − b: paired difference on "
+             f"identical items [95% paired t-interval over units]; {SIGNIFICANT_MARK} = significant (the CI excludes "
+             f"0). Coverage of the method: docs/ci_coverage.md.")

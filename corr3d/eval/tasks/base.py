@@ -68,6 +68,9 @@ class EvalTask:
     headline: ClassVar[tuple[str, ...]] = ()
     oracle: ClassVar[bool] = True
     offline_sources: ClassVar[tuple[OfflineSource, ...]] = ()
+    # (metric leaf, item field, bin edges or None for categorical): the report's breakdowns of a metric by the
+    # viewpoint change of its items (``corr3d.eval.stats.binned_table``), e.g. APE by relative rotation
+    breakdowns: ClassVar[tuple[tuple[str, str, tuple[float, ...] | None], ...]] = ()
 
     def settings(self, cfg: DictConfig) -> DictConfig:
         """The task's own config section."""

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from corr3d.eval.equivariance import evaluate_equivariance
+from corr3d.eval.stats import ROTATION_BINS
 from corr3d.eval.tasks.base import Dataset, EvalTask
 
 CONTROL_LEAVES = ("ape", "pcdp@0.05")   # the report's leaves for each secondary object set (equivariance.controls)
@@ -15,6 +16,7 @@ class EquivarianceTask(EvalTask):
     order = 3
     section = "equivariance"
     headline = ("ape", "pcdp@0.05", "pcdp@0.1", "pcdp@0.2")
+    breakdowns = (("ape", "rotation_deg", ROTATION_BINS), ("pcdp@0.05", "rotation_deg", ROTATION_BINS))
 
     def settings(self, cfg):
         return cfg.equivariance

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from corr3d.eval.real_pairs import evaluate_real_pairs
+from corr3d.eval.stats import ROTATION_BINS
 from corr3d.eval.tasks.base import Dataset, EvalTask
 
 
@@ -12,6 +13,8 @@ class RealPairsTask(EvalTask):
     headline = ("pck@0.01", "pck@0.02", "pck@0.05", "median_px", "stereo/pck@0.01", "stereo/pck@0.02",
                 "stereo/pck@0.05", "stereo/median_px", "homography/pck@0.01", "homography/pck@0.02",
                 "homography/pck@0.05", "homography/median_px")
+    # only pairs with a known camera rotation have one (the stereo pair: 0 deg; homographies: none)
+    breakdowns = (("stereo/pck@0.05", "rotation_deg", ROTATION_BINS),)
 
     def datasets(self, cfg, messages, suite=None):
         return [Dataset("real_pairs", "real_pairs/", "real", qualify_items=False)]

@@ -14,6 +14,7 @@ class SemanticTask(EvalTask):
     section = "semantic"
     headline = ("pck@0.05", "pck@0.10", "pck@0.15", "pck_bbox@0.10", "same/pck@0.10", "spair/pck@0.10",
                 "spair/pck_img@0.10")
+    breakdowns = (("spair/pck@0.10", "viewpoint", None),)   # SPair's viewpoint-variation difficulty 0 / 1 / 2
     offline_sources = (OfflineSource("offline_pfpascal", "offline/semantic/", "semantic",
                                      lambda paths: {"path": paths["pfpascal"]}),
                        OfflineSource("offline_spair", "offline/semantic/spair/", "semantic",
