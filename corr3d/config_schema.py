@@ -356,6 +356,7 @@ class EvalConfig:
     n_boot: int = ranged(2000, gt=0)
     resume: bool = True
     part_cache: Optional[str] = "${output_dir}/.part_cache"
+    shared_features_mb: float = ranged(2048.0, ge=0)
     real_data: bool = True
     real_pairs: RealPairsEvalConfig = field(default_factory=RealPairsEvalConfig)
     offline: OfflineEvalConfig = field(default_factory=OfflineEvalConfig)

@@ -92,7 +92,8 @@ class MultiviewDataModule(L.LightningDataModule):
                       augmenter=augmenter, num_samples=num_samples, seed=self.seed, stream=stream)
         if cfg.kind == "rendered":  # denser positives (data.pairs.true_fraction) only on training pairs
             true_fraction = cfg.pairs.true_fraction if stream == TRAIN_STREAM else 0.0
-            return RenderedPairDataset(self._render(objects), true_fraction=true_fraction, **common)
+            return RenderedPairDataset(self._render(objects), true_fraction=true_fraction,
+                                       point_sampling=cfg.pairs.point_sampling, **common)
         return MVImgNetPairDataset(objects, min_matches=cfg.mvimgnet_min_matches, long_side=cfg.mvimgnet_long_side,
                                    extent_percentile=cfg.mvimgnet_extent_percentile, **common)
 

@@ -28,6 +28,12 @@ from corr3d.render.store import RenderedObject
 log = logging.getLogger(__name__)
 TRAIN_STREAM, VAL_STREAM = 0, 1
 MAX_DRAWS = 50  # redraws when an object/pair yields nothing usable, before giving up loudly
+# data.pairs.point_sampling: how num_points foreground pixels are drawn per view (sample_pixels)
+POINT_SAMPLING = ("distinct", "paper_era", "authors_fixed")
+
+
+class TooFewPixels(ValueError):
+    """A view with fewer foreground pixels than points under ``paper_era`` sampling: the pair is redrawn."""
 
 
 def sample_rng(seed: int, stream: int, rank: int, epoch: int, index: int) -> np.random.Generator:
@@ -42,13 +48,21 @@ def decode_key(key) -> tuple[int, int, int]:
     return 0, 0, int(key)
 
 
-def sample_pixels(mask: np.ndarray, num_points: int, rng: np.random.Generator):
-    """``num_points`` distinct foreground pixels (rows, cols) and a valid flag; padded (invalid) when too few.
+def sample_pixels(mask: np.ndarray, num_points: int, rng: np.random.Generator, mode: str = "distinct"):
+    """``num_points`` foreground pixels (rows, cols) and a valid flag, drawn as ``mode`` says:
 
-    Without replacement: duplicated points would create duplicate positives in the loss (the authors' bug).
-    Padding points are marked invalid instead of re-drawing existing ones.
+    - ``distinct`` (corr3d): without replacement; too few foreground pixels are padded with invalid points.
+      Duplicated points would create duplicate positives in the loss (the authors' bug).
+    - ``paper_era``: the authors' code the paper's models were trained with (commit b96beb4,
+      ``replace = len(pixels) > 3000``): WITH replacement when there are more foreground pixels than points, all
+      of them when exactly as many, and :class:`TooFewPixels` when fewer (their ``np.random.choice`` raised and
+      ``__getitem__`` silently drew another pair; ``RenderedPairDataset`` redraws the same way).
+    - ``authors_fixed``: their fix (commit 5022511, ``replace = len(pixels) < 3000``): without replacement when
+      there are enough pixels, with replacement (duplicates, all valid) when too few.
     """
     foreground = np.flatnonzero(mask.ravel())
+    if mode != "distinct":
+        return _sample_pixels_authors(mask, foreground, num_points, rng, mode)
     take = min(num_points, len(foreground))
     chosen = foreground[rng.choice(len(foreground), size=take, replace=False)] if take else foreground[:0]
     flat = np.zeros(num_points, dtype=np.int64)
@@ -57,6 +71,22 @@ def sample_pixels(mask: np.ndarray, num_points: int, rng: np.random.Generator):
     valid[:take] = True
     rows, cols = np.divmod(flat, mask.shape[1])
     return rows, cols, valid
+
+
+def _sample_pixels_authors(mask, foreground, num_points: int, rng: np.random.Generator, mode: str):
+    if mode not in POINT_SAMPLING:
+        raise ValueError(f"point sampling must be one of {POINT_SAMPLING}, got {mode!r}")
+    n = len(foreground)
+    if mode == "paper_era":
+        if n < num_points:
+            raise TooFewPixels(f"{n} foreground pixels < {num_points} points")
+        replace = n > num_points
+    else:
+        if n == 0:
+            raise TooFewPixels("no foreground pixels")
+        replace = n < num_points
+    rows, cols = np.divmod(foreground[rng.choice(n, size=num_points, replace=replace)], mask.shape[1])
+    return rows, cols, np.ones(num_points, dtype=bool)
 
 
 def true_correspondence_pixels(obj, j: int, xyz: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -149,17 +179,26 @@ class RenderedPairDataset(PairDataset):
 
     def __init__(self, objects: Sequence, num_points: int = 3000, max_rotation_deg: float = 120.0,
                  augmenter: ViewAugmenter | None = None, num_samples: int = 100, seed: int = 0,
-                 stream: int = TRAIN_STREAM, true_fraction: float = 0.0, visibility_tol: float = 0.02):
+                 stream: int = TRAIN_STREAM, true_fraction: float = 0.0, visibility_tol: float = 0.02,
+                 point_sampling: str = "distinct"):
         """``objects``: render directories, or objects with the ``RenderedObject`` interface (in-memory).
 
         ``true_fraction`` > 0 ("denser positives", ``data.pairs.true_fraction``): that fraction of view 1's points is
         placed at the pixels where view 0's sampled points are visible in view 1 (see ``true_correspondence_pixels``),
         the rest drawn at random as usual. With 3000 random points per view only a few dozen pairs fall within the
         0.005 positive radius; this guarantees positives. 0 keeps the paper's independent sampling.
+        ``point_sampling`` (``data.pairs.point_sampling``): see ``sample_pixels``; ``paper_era`` redraws the pair
+        when a view has fewer foreground pixels than ``num_points``.
         """
         super().__init__(num_samples, seed, stream)
         if not 0.0 <= float(true_fraction) <= 1.0:
             raise ValueError(f"true_fraction must be in [0, 1], got {true_fraction}")
+        if point_sampling not in POINT_SAMPLING:
+            raise ValueError(f"point_sampling must be one of {POINT_SAMPLING}, got {point_sampling!r}")
+        if point_sampling != "distinct" and true_fraction > 0:
+            raise ValueError(f"true_fraction > 0 (corr3d's denser positives) needs point_sampling='distinct', got "
+                             f"{point_sampling!r}: the authors' sampling has no true correspondences")
+        self.point_sampling = point_sampling
         self.true_fraction = float(true_fraction)
         self.visibility_tol = float(visibility_tol)
         if not len(objects):
@@ -189,10 +228,14 @@ class RenderedPairDataset(PairDataset):
             if self.true_fraction > 0:
                 view0, view1 = self._dense_pair(obj, i, j, rng)
             else:
-                view0, view1 = self._view(obj, i, rng, "0"), self._view(obj, j, rng, "1")
+                try:
+                    view0, view1 = self._view(obj, i, rng, "0"), self._view(obj, j, rng, "1")
+                except TooFewPixels:
+                    continue  # paper_era: the authors' except-and-move-on drew a new object and pair
             if view0["valid0"].any() and view1["valid1"].any():
                 return {**view0, **view1, "object_id": str(obj.object_id), "view0": i, "view1": j}
-        raise RuntimeError(f"no usable pair after {MAX_DRAWS} draws (empty masks?) in {self.objects[:3]}...")
+        raise RuntimeError(f"no usable pair after {MAX_DRAWS} draws (empty masks, or fewer than {self.num_points} "
+                           f"foreground pixels with point_sampling={self.point_sampling!r}?) in {self.objects[:3]}...")
 
     def _dense_pair(self, obj, i: int, j: int, rng: np.random.Generator) -> tuple[dict, dict]:
         """View 0 sampled as usual; view 1 gets ``true_fraction`` of its points at view 0's true correspondences."""
@@ -208,7 +251,7 @@ class RenderedPairDataset(PairDataset):
 
     def _view(self, obj, i: int, rng: np.random.Generator, suffix: str) -> dict:
         mask = np.asarray(obj.mask(i), dtype=bool)
-        rows, cols, valid = sample_pixels(mask, self.num_points, rng)
+        rows, cols, valid = sample_pixels(mask, self.num_points, rng, self.point_sampling)
         return self._finish_view(obj, i, rows, cols, valid, mask, rng, suffix)
 
     def _finish_view(self, obj, i, rows, cols, valid, mask, rng, suffix: str) -> dict:

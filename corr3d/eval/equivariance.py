@@ -163,9 +163,10 @@ def visible_correspondences(obj, i: int, j: int, num_points: int, tol: float,
 
 @torch.no_grad()
 def extract_view_features(model, images: Sequence[np.ndarray], batch_size: int = 4,
-                          precision: str = "auto") -> list[torch.Tensor]:
+                          precision: str = "fp32") -> list[torch.Tensor]:
     """Raw (not normalised, as in training) dense fp32 maps (C, h, w) for each uint8 HxWx3 image, in batches, left
-    on the model's device; ``precision``: ``corr3d.models.features.autocast_context`` (auto: bf16 on CUDA)."""
+    on the model's device; ``precision`` (``eval.precision``): ``corr3d.models.features.autocast_context`` (fp32:
+    the paper's; auto: bf16 on CUDA)."""
     device = model_device(model)
     maps: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
@@ -210,14 +211,14 @@ def object_pair_matches(model, obj, maps: dict, pairs: Sequence[tuple[int, int]]
 
 
 def object_view_features(model, obj, views: Sequence[int], batch_size: int, photometric=None,
-                         seed: int = 0) -> dict[int, torch.Tensor]:
+                         seed: int = 0, precision: str = "fp32") -> dict[int, torch.Tensor]:
     """Feature maps of the object's views, each view once (the oracle reads the xyz maps instead of pixels);
     ``photometric`` (the ``equivariance.photometric`` section): each view under its own seeded exposure, white
     balance and light direction (corr3d/eval/photometric.py)."""
     if is_oracle(model):
         return {v: model.view_features(obj.xyz(v), obj.mask(v)) for v in views}
     return dict(zip(views, extract_view_features(model, [view_image(obj, v, photometric, seed) for v in views],
-                                                 batch_size)))
+                                                 batch_size, precision)))
 
 
 def view_image(obj, view: int, photometric=None, seed: int = 0) -> np.ndarray:
@@ -232,7 +233,8 @@ def view_image(obj, view: int, photometric=None, seed: int = 0) -> np.ndarray:
 
 def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "equivariance",
                      per_object: dict | None = None, items: list | None = None,
-                     skipped: list | None = None, prefix: str = "equivariance/") -> dict[str, float]:
+                     skipped: list | None = None, prefix: str = "equivariance/",
+                     precision: str = "fp32") -> dict[str, float]:
     """APE/PCDP over all objects under ``eq`` (the ``equivariance`` section, sampled as its ``protocol``);
     ``per_object`` (if given) receives each object's own metrics, ``items`` (if given) one ``pair_item`` per
     evaluated view pair, ``skipped`` (if given) ``(object, reason)`` for each object without a measured pair.
@@ -253,7 +255,7 @@ def evaluate_objects(model, objects: Iterable, eq, *, seed: int, desc: str = "eq
                     skipped.append((obj.object_id, f"no view pair within {eq.max_rotation_deg:g} deg"))
                 continue
             views = sorted({v for pair in pairs for v in pair})
-            maps = object_view_features(model, obj, views, eq.batch_size, eq.photometric, seed)
+            maps = object_view_features(model, obj, views, eq.batch_size, eq.photometric, seed, precision)
             size = (obj.height, obj.width)
             metric = _local_metric(eq.thresholds, prefix)
             matches = object_pair_matches(model, obj, maps, pairs, eq, seed)
@@ -318,7 +320,7 @@ def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
     if skipped is not None:
         skipped.extend(getattr(object_dirs, "skipped", []))
     results = evaluate_objects(model, open_rendered_objects(object_dirs), cfg.equivariance, seed=cfg.eval.seed,
-                               per_object=per_object, items=items, skipped=skipped)
+                               per_object=per_object, items=items, skipped=skipped, precision=cfg.eval.precision)
     for name in (control_sets(cfg.equivariance) if controls else ()):
         section = cfg.equivariance.controls[name]
         # a secondary set (equivariance.controls): same protocol, keys equivariance/<name>/...
@@ -327,7 +329,7 @@ def evaluate_equivariance(model, cfg, object_dirs: Sequence[Path] | None = None,
         found: list = []
         results.update(evaluate_objects(model, open_rendered_objects(dirs), cfg.equivariance, seed=cfg.eval.seed,
                                         items=items, skipped=found, prefix=f"equivariance/{name}/",
-                                        desc=f"equivariance/{name}"))
+                                        desc=f"equivariance/{name}", precision=cfg.eval.precision))
         if skipped is not None:
             skipped.extend((f"{name}: {spec}", reason) for spec, reason in [*getattr(dirs, "skipped", []), *found])
     if cfg.equivariance.mvimgnet and not is_oracle(model):  # sparse COLMAP points: no dense ground truth
@@ -370,7 +372,8 @@ def evaluate_mvimgnet(model, cfg, items: list | None = None) -> dict[str, float]
                                    object_rng(seed, "mvimgnet_pairs", obj.object_id))
             frames = sorted({f for pair in pairs for f in pair})
             images = {f: obj.rgb(f) for f in frames}
-            maps = dict(zip(frames, extract_view_features(model, [images[f] for f in frames], 1)))
+            maps = dict(zip(frames, extract_view_features(model, [images[f] for f in frames], 1,
+                                                          cfg.eval.precision)))
             for i, j in pairs:
                 src, gt, _ = obj.correspondences(i, j)
                 src, gt = src * _frame_scale(obj, i, images[i]), gt * _frame_scale(obj, j, images[j])

@@ -202,13 +202,15 @@ def metrics_from_items(items: Sequence[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs: Sequence[ImagePair], thresholds: Sequence[float]) -> tuple[dict, list[dict]]:
-    """(metrics, items) of ``model`` on ``pairs``; each distinct image's features are extracted once."""
+def evaluate_pairs(model, pairs: Sequence[ImagePair], thresholds: Sequence[float],
+                   precision: str = "fp32") -> tuple[dict, list[dict]]:
+    """(metrics, items) of ``model`` on ``pairs``; each distinct image's features are extracted once
+    (``precision``: ``eval.precision``)."""
     cache: dict[int, torch.Tensor] = {}
 
     def features(image: np.ndarray) -> torch.Tensor:
         if id(image) not in cache:
-            cache[id(image)] = extract_view_features(model, [image], 1)[0]
+            cache[id(image)] = extract_view_features(model, [image], 1, precision)[0]
         return cache[id(image)]
 
     items = []
@@ -226,7 +228,8 @@ def evaluate_pairs(model, pairs: Sequence[ImagePair], thresholds: Sequence[float
 def evaluate_real_pairs(model, cfg, items: list | None = None) -> dict[str, float]:
     """The ``real_pairs`` task for ``model`` under ``cfg.eval.real_pairs``; ``items`` receives the per-pair items."""
     real_pairs = cfg.eval.real_pairs
-    metrics, found = evaluate_pairs(model, build_pairs(real_pairs, cfg.eval.seed), real_pairs.thresholds)
+    metrics, found = evaluate_pairs(model, build_pairs(real_pairs, cfg.eval.seed), real_pairs.thresholds,
+                                    cfg.eval.precision)
     if items is not None:
         items.extend(found)
     return metrics

@@ -54,6 +54,7 @@ from corr3d.eval.stats import (
     validity,
 )
 from corr3d.eval.tasks import Dataset, get_task, offline_parts, registry
+from corr3d.models.shared import shared_backbone_maps
 from corr3d.models import COMPARED_MODELS, compared_model, compared_model_config, reference_model_config
 from corr3d.utils import report
 from corr3d.utils.io import sha256_of
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 MODEL_ORDER = ("oracle", *COMPARED_MODELS)   # the report's order: ceiling, baselines and controls, floor, trained
 AUTO = "auto"   # the adapter argument's default: resolve_adapter(cfg)
+# compared models whose backbone is the untouched pretrained one (corr3d/models/shared.py shares its tokens)
+FROZEN_BACKBONE_MODELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv")
 LOWER_IS_BETTER = ("ape", "err", "median_px")
 
 
@@ -297,7 +300,7 @@ def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
 # eval keys that choose what to run or where to write, not what a part measures
 # (ckpt: the adapter's bytes stand for it)
 _UNFINGERPRINTED_EVAL_KEYS = ("tasks", "models", "out_dir", "n_boot", "resume", "device", "batch_size",
-                              "feature_cache_size", "ckpt", "part_cache")
+                              "feature_cache_size", "ckpt", "part_cache", "shared_features_mb")
 # data keys that only training reads (what it trains on and how it batches): never part of what a part measured, so
 # a second training run with other training objects or pairs reuses the reference rows of the first
 _TRAINING_DATA_KEYS = ("kind", "train_objects", "val_objects", "object_list", "num_train_objects", "val_fraction",
@@ -727,6 +730,20 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     _say(f"tasks {tasks}; models {names}; output {out}"
          + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else ""))
     failed: list[str] = []
+    sharing = sum(name in FROZEN_BACKBONE_MODELS for name in names) >= 2   # else the store would only cost memory
+    with shared_backbone_maps(float(cfg.eval.shared_features_mb) if sharing else 0):
+        failed += _measure_parts(cfg, tasks, names, reuse, parts_dir)
+    _say(f"evaluation: {time.perf_counter() - started:.1f} s")
+    result = gather_eval(cfg, parts_dir, out)
+    if failed:  # the other tasks' metrics and the report are written; the command still reports the failure
+        raise EvaluationFailed(f"{len(failed)} task(s) failed: {', '.join(failed)}; their errors are in "
+                               f"{parts_dir}/<task>__<model>.json and {out / 'report.md'}")
+    return result
+
+
+def _measure_parts(cfg: DictConfig, tasks: list[str], names: list[str], reuse: set, parts_dir: Path) -> list[str]:
+    """Measure every selected part not reused; returns the failed ones (``task/model``)."""
+    failed: list[str] = []
     for name in names:
         todo = [task for task in tasks if (task, name) not in reuse]
         if cfg.eval.resume:   # parts another run measured under the same fingerprint (eval.part_cache)
@@ -746,9 +763,4 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
             _say(f"{name} / {task}: {time.perf_counter() - start:.1f} s")
         del model
         gc.collect()
-    _say(f"evaluation: {time.perf_counter() - started:.1f} s")
-    result = gather_eval(cfg, parts_dir, out)
-    if failed:  # the other tasks' metrics and the report are written; the command still reports the failure
-        raise EvaluationFailed(f"{len(failed)} task(s) failed: {', '.join(failed)}; their errors are in "
-                               f"{parts_dir}/<task>__<model>.json and {out / 'report.md'}")
-    return result
+    return failed

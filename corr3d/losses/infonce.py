@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from corr3d.losses.precision import full_precision_loss
 from corr3d.losses.smooth_ap import DEFAULT_BLOCK_ELEMENTS, _check_shapes, _pair_masks
 
 
@@ -44,6 +45,7 @@ def _directional(feat_a, feat_b, xyz_a, xyz_b, valid_a, valid_b, pos_radius, neg
     return all_terms.mean(), stats
 
 
+@full_precision_loss
 def infonce_loss(feat0: torch.Tensor, feat1: torch.Tensor, xyz0: torch.Tensor, xyz1: torch.Tensor,
                  valid0: torch.Tensor | None = None, valid1: torch.Tensor | None = None,
                  pos_radius: float = 0.005, neg_radius: float = 0.1, temperature: float = 0.07,

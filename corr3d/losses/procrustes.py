@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from corr3d.losses.precision import full_precision_loss
 from corr3d.losses.smooth_ap import _check_shapes, _pair_masks
 
 
@@ -36,6 +37,7 @@ def kabsch(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor | None = 
     return rot, mu_d - rot @ mu_s
 
 
+@full_precision_loss
 def diff_procrustes_loss(feat0: torch.Tensor, feat1: torch.Tensor, xyz0: torch.Tensor, xyz1: torch.Tensor,
                          valid0: torch.Tensor | None = None, valid1: torch.Tensor | None = None,
                          pos_radius: float = 0.005, neg_radius: float = 0.1, temperature: float = 0.01,

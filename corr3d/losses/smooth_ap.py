@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from corr3d.losses.precision import full_precision_loss
+
 # Elements per (rows x points) block: bounds memory (a dense 3000 x 3000 pair needs ~3 blocks) without Python loops
 # over individual points.
 DEFAULT_BLOCK_ELEMENTS = 1 << 22
@@ -129,6 +131,7 @@ def _check_shapes(feat0, feat1, xyz0, xyz1):
         raise ValueError("xyz0/xyz1 must be (B, N, 3)/(B, M, 3) matching the features")
 
 
+@full_precision_loss
 def smooth_ap_loss(feat0: torch.Tensor, feat1: torch.Tensor, xyz0: torch.Tensor, xyz1: torch.Tensor,
                    valid0: torch.Tensor | None = None, valid1: torch.Tensor | None = None,
                    pos_radius: float = 0.005, neg_radius: float = 0.1, temperature: float = 0.01,

@@ -46,6 +46,7 @@ def adapter_metadata(model) -> dict:
         "unfreeze_blocks": cfg["unfreeze_blocks"], "head": dict(cfg["head"]),
         "target_res": cfg["target_res"], "downsample_factor": cfg["downsample_factor"],
         "layer": cfg["layer"], "final_norm": cfg["final_norm"], "timm_kwargs": dict(cfg["timm_kwargs"]),
+        "pos_embed_interp": cfg.get("pos_embed_interp", "exact"),
         "weights": model.weights_info.as_dict(),
     }
 
@@ -239,7 +240,9 @@ def config_from_metadata(meta: dict) -> dict:
     return {"backbone": meta["backbone"], "target_res": meta["target_res"],
             "downsample_factor": meta["downsample_factor"], "layer": meta["layer"],
             "final_norm": meta.get("final_norm", True), "lora": lora, "unfreeze_blocks": meta["unfreeze_blocks"],
-            "head": meta["head"], "timm_kwargs": meta.get("timm_kwargs", {})}
+            "head": meta["head"], "timm_kwargs": meta.get("timm_kwargs", {}),
+            # adapters written before the option resampled position embeddings exactly
+            "pos_embed_interp": meta.get("pos_embed_interp", "exact")}
 
 
 def adapter_base_weights(requested: str, meta: dict) -> str:

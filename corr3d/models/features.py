@@ -101,20 +101,57 @@ def patch_embed(vit: torch.nn.Module, images: torch.Tensor, stride: int | None =
     return vit.patch_embed.norm(x)
 
 
-def add_pos_embed(vit: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+# model.pos_embed_interp: how position embeddings are resampled to the token grid (``add_pos_embed``); the model
+# sets it on its ViT as the attribute POS_EMBED_INTERP_ATTR
+POS_EMBED_INTERP = ("exact", "dinov2")
+POS_EMBED_INTERP_ATTR = "corr3d_pos_embed_interp"
+DINOV2_INTERPOLATE_OFFSET = 0.1  # official DINOv2 ``interpolate_offset``
+
+
+def dinov2_resample_pos_embed(pos_embed: torch.Tensor, new_size: tuple[int, int], old_size: tuple[int, int],
+                              num_prefix_tokens: int, offset: float = DINOV2_INTERPOLATE_OFFSET) -> torch.Tensor:
+    """Official DINOv2 ``interpolate_pos_encoding``: the (M, M) patch table is resized bicubically (no antialias)
+    with ``scale_factor = ((h + offset) / M, (w + offset) / M)`` rather than to the size (h, w); torch then maps
+    output pixels back with 1 / scale_factor, so the sampled positions differ slightly from the exact resize.
+    Returned unchanged on the native grid, as there; computed in fp32 and cast back."""
+    h, w = new_size
+    if (h, w) == tuple(old_size):
+        return pos_embed
+    m_h, m_w = old_size
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = patches.shape[-1]
+    grid = patches.float().reshape(1, m_h, m_w, dim).permute(0, 3, 1, 2)
+    out = F.interpolate(grid, scale_factor=((h + offset) / m_h, (w + offset) / m_w), mode="bicubic",
+                        antialias=False)
+    if tuple(out.shape[-2:]) != (h, w):
+        raise ValueError(f"DINOv2 interpolation gave a {tuple(out.shape[-2:])} grid for {(h, w)}")
+    out = out.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, out], dim=1)
+
+
+def add_pos_embed(vit: torch.nn.Module, x: torch.Tensor, interp: str | None = None) -> torch.Tensor:
     """timm's ``_pos_embed`` for (B, h, w, C) patch tokens, resampling position embeddings bicubically WITHOUT
     antialiasing, as official DINOv2 and HF ``Dinov2Model`` do (timm's dynamic path antialiases, which changes
-    features whenever the grid is smaller than the native one, e.g. 448 px on DINOv2)."""
+    features whenever the grid is smaller than the native one, e.g. 448 px on DINOv2).
+
+    ``interp`` (default: the ViT's ``POS_EMBED_INTERP_ATTR`` attribute, else ``exact``): ``exact`` resizes to the
+    grid size; ``dinov2`` uses the official scale factor with the +0.1 offset (``dinov2_resample_pos_embed``)."""
     from timm.layers import resample_abs_pos_embed  # deferred: heavy optional dependency, loaded only when used
 
+    interp = interp or getattr(vit, POS_EMBED_INTERP_ATTR, "exact")
+    if interp not in POS_EMBED_INTERP:
+        raise ValueError(f"pos_embed_interp must be one of {POS_EMBED_INTERP}, got {interp!r}")
     b, h, w, c = x.shape
     prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
     x = x.reshape(b, h * w, c)
     if vit.pos_embed is None:
         return torch.cat(prefix + [x], dim=1)
-    pos = resample_abs_pos_embed(vit.pos_embed, new_size=(h, w), old_size=vit.patch_embed.grid_size,
-                                 num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
-                                 interpolation="bicubic", antialias=False)
+    num_pos_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    if interp == "dinov2":
+        pos = dinov2_resample_pos_embed(vit.pos_embed, (h, w), tuple(vit.patch_embed.grid_size), num_pos_prefix)
+    else:
+        pos = resample_abs_pos_embed(vit.pos_embed, new_size=(h, w), old_size=vit.patch_embed.grid_size,
+                                     num_prefix_tokens=num_pos_prefix, interpolation="bicubic", antialias=False)
     if vit.no_embed_class:  # DeiT-3 / DINOv2-reg style: prefix tokens carry no position embedding
         x = torch.cat(prefix + [x + pos], dim=1)
     else:

@@ -17,12 +17,14 @@ from corr3d.models.adapter import save_adapter
 from corr3d.models.backbones import BackboneSpec
 from corr3d.models.convnet import adapt_convnet, convnet_map
 from corr3d.models.features import (
+    POS_EMBED_INTERP_ATTR,
     paper_input_size,
     pixel_centres,
     sample_feature_map,
     tokens_to_map,
     vit_tokens,
 )
+from corr3d.models import shared
 from corr3d.models.head import ConvHead
 from corr3d.models.lora import (
     LoRAQKV,
@@ -101,6 +103,8 @@ class Corr3DModel(nn.Module):
         self.config = model_config(config)
         self.spec = spec
         self.vit = vit
+        # how add_pos_embed resamples position embeddings (model.pos_embed_interp; corr3d/models/features.py)
+        setattr(self.vit, POS_EMBED_INTERP_ATTR, self.config.get("pos_embed_interp", "exact"))
         self.weights_info = weights_info or WeightsInfo("unknown", None, "weights loaded by the caller")
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
@@ -163,13 +167,29 @@ class Corr3DModel(nn.Module):
         if self.is_convnet:
             fmap = self.head(convnet_map(self.vit, self.preprocess(images, input_size), self.spec.feature_stage))
         else:
-            tokens, grid = vit_tokens(self.vit, self.preprocess(images, input_size), layer=self.config["layer"],
-                                      final_norm=self.config["final_norm"], stride=stride)
+            tokens, grid = self._backbone_tokens(self.preprocess(images, input_size), stride)
             fmap = self.head(tokens_to_map(tokens, self.spec.num_prefix_tokens, grid))
         if self.check_finite and not self.training and not torch.jit.is_tracing() \
                 and not torch.compiler.is_compiling():
             assert_finite(fmap, f"features of {self.name_for_errors()}")
         return fmap
+
+    def _backbone_tokens(self, x: torch.Tensor, stride: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The backbone's tokens for the preprocessed batch ``x``; inside ``shared_backbone_maps`` computed once per
+        (frozen backbone, input) for every compared model that shares that backbone (corr3d/models/shared.py)."""
+        store = shared.active()
+        backbone = store.backbone_key(self) if store is not None else None
+        key = None
+        if backbone is not None:
+            key = (backbone, store.input_key(x), self.config["layer"], bool(self.config["final_norm"]), stride)
+            found = store.get(key)
+            if found is not None:
+                return found
+        tokens, grid = vit_tokens(self.vit, x, layer=self.config["layer"], final_norm=self.config["final_norm"],
+                                  stride=stride)
+        if key is not None:
+            store.put(key, tokens, grid)
+        return tokens, grid
 
     def name_for_errors(self) -> str:
         """Which model this is, for error messages: backbone, weights and (if loaded) the adapter file."""

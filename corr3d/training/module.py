@@ -61,8 +61,10 @@ class MultiviewFinetuneModule(L.LightningModule):
         maps = self._cached_maps(batch, images) if self.cache_frozen_prefix else self.model(images)
         map0, map1 = maps.chunk(2)
         size = tuple(batch["image0"].shape[-2:])
-        f0 = F.normalize(self.model.sample_points(map0, batch["points0"], size), dim=-1)
-        f1 = F.normalize(self.model.sample_points(map1, batch["points1"], size), dim=-1)
+        # sampled and normalised in fp32 (a no-op in fp32 training): under bf16-mixed the maps are bf16, and the
+        # loss (corr3d/losses/precision.py) computes in fp32 like the authors' fp32 training
+        f0 = F.normalize(self.model.sample_points(map0.float(), batch["points0"].float(), size), dim=-1)
+        f1 = F.normalize(self.model.sample_points(map1.float(), batch["points1"].float(), size), dim=-1)
         return maps, f0, f1
 
     def _cached_maps(self, batch: dict, images: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from corr3d.eval.run import MODEL_ORDER, breakdown_tables, confidence, run_eval_
 from corr3d.eval.tasks.equivariance import TASK as EQUIVARIANCE
 from corr3d.losses import build_loss
 from corr3d.models import compared_model
+from corr3d.models.shared import shared_backbone_maps
 from corr3d.render.batch import ensure_rendered
 from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY, MultiviewFinetuneModule
@@ -258,6 +259,40 @@ def resume_checkpoint(run: Path, fingerprint: str | None = None, module=None) ->
     return None
 
 
+def measure_untrained(cfg: DictConfig, run: Path, eval_dirs: Sequence[Path], parts_dir: Path, metrics: dict,
+                      model) -> None:
+    """The rows training does not change: pretrained, the floor / ceiling / controls of
+    ``equivariance.reference_models`` and ``pretrained_head_init`` (``model``: training's starting point); each is
+    skipped when the run already has it (resume) and reused from ``eval.part_cache`` when measured before."""
+    if "pretrained" not in metrics:
+        baseline = compared_model("pretrained", cfg.model, seed=int(cfg.seed))
+        per_object: dict = {}
+        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object, parts_dir,
+                                                     cache=True)
+        metrics.setdefault("per_object", {})["pretrained"] = per_object
+        metrics["weights"] = f"{baseline.weights_info.source}: {baseline.weights_info.label}"
+        del baseline
+        _write_metrics(run, metrics)
+    for name in cfg.equivariance.reference_models:
+        if str(name) not in metrics:  # floor (random init) and ceiling (oracle) of the validity section
+            reference = reference_model(str(name), cfg)
+            metrics[str(name)] = measure_equivariance(reference, cfg, eval_dirs, str(name), parts_dir=parts_dir,
+                                                      cache=True)
+            del reference
+            _write_metrics(run, metrics)
+
+    if int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
+        if untrained_is_pretrained(cfg.model) and "pretrained" in metrics:
+            copy_row(metrics, parts_dir, "pretrained", "pretrained_head_init")   # same features: measured once
+        else:
+            # the untrained conv head alone changes the features: report it so training is not credited for it
+            per_object = {}
+            metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained_head_init",
+                                                                   per_object, parts_dir, cache=True)
+            metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
+        _write_metrics(run, metrics)
+
+
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plugins=None) -> Path:
     """Run (or resume) the experiment ``cfg``; returns its run directory."""
     check_experiment_disjoint(cfg)   # refuse to train on the held-out evaluation objects (before any run dir)
@@ -273,35 +308,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
 
     parts_dir = run / "parts"
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if rank0 and eval_dirs and "pretrained" not in metrics:
-        baseline = compared_model("pretrained", cfg.model, seed=int(cfg.seed))
-        per_object: dict = {}
-        metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object, parts_dir,
-                                                     cache=True)
-        metrics.setdefault("per_object", {})["pretrained"] = per_object
-        metrics["weights"] = f"{baseline.weights_info.source}: {baseline.weights_info.label}"
-        del baseline
-        _write_metrics(run, metrics)
-    for name in cfg.equivariance.reference_models if rank0 and eval_dirs else ():
-        if str(name) not in metrics:  # floor (random init) and ceiling (oracle) of the validity section
-            reference = reference_model(str(name), cfg)
-            metrics[str(name)] = measure_equivariance(reference, cfg, eval_dirs, str(name), parts_dir=parts_dir,
-                                                      cache=True)
-            del reference
-            _write_metrics(run, metrics)
-
     # training starts from exactly the model the "pretrained_head_init" row measures (same seed, same head init)
     model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
-    if rank0 and eval_dirs and int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
-        if untrained_is_pretrained(cfg.model) and "pretrained" in metrics:
-            copy_row(metrics, parts_dir, "pretrained", "pretrained_head_init")   # same features: measured once
-        else:
-            # the untrained conv head alone changes the features: report it so training is not credited for it
-            per_object = {}
-            metrics["pretrained_head_init"] = measure_equivariance(model, cfg, eval_dirs, "pretrained_head_init",
-                                                                   per_object, parts_dir, cache=True)
-            metrics.setdefault("per_object", {})["pretrained_head_init"] = per_object
-        _write_metrics(run, metrics)
+    if rank0 and eval_dirs:
+        # pretrained and the untrained heads share one backbone: its tokens are computed once per view
+        with shared_backbone_maps(float(cfg.eval.shared_features_mb)):
+            measure_untrained(cfg, run, eval_dirs, parts_dir, metrics, model)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, model)
     module.pair_log_dir = str(run)

@@ -13,6 +13,7 @@ from corr3d.data.pairs import (
     MVImgNetPairDataset,
     PairSampler,
     RenderedPairDataset,
+    TooFewPixels,
     allowed_view_pairs,
     decode_key,
     sample_pixels,
@@ -329,3 +330,54 @@ def test_sample_pixels_with_keeps_fixed_pixels_first_and_distinct():
     assert (rows[:2] == [3, 4]).all() and (cols[:2] == [5, 6]).all()
     flat = rows * 10 + cols
     assert valid.all() and len(set(flat.tolist())) == 20 and mask[rows, cols].all()
+
+
+# --------------------------------------------------------------------------------------------- data.pairs.point_sampling
+def test_paper_era_sampling_is_with_replacement_above_num_points():
+    mask = np.zeros((40, 50), bool)
+    mask[5:35, 10:40] = True  # 900 foreground pixels
+    rows, cols, valid = sample_pixels(mask, 800, np.random.default_rng(0), "paper_era")
+    assert valid.all() and mask[rows, cols].all() and len(rows) == 800
+    # the authors' np.random.choice(900, 800, replace=True) on the row-major foreground list, same generator
+    pick = np.random.default_rng(0).choice(900, size=800, replace=True)
+    want_rows, want_cols = np.divmod(np.flatnonzero(mask)[pick], 50)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(cols, want_cols)
+    assert len(set(zip(rows.tolist(), cols.tolist()))) < 800  # duplicates: 800 draws from 900 with replacement
+    rows, cols, _ = sample_pixels(mask, 900, np.random.default_rng(0), "paper_era")  # exactly 900: all, once
+    assert len(set(zip(rows.tolist(), cols.tolist()))) == 900
+    with pytest.raises(TooFewPixels):
+        sample_pixels(mask, 901, np.random.default_rng(0), "paper_era")
+
+
+def test_authors_fixed_sampling_is_distinct_above_and_with_replacement_below():
+    mask = np.zeros((40, 50), bool)
+    mask[5:35, 10:40] = True
+    rows, cols, valid = sample_pixels(mask, 800, np.random.default_rng(0), "authors_fixed")
+    assert valid.all() and len(set(zip(rows.tolist(), cols.tolist()))) == 800
+    rows, cols, valid = sample_pixels(mask, 2000, np.random.default_rng(0), "authors_fixed")
+    assert valid.all() and mask[rows, cols].all() and len(rows) == 2000  # duplicates, none padded
+    pick = np.random.default_rng(0).choice(900, size=2000, replace=True)
+    np.testing.assert_array_equal(rows * 50 + cols, np.flatnonzero(mask)[pick])
+    with pytest.raises(ValueError, match="point sampling must be one of"):
+        sample_pixels(mask, 10, np.random.default_rng(0), "bogus")
+
+
+def test_paper_era_redraws_pairs_with_too_few_pixels(rendered):
+    small = set(range(0, 42, 3))  # these views keep only the top rows of their mask: too few pixels
+    masks = np.array(rendered.views["mask"]).copy()
+    masks[sorted(small), SIZE // 3:] = False
+    obj = MemoryObject(rendered.object_id, rendered.K, rendered.poses, {**rendered.views, "mask": masks})
+    need = int(min(masks[v].sum() for v in range(42) if v not in small))
+    assert max(masks[v].sum() for v in small) < need
+    ds = RenderedPairDataset([obj], num_points=need, num_samples=30, seed=2, point_sampling="paper_era")
+    for k in range(30):
+        sample = ds[k]
+        assert sample["view0"] not in small and sample["view1"] not in small
+        assert bool(sample["valid0"].all()) and bool(sample["valid1"].all())
+    distinct = RenderedPairDataset([obj], num_points=need, num_samples=30, seed=2)
+    assert any(distinct[k]["view0"] in small or distinct[k]["view1"] in small for k in range(30))
+    with pytest.raises(RuntimeError, match="point_sampling='paper_era'"):
+        RenderedPairDataset([rendered], num_points=10 ** 6, num_samples=1, point_sampling="paper_era")[0]
+    with pytest.raises(ValueError, match="needs point_sampling='distinct'"):
+        RenderedPairDataset([rendered], true_fraction=0.5, point_sampling="paper_era")

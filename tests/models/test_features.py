@@ -234,3 +234,72 @@ def test_cached_prefix_training_features_and_gradients_equal_uncached():
     assert len(cached._prefix_cache) == 2
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grads[2], grads[0], atol=1e-6, rtol=1e-5)
+
+
+# -- model.pos_embed_interp (issue 22): official DINOv2 scale-factor interpolation -------------------------------
+def _cubic_weights(t: float, a: float = -0.75) -> list[float]:
+    """Keys' cubic convolution weights of the 4 taps at offsets -1, 0, 1, 2 for fraction t (torch's bicubic)."""
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):   # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def _resize_axis(values: list[list[float]], out_len: int, scale: float) -> list[list[float]]:
+    """Resize rows of ``values`` (n, C) to ``out_len`` with source = (o + 0.5) / scale - 0.5, taps clamped."""
+    import math
+
+    n, out = len(values), []
+    for o in range(out_len):
+        src = (o + 0.5) / scale - 0.5
+        base = math.floor(src)
+        weights = _cubic_weights(src - base)
+        row = [0.0] * len(values[0])
+        for k, wk in zip(range(-1, 3), weights):
+            idx = min(max(base + k, 0), n - 1)
+            row = [r + wk * v for r, v in zip(row, values[idx])]
+        out.append(row)
+    return out
+
+
+def _official_dinov2_patch_table(table: torch.Tensor, h: int, w: int, offset: float = 0.1) -> torch.Tensor:
+    """The official formula in plain Python: (M, M, C) -> (h, w, C), scale factor (n + offset) / M per axis."""
+    m = table.shape[0]
+    grid = table.double().tolist()
+    cols = [_resize_axis(r, w, (w + offset) / m) for r in grid]              # (M, w, C) along x
+    by_col = [[cols[r][c] for r in range(m)] for c in range(w)]               # (w, M, C)
+    rows = [_resize_axis(col, h, (h + offset) / m) for col in by_col]        # (w, h, C) along y
+    return torch.tensor(rows, dtype=torch.float64).permute(1, 0, 2)
+
+
+def test_dinov2_pos_embed_interp_reproduces_the_official_formula():
+    from corr3d.models.features import add_pos_embed, dinov2_resample_pos_embed
+
+    model = tiny_model(16, lora={"blocks": 0})
+    vit = model.vit
+    m = vit.patch_embed.grid_size[0]
+    prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    table = vit.pos_embed[0, prefix:].detach().reshape(m, m, -1)
+    for h, w in ((7, 13), (15, 4), (m + 3, m)):
+        got = dinov2_resample_pos_embed(vit.pos_embed.detach(), (h, w), (m, m), prefix)
+        want = _official_dinov2_patch_table(table, h, w)
+        assert got.shape == (1, prefix + h * w, table.shape[-1])
+        assert torch.equal(got[:, :prefix], vit.pos_embed[:, :prefix].detach())
+        torch.testing.assert_close(got[0, prefix:].double().reshape(h, w, -1), want, rtol=0, atol=1e-5)
+    # on the native grid the table is used as is; elsewhere the offset moves the samples: exact != dinov2
+    assert dinov2_resample_pos_embed(vit.pos_embed, (m, m), (m, m), prefix) is vit.pos_embed
+    x = torch.randn(1, 7, 13, vit.embed_dim)
+    exact, dino = add_pos_embed(vit, x), add_pos_embed(vit, x, "dinov2")
+    assert (exact - dino).abs().max() > 1e-4
+    setattr(vit, "corr3d_pos_embed_interp", "dinov2")
+    try:
+        assert torch.equal(add_pos_embed(vit, x), dino)   # the ViT's attribute selects the mode
+        tokens, _ = vit_tokens(vit, torch.randn(1, 3, 7 * 16, 13 * 16))
+    finally:
+        delattr(vit, "corr3d_pos_embed_interp")
+    assert torch.isfinite(tokens).all()
+    with pytest.raises(ValueError, match="pos_embed_interp must be one of"):
+        add_pos_embed(vit, x, "nearest")

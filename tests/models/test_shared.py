@@ -1,0 +1,66 @@
+"""Backbone tokens shared by compared models with the same frozen backbone (corr3d/models/shared.py): identical
+numbers, hits only where the backbone really computes the same tokens."""
+from __future__ import annotations
+
+import torch
+
+from corr3d.models.lora import LoRAQKV
+from corr3d.models.shared import shared_backbone_maps
+from tests.helpers.models import tiny_model
+
+LORA = {"blocks": 1, "rank": 2, "alpha": None}
+
+
+def _models(seed=0):
+    torch.manual_seed(seed)
+    plain = tiny_model(16, lora={**LORA, "blocks": 0}, head={"num_layers": 0, "init": "default"}).eval()
+    head = tiny_model(16, lora=LORA, head={"num_layers": 1, "init": "default"}).eval()
+    head.vit.load_state_dict(plain.vit.state_dict(), strict=False)   # same backbone weights, own head and LoRA
+    return plain, head
+
+
+def test_shared_tokens_give_bit_identical_maps_and_skip_the_backbone():
+    plain, head = _models()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = plain(x), head(x)
+        with shared_backbone_maps(64) as store:
+            got = plain(x), head(x)
+            assert (store.misses, store.hits) == (1, 1)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_a_trained_lora_other_weights_or_another_input_never_hit():
+    plain, head = _models()
+    other, _ = _models(seed=1)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        other.vit.patch_embed.proj.weight.add_(0.01)   # other backbone weights
+        for module in head.vit.modules():
+            if isinstance(module, LoRAQKV):
+                module.lora_b_q.fill_(0.01)   # a trained LoRA: its tokens are not the pretrained ones
+        with shared_backbone_maps(64) as store:
+            plain(x)
+            head(x)
+            other(x)
+            plain(x + 1e-3)
+            assert store.hits == 0
+
+
+def test_training_mode_grad_and_a_full_store_compute_again():
+    plain, _ = _models()
+    x = torch.rand(2, 3, 32, 32)
+    with shared_backbone_maps(64) as store:
+        plain(x)          # grad enabled: not shared
+        with torch.no_grad():
+            plain.train()
+            plain(x)      # training mode: not shared
+            plain.eval()
+            assert store.misses == 0 and store.hits == 0
+    with torch.no_grad(), shared_backbone_maps(1e-6) as tiny:   # a budget below one map: nothing kept
+        plain(x)
+        plain(x)
+        assert tiny.hits == 0 and tiny.used == 0
+    with torch.no_grad(), shared_backbone_maps(0) as off:
+        assert off is None
+        plain(x)
