@@ -51,3 +51,13 @@ def _resolves(parts: list[str]) -> bool:
         if module is not None:
             return k == len(parts) or re.search(rf"\b{parts[k]}\b", module.read_text()) is not None
     return False
+
+
+def test_readme_names_existing_paths():
+    """Every repository path the README names in backticks or links exists (placeholders like <run> excepted)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    named = set(re.findall(r"`((?:corr3d|tests|experiments|data_prep|docs|\.ci)/[\w/.-]*)`", text))
+    named |= set(re.findall(r"\]\(((?:corr3d|tests|experiments|data_prep|docs)/[\w/.-]*)\)", text))
+    assert len(named) > 10
+    missing = sorted(p for p in named if not (REPO_ROOT / p.rstrip("/")).exists())
+    assert not missing, f"README.md names paths that do not exist: {missing}"

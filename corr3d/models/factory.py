@@ -60,19 +60,29 @@ def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapt
     ``load_model("dinov2_s14", adapter="runs/x/latest/adapter.safetensors")``.
 
     ``weights``: auto | hf | imgfocus | random[:seed] | path to .pth/.safetensors. ``overrides``: keys of the
-    ``model:`` config section (nested dicts or flat aliases such as ``head_layers=0``). With an adapter, its
+    ``model:`` config section (nested dicts or flat aliases such as ``head_layers=1``). With an adapter, its
     backbone and structure are used; ``backbone=None`` means "whatever the adapter was trained on".
+
+    Without an adapter the model computes the backbone's own features: no LoRA and no head unless ``overrides``
+    ask for them (a training structure with an untrained head would change the features). The model is returned
+    in eval mode (``.train()`` for finetuning).
     """
     if adapter is not None:
-        return load_with_adapter(adapter, backbone=backbone, weights=weights, **overrides)
-    return create_model(backbone or DEFAULT_MODEL_CONFIG["backbone"], weights, **overrides)
+        return load_with_adapter(adapter, backbone=backbone, weights=weights, **overrides).eval()
+    for alias, (group, leaf) in (("lora_blocks", ("lora", "blocks")), ("head_layers", ("head", "num_layers"))):
+        if alias not in overrides and leaf not in (overrides.get(group) or {}):
+            overrides[alias] = 0
+    return create_model(backbone or DEFAULT_MODEL_CONFIG["backbone"], weights, **overrides).eval()
 
 
 def build_model(model_cfg) -> Corr3DModel:
     """From the ``model:`` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
     cfg = _plain(model_cfg)
     adapter = cfg.pop("adapter", None)
-    return load_model(cfg.pop("backbone", "dinov2_s14"), cfg.pop("weights", "auto"), adapter=adapter, **cfg)
+    if adapter is not None:
+        return load_with_adapter(adapter, backbone=cfg.pop("backbone", None), weights=cfg.pop("weights", "auto"),
+                                 **cfg)
+    return create_model(cfg.pop("backbone", "dinov2_s14"), cfg.pop("weights", "auto"), **cfg)
 
 
 def _check_structure(cfg: dict, overrides: dict) -> None:
