@@ -109,6 +109,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.gpu:
+        from corr3d.perf._gpu import run_gpu_check  # deferred: a command loads only its own stack
+
+        run_gpu_check()
+        return 0
     from corr3d.perf import run_benchmarks  # deferred: a command loads only its own stack
 
     run_benchmarks(only=args.only, quick=args.quick, out=args.out)
@@ -169,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated benchmark groups")
     p.add_argument("--quick", action="store_true", help="smaller sizes")
     p.add_argument("--out", default="runs/bench.json", help="where to write the JSON results")
+    p.add_argument("--gpu", action="store_true", help="the prepared GPU check (make bench-gpu): one table, <= 8 min")
     p.set_defaults(func=_bench)
     return parser
 
