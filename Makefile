@@ -54,13 +54,14 @@ STAMP := $(VENV)/.corr3d-installed
 WITH_ARGS := '$(PY)' -m corr3d.launch.make_args ARGS
 WITH_PYTEST_ARGS := '$(PY)' -m corr3d.launch.make_args PYTEST_ARGS
 
-# Debian packages: open3d needs libusb; its offscreen renderer needs Vulkan on llvmpipe; the SLURM tests need a cluster.
+# Debian packages: open3d's library links libusb, libGL and libEGL (corr3d uses only its ray caster, never the Vulkan
+# offscreen renderer, so no Vulkan packages: a render process maps no libvulkan); the SLURM tests need a cluster.
 # sweethome3d-furniture: ~820 real textured 3D models (OBJ+MTL in /usr/share/sweethome3d/furniture/*.sh3f, CC0 and
 # CC-BY 3.0) that training and evaluation use as real, non-procedural objects offline (corr3d/assets/sh3d.py).
-APT_RUNTIME := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libgomp1 sweethome3d-furniture
+APT_RUNTIME := libusb-1.0-0 libgl1 libegl1 libgomp1 sweethome3d-furniture
 APT_TEST := slurmctld slurmd slurm-client munge
 
-.PHONY: help setup setup-test train eval bench test test-fast render sweep clean-venv
+.PHONY: help setup setup-test train eval bench bench-gpu test test-fast render sweep clean-venv
 
 help:
 	@echo "make train EXP=dinov2_single_object [ARGS='key=value ...'] [LAUNCHER=slurm NODES=2 GPUS=8 PARTITION=.. TIME=.. ACCOUNT=..]"
@@ -117,6 +118,10 @@ render: $(STAMP)
 
 bench: $(STAMP)
 	$(WITH_ARGS) '$(VENV)/bin/corr3d' bench
+
+# on a CUDA machine: the paper recipe's step, equivariance throughput and the offline eval, one table (<= 8 min)
+bench-gpu: $(STAMP)
+	'$(VENV)/bin/corr3d' bench --gpu
 
 test: setup-test
 	$(WITH_PYTEST_ARGS) '$(PY)' -m pytest

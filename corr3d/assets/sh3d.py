@@ -6,7 +6,8 @@ BlendSwap-CC-BY, KatorLegaz, Reallusion (people) and Scopia (CC-BY 3.0). Each zi
 ``model#i`` (path inside the zip), ``creator#i``, ``width#i``/``depth#i``/``height#i`` (cm), ``modelRotation#i`` ...
 
 - :func:`catalog` reads all libraries into :class:`Sh3dEntry` records (properties + MTL files only, never meshes;
-  cached per process).
+  cached per process, and on disk in ``<corr3d cache>/sh3d/catalog-<key>.json`` keyed by the libraries' names,
+  sizes and mtimes, so a new process reads JSON instead of parsing the zips).
 - Spec ``sh3d:<library>/<item>`` (e.g. ``sh3d:BlendSwap-CC-0/armchair``): ``<library>`` is the zip's file stem and
   ``<item>`` the entry's :attr:`Sh3dEntry.slug`, the catalog id's part after ``#`` slugified (stable across catalog
   versions and re-orderings; ``-<index>`` is appended only where two ids of one library would collide).
@@ -21,7 +22,11 @@ BlendSwap-CC-BY, KatorLegaz, Reallusion (people) and Scopia (CC-BY 3.0). Each zi
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -37,8 +42,10 @@ from typing import Iterable
 import numpy as np
 
 from corr3d.errors import Corr3dUserError, UnknownNameError, UnsafePathError
-from corr3d.utils.io import replace_dir
+from corr3d.utils.io import atomic_write_text, replace_dir
 from corr3d.utils.paths import ensure_within, safe_join, safe_name
+
+log = logging.getLogger(__name__)
 
 SPEC_PREFIX = "sh3d:"
 DEFAULT_DIR = Path("/usr/share/sweethome3d/furniture")
@@ -356,7 +363,51 @@ def _read_library(path: Path, library: str) -> list[Sh3dEntry]:
 
 @lru_cache(maxsize=8)
 def _catalog(folder: str, fingerprint: tuple) -> tuple[Sh3dEntry, ...]:
-    return tuple(e for _, path in sorted(library_files(folder).items()) for e in read_library(path))
+    """The parsed catalog, from the on-disk cache when it matches, else parsed (and then cached on disk): parsing
+    opens every model's OBJ and MTLs in the zips, ~2-3 s per process, which every render worker paid."""
+    path = catalog_cache_path(folder, fingerprint)
+    cached = _read_catalog_cache(path)
+    if cached is not None:
+        return cached
+    entries = tuple(e for _, path_ in sorted(library_files(folder).items()) for e in read_library(path_))
+    try:
+        atomic_write_text(path, json.dumps({"version": CATALOG_CACHE_VERSION,
+                                            "entries": [dataclasses.asdict(e) for e in entries]}))
+    except OSError as err:  # a read-only cache only costs the parse next time
+        log.debug("cannot cache the sh3d catalog at %s: %s", path, err)
+    return entries
+
+
+CATALOG_CACHE_VERSION = 1
+_TUPLE_FIELDS = ("size_cm", "model_rotation", "textures", "mtl", "tags")
+
+
+def catalog_cache_path(folder: str, fingerprint: tuple) -> Path:
+    """``<cache_root>/catalog-<key>.json``: the key covers the folder, every library's name, size and mtime (the
+    fingerprint), the cache version and this module's source, so a changed library or parser never reads a stale
+    cache."""
+    key = json.dumps([CATALOG_CACHE_VERSION, str(Path(folder).resolve()), list(map(list, fingerprint)),
+                      _module_digest()])
+    return cache_root() / f"catalog-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+@lru_cache(maxsize=1)
+def _module_digest() -> str:
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
+
+
+def _read_catalog_cache(path: Path) -> tuple[Sh3dEntry, ...] | None:
+    """The entries of a catalog cache file, or None when it is missing, unreadable or malformed (then rebuilt)."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != CATALOG_CACHE_VERSION:
+            return None
+        return tuple(Sh3dEntry(**{k: tuple(v) if k in _TUPLE_FIELDS else v for k, v in item.items()})
+                     for item in data["entries"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        if path.exists():
+            log.warning("ignoring the unreadable sh3d catalog cache %s (%s); rebuilding it", path, err)
+        return None
 
 
 def _fingerprint(files: dict[str, Path]) -> tuple:

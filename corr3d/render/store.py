@@ -185,10 +185,17 @@ class RenderedObject:
         colors = sorted(path.glob("color_*.png"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
         indices = [int(re.findall(r"\d+", p.stem)[-1]) for p in colors]
         if poses is None:
-            found = [p for p in (path / "obj_poses.npy", path.parent / "obj_poses.npy") if p.is_file()]
+            # the object directory, its parent, or the authors' layout: data/obj_poses.npy three levels above
+            # data/objaverse_renderings/000-xxx/<uid> (their render_objects.py output next to their shared poses)
+            candidates = [path / "obj_poses.npy", path.parent / "obj_poses.npy",
+                          path.parents[2] / "obj_poses.npy" if len(path.parents) > 2 else None]
+            found = [p for p in candidates if p is not None and p.is_file()]
             if not found:
-                raise FileNotFoundError(f"{path}: no obj_poses.npy here or in the parent directory; pass poses=")
+                raise FileNotFoundError(f"{path}: no obj_poses.npy here, in the parent directory or three levels up "
+                                        "(the authors' data/obj_poses.npy); pass poses= (an array or a .npy path)")
             poses = np.load(found[0])
+        elif isinstance(poses, (str, Path)):
+            poses = np.load(poses)
         poses = np.asarray(poses, dtype=np.float64)
         if poses.ndim != 3 or poses.shape[1:] != (4, 4):
             raise DatasetFormatError(f"poses of shape {poses.shape}, expected (V, 4, 4)", path=path,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import io
+import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -163,6 +165,59 @@ def test_catalog_of_the_fixture(library):
     assert sh3d.catalog() == sh3d.catalog()  # cached
 
 
+def _cache_file():
+    return sh3d.catalog_cache_path(str(sh3d.furniture_dir()), sh3d._fingerprint(sh3d.library_files()))
+
+
+def test_catalog_is_cached_on_disk_and_a_bad_cache_is_rebuilt(library, monkeypatch, caplog):
+    sh3d._catalog.cache_clear()  # as in a new process
+    parsed = sh3d.catalog()
+    path = _cache_file()
+    assert path.is_file() and path.parent == library.parent / "cache" / "sh3d"
+    sh3d._catalog.cache_clear()
+    with monkeypatch.context() as m:  # a new process reads the file and opens no zip
+        m.setattr(sh3d, "read_library", lambda *_: pytest.fail("the catalog was parsed although it is cached"))
+        cached = sh3d.catalog()
+    assert cached == parsed and {hash(e) for e in cached}  # tuples restored: equal and hashable entries
+    for garbage in ("{not json", '{"version": 1, "entries": [{"bogus": 1}]}', "[]", ""):
+        path.write_text(garbage)
+        sh3d._catalog.cache_clear()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=sh3d.__name__):
+            assert sh3d.catalog() == parsed
+        assert "ignoring the unreadable sh3d catalog cache" in caplog.text
+        assert json.loads(path.read_text())["version"] == sh3d.CATALOG_CACHE_VERSION  # rewritten whole
+    path.write_text(json.dumps({"version": sh3d.CATALOG_CACHE_VERSION + 1, "entries": []}))  # another format
+    sh3d._catalog.cache_clear()
+    assert sh3d.catalog() == parsed
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_changed_library_gets_a_new_cache_key(library):
+    sh3d._catalog.cache_clear()
+    before = sh3d.catalog()
+    old = _cache_file()
+    with zipfile.ZipFile(library / "Free.sh3f", "w") as z:  # a new item: the file's size and mtime change
+        z.writestr("PluginFurnitureCatalog.properties", (CC0_PROPERTIES + EXTRA_ITEM).encode("latin-1"))
+        z.writestr("free/ball/ball.obj", box_obj((1, 1, 1), "ball.mtl"))
+        z.writestr("free/ball/ball.mtl", "newmtl mat\nKd 0.9 0.1 0.1\n")
+    sh3d._catalog.cache_clear()
+    assert _cache_file() != old
+    after = sh3d.catalog()
+    assert len(after) == len(before) + 1 and "sh3d:Free/cube" in {e.spec for e in after}
+
+
+EXTRA_ITEM = """id#2=Free#cube
+name#2=Cube
+category#2=Miscellaneous
+model#2=/free/ball/ball.obj
+width#2=1
+depth#2=1
+height#2=1
+creator#2=Nobody
+"""
+
+
 def test_spec_loads_textured_normalised_and_cached(library):
     assert parse_spec("sh3d:Test/cube-1") == ("sh3d", "Test/cube-1", 0)
     assert object_dir_name("sh3d:Test/cube-1") == "sh3d_Test_cube-1"
@@ -257,6 +312,19 @@ def test_real_catalogs(real):
     assert all(e.cc_by for e in real.values() if e.library != "BlendSwap-CC-0")
     assert all(e.name and e.creator and min(e.size_cm) > 0 for e in real.values())
     assert len({(e.library, e.slug) for e in real.values()}) == 820
+
+
+@needs_package
+def test_real_catalog_cache_equals_the_parse(monkeypatch, tmp_path):
+    monkeypatch.delenv(sh3d.DIR_ENV, raising=False)
+    monkeypatch.setenv("CORR3D_CACHE", str(tmp_path / "cache"))
+    sh3d._catalog.cache_clear()
+    parsed = sh3d.catalog()  # empty cache: parses the zips, writes the cache
+    assert _cache_file().is_file()
+    sh3d._catalog.cache_clear()
+    cached = sh3d.catalog()
+    assert cached == parsed and [type(v) for v in vars(cached[0]).values()] == [type(v) for v in
+                                                                                  vars(parsed[0]).values()]
 
 
 @needs_package
