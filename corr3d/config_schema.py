@@ -312,6 +312,7 @@ class TrackingEvalConfig:
     format: str = choice("auto", ("auto", "tapvid", "dinotracker"))
     frames_dir: Optional[str] = None
     query_mode: str = choice("strided", ("strided", "first"))
+    variants: List[str] = choice(["first"], ("strided", "first", "strided@256", "first@256"))
     query_stride: int = ranged(5, gt=0)
     max_videos: Optional[int] = None
     frame_size: List[int] = _list(476, 854)

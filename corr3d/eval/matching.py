@@ -2,7 +2,8 @@
 
 Every task that asks "which target candidate has the highest cosine similarity to this source feature" (multiview
 equivariance in corr3d/eval/equivariance.py, the real-pairs task in corr3d/eval/real_pairs.py, semantic keypoint
-transfer in corr3d/eval/semantic.py) goes through ``nearest_neighbors``:
+transfer in corr3d/eval/semantic.py, whose candidates are scored lazily: ``blocked_argmax``) goes through
+``nearest_neighbors``:
 
 - blocked GEMM + argmax: the (N x M) score matrix is never materialised whole; query rows are processed in blocks
   whose score block fits ``memory_budget_mb`` (``block_rows``), so memory is O(block x M), not O(N x M);
@@ -29,6 +30,8 @@ API (used by corr3d/eval/real_pairs.py; all functions take and return torch tens
     match_points(model, fmap_src, fmap_tgt, src_xy, tgt_xy, image_size, target_size=None, **kw) -> (N, 2) np
         # the target candidate location (x, y) best matching each source point
     block_rows(num_candidates, memory_budget_mb, element_bytes=4) -> int
+    blocked_argmax(score_block(s, e) -> (N, e - s) scores, num_queries, num_candidates, block) -> NNResult
+        # argmax over candidates scored lazily block by block (semantic transfer: every pixel, upsampled)
     resolve_precision(precision, device) -> torch.dtype   # "auto" | "fp32" | "bf16" | "fp16"
     ViewCache(obj, max_views=64): .mask(i), .xyz(i), .foreground(i) -> (centres (P, 2), points (P, 3)),
         .candidates(i, stride) -> (M, 2) pixel centres on a stride lattice
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +137,33 @@ def nearest_neighbors(queries: torch.Tensor, candidates: torch.Tensor, candidate
         index[:, start:stop] = arg
         score[:, start:stop] = best.float()
     return NNResult(index if batched else index[0], score if batched else score[0])
+
+
+@torch.no_grad()
+def blocked_argmax(score_block: Callable[[int, int], torch.Tensor], num_queries: int, num_candidates: int,
+                   block: int) -> NNResult:
+    """Argmax over candidates whose (N, M) scores are produced lazily, ``block`` candidates at a time:
+    ``score_block(s, e)`` -> (N, e - s) scores of candidates s..e-1. Memory is O(N x block) plus whatever
+    ``score_block`` makes, never O(N x M) (e.g. semantic transfer: the candidates are every pixel of an 840 px
+    square, each scored through bilinear upsampling). Ties: the lowest candidate index, as ``torch.max`` on the
+    whole row (a later block replaces the running best only when strictly better). No candidate: index 0, -inf."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1 candidate, got {block}")
+    index = score = None
+    for s in range(0, num_candidates, block):
+        e = min(num_candidates, s + block)
+        scores = score_block(s, e)
+        if scores.shape != (num_queries, e - s):
+            raise ValueError(f"score_block({s}, {e}) returned {tuple(scores.shape)}, expected {(num_queries, e - s)}")
+        best, arg = scores.max(dim=1)
+        if index is None:
+            index, score = arg, best
+        else:
+            better = best > score
+            index, score = torch.where(better, arg + s, index), torch.where(better, best, score)
+    if index is None:
+        return NNResult(torch.zeros(num_queries, dtype=torch.long), torch.full((num_queries,), float("-inf")))
+    return NNResult(index, score)
 
 
 @torch.no_grad()

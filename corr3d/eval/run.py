@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 MODEL_ORDER = ("oracle", *COMPARED_MODELS)   # the report's order: ceiling, baselines and controls, floor, trained
 AUTO = "auto"   # the adapter argument's default: resolve_adapter(cfg)
 # compared models whose backbone is the untouched pretrained one (corr3d/models/shared.py shares its tokens)
+# (the oracle has no backbone: its group keeps nothing)
 FROZEN_BACKBONE_MODELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv")
 LOWER_IS_BETTER = ("ape", "err", "median_px")
 
@@ -730,9 +731,12 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     _say(f"tasks {tasks}; models {names}; output {out}"
          + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else ""))
     failed: list[str] = []
-    sharing = sum(name in FROZEN_BACKBONE_MODELS for name in names) >= 2   # else the store would only cost memory
-    with shared_backbone_maps(float(cfg.eval.shared_features_mb) if sharing else 0):
-        failed += _measure_parts(cfg, tasks, names, reuse, parts_dir)
+    # backbone tokens are kept per group of models with the same backbone (the pretrained one and its untrained
+    # heads; each other model alone): computed once per input for the group's tasks, passes and models
+    frozen = [name for name in names if name in FROZEN_BACKBONE_MODELS]
+    for group in ([frozen] if frozen else []) + [[name] for name in names if name not in FROZEN_BACKBONE_MODELS]:
+        with shared_backbone_maps(float(cfg.eval.shared_features_mb)):
+            failed += _measure_parts(cfg, tasks, group, reuse, parts_dir)
     _say(f"evaluation: {time.perf_counter() - started:.1f} s")
     result = gather_eval(cfg, parts_dir, out)
     if failed:  # the other tasks' metrics and the report are written; the command still reports the failure

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from corr3d.eval.features import extract_maps, token_centres
+from corr3d.eval.features import extract_maps, model_device, to_tensor, token_centres
 from corr3d.eval.metrics.tracking import TapVidMetric, compute_tapvid_metrics
 from corr3d.utils.torch_utils import eval_mode
 
@@ -49,6 +49,38 @@ def token_norm(model, final_norm: bool | None):
         yield model
     finally:
         config["final_norm"] = before
+
+
+# eval.tracking.normalize: where the L2 normalisation sits relative to the bilinear sampling of query/track features
+NORMALIZE = ("before_sampling", "after_sampling")
+
+
+@torch.no_grad()
+def raw_maps(model, frames: Sequence[np.ndarray], input_size, stride, batch_size: int) -> list[torch.Tensor]:
+    """Un-normalised (C, h, w) maps (``model(images)``; ``extract_maps`` returns them L2-normalised)."""
+    device, out = model_device(model), []
+    for s in range(0, len(frames), batch_size):
+        out.extend(model(to_tensor(frames[s:s + batch_size], device), input_size=input_size, stride=stride).float())
+    return out
+
+
+def sampling_maps(model, frames: Sequence[np.ndarray], unit_maps: torch.Tensor, tracking, input_size,
+                  batch_size: int) -> torch.Tensor:
+    """The (T, C, h, w) maps query and track features are bilinearly sampled from (``eval.tracking.normalize``):
+    ``before_sampling`` (corr3d): the unit maps, the sample renormalised; ``after_sampling`` (the authors'
+    tracking code): the raw maps, the sample normalised afterwards. The correlation maps use unit maps in both."""
+    mode = getattr(tracking, "normalize", "before_sampling")
+    if mode not in NORMALIZE:
+        raise ValueError(f"eval.tracking.normalize must be one of {NORMALIZE}, got {mode!r}")
+    if mode == "before_sampling":
+        return unit_maps
+    with token_norm(model, tracking.final_norm):
+        return torch.stack(raw_maps(model, list(frames), input_size, tracking.stride, batch_size))
+
+
+# largest (N, N) bool table of "token farther than the argmax radius" kept per video (N = tokens per frame;
+# TAP-Vid DAVIS at 476x854, stride 7: 8107 tokens, 63 MiB)
+RADIUS_TABLE_MB = 64.0
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -76,6 +108,7 @@ class DinoTracker:
         with token_norm(model, tracking.final_norm):
             maps = extract_maps(model, list(self.frames), self.input_size, tracking.stride, batch_size)
         self.fmaps = torch.stack(maps)                                       # (T, C, h, w), unit norm
+        self.sample_maps = sampling_maps(model, self.frames, self.fmaps, tracking, self.input_size, batch_size)
         self.T, self.C, self.h, self.w = self.fmaps.shape
         self.flat = self.fmaps.flatten(2)                                    # (T, C, N)
         self.centres = token_centres(model, (self.h, self.w), self.image_size, self.input_size, tracking.stride,
@@ -87,18 +120,30 @@ class DinoTracker:
         out = torch.empty(len(xy), self.C, device=self.fmaps.device, dtype=self.fmaps.dtype)
         for t in torch.unique(frame_idx).tolist():
             sel = frame_idx == t
-            out[sel] = self.model.sample_points(self.fmaps[t:t + 1], xy[sel][None].to(self.fmaps.dtype),
+            out[sel] = self.model.sample_points(self.sample_maps[t:t + 1], xy[sel][None].to(self.fmaps.dtype),
                                                 self.image_size, self.input_size, self.tracking.stride,
                                                 normalize=False)[0]
         return F.normalize(out, dim=-1)
+
+    def _outside(self, idx: torch.Tensor) -> torch.Tensor:
+        """(M, N) bool: token n lies farther than the radius from token idx[m]. The (N, N) table is computed once
+        per video when it fits ``RADIUS_TABLE_MB`` (rows looked up, not recomputed for every map); distances use
+        cdist's matmul form in both cases, as every map of more than 25 tokens always did, so the disc is the
+        same to the last bit (tested)."""
+        n = len(self.centres)
+        if n * n <= RADIUS_TABLE_MB * 2**20:
+            if getattr(self, "_outside_table", None) is None:
+                self._outside_table = torch.cdist(self.centres, self.centres, compute_mode="use_mm_for_euclid_dist"
+                                                  ) > self.argmax_radius
+            return self._outside_table[idx]
+        return torch.cdist(self.centres[idx], self.centres, compute_mode="use_mm_for_euclid_dist") > self.argmax_radius
 
     def soft_argmax(self, corr: torch.Tensor) -> torch.Tensor:
         """corr (..., N) cosine maps -> (..., 2) positions: ReLU, softmax within the radius disc of the argmax."""
         shape = corr.shape[:-1]
         corr = corr.reshape(-1, corr.shape[-1]).clamp(min=0)
         idx = corr.argmax(dim=-1)
-        dist = torch.cdist(self.centres[idx], self.centres)                  # (M, N)
-        logits = (corr / self.tracking.softmax_temperature).masked_fill(dist > self.argmax_radius, float("-inf"))
+        logits = (corr / self.tracking.softmax_temperature).masked_fill(self._outside(idx), float("-inf"))
         weights = torch.softmax(logits, dim=-1)
         return (weights @ self.centres).reshape(*shape, 2)
 
@@ -124,11 +169,33 @@ class DinoTracker:
         cos = torch.einsum("qtc,qc->qt", feats, ref)
         occ = torch.zeros(Q, self.T, dtype=torch.bool, device=device)
         if with_occlusion:
-            for q in range(Q):
-                occ[q] = self._occlusion_one(tracks[q], feats[q], cos[q])
+            for s in range(0, Q, chunk):
+                occ[s:s + chunk] = self._occlusion(tracks[s:s + chunk], feats[s:s + chunk], cos[s:s + chunk])
         return tracks.cpu().numpy(), occ.cpu().numpy(), cos.cpu().numpy()
 
+    def _occlusion(self, tracks: torch.Tensor, feats: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        """:meth:`_occlusion_one` of a chunk of queries at once: tracks (Q, T, 2), feats (Q, T, C), cos (Q, T).
+
+        Queries have different anchor sets, so the cycle maps are computed per anchor frame a for every query
+        anchored there (one GEMM (Q_a T, C) x (C, N)), and the medians over each query's anchors are nanmedians
+        over a (Q, A=T, T) distance table that is NaN at non-anchors (torch's lower median of the same values)."""
+        Q, T = cos.shape
+        is_anchor = cos >= self.tracking.anchor_cos                          # (Q, T)
+        dists = torch.full((Q, T, T), float("nan"), device=cos.device)       # [q, anchor a, frame t]
+        for a in torch.nonzero(is_anchor.any(0)).flatten().tolist():
+            qs = torch.nonzero(is_anchor[:, a]).flatten()
+            corr = torch.einsum("qtc,cn->qtn", feats[qs], self.flat[a])      # (Q_a, T, N)
+            cycle = self.soft_argmax(corr)                                   # (Q_a, T, 2)
+            dists[qs, a] = torch.linalg.norm(cycle - tracks[qs, a][:, None, :], dim=-1)
+        median = torch.nanmedian(dists, dim=1).values                        # (Q, T): over each query's anchors
+        # threshold: the largest over anchor frames t of the median over anchors a of d[a, t]
+        threshold = median.masked_fill(~is_anchor, -float("inf")).max(dim=1).values
+        occ = (median > threshold[:, None]) | (cos < self.tracking.occlusion_cos)
+        none = ~is_anchor.any(1)   # cannot happen for the query frame itself (cos = 1), kept for safety
+        return torch.where(none[:, None], cos < self.tracking.occlusion_cos, occ)
+
     def _occlusion_one(self, track: torch.Tensor, feats: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        """One query's occlusion (DINO-Tracker's rule, see the module docstring); :meth:`_occlusion` batches it."""
         anchors = torch.nonzero(cos >= self.tracking.anchor_cos).flatten()
         if len(anchors) == 0:   # cannot happen for the query frame itself (cos = 1), kept for safety
             return cos < self.tracking.occlusion_cos

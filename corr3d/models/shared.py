@@ -1,15 +1,17 @@
-"""Backbone token maps computed once and shared by the compared models that have the same frozen backbone.
+"""Backbone token maps computed once per (backbone, input) and reused by every model and task that needs them.
 
 ``pretrained``, ``pretrained_head_init`` and ``pretrained_default_conv`` differ only in their conv head (LoRA, when
 present, starts with B = 0 and adds exact zeros): their backbones compute bit-identical tokens for the same input.
-Inside :func:`shared_backbone_maps`, :meth:`corr3d.models.model.Corr3DModel.forward` looks the tokens up by
-(backbone weights' content, the exact preprocessed input batch, layer, norm, stride) before running the backbone, so
-an evaluation that measures those models pays for the backbone once. A hit returns the very tensor the backbone
-computed for that input batch, so every number stays identical to the last digit (tests/models/test_shared.py).
+A finetuned backbone computes its own tokens, but two passes over the same frames (e.g. TAP-Vid's two query modes)
+need them once. Inside :func:`shared_backbone_maps`, :meth:`corr3d.models.model.Corr3DModel.forward` looks the
+tokens up by (backbone weights' content, the exact preprocessed input batch, layer, norm, stride) before running the
+backbone. A hit returns the very tensor the backbone computed for that input batch, so every number stays identical
+to the last digit (tests/models/test_shared.py).
 
-Only eval-mode, no-grad forwards of an unmodified backbone take part: a trained LoRA (some B != 0), unfrozen blocks
-or a convnet's adapted stages are never shared. The store stops growing at its byte budget (no eviction: the
-first inputs keep hitting for every later model instead of thrashing).
+The backbone's content digest leaves out LoRA factors whose B are all zero (they add exact zeros) and covers
+everything else: a trained LoRA or unfrozen blocks give a digest of their own. Only eval-mode, no-grad forwards
+take part (weights do not change inside the block); convnets are not shared. The store stops growing at its byte
+budget (no eviction: the first inputs keep hitting for every later pass instead of thrashing).
 """
 from __future__ import annotations
 
@@ -35,17 +37,17 @@ class SharedBackboneMaps:
         self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
     def backbone_key(self, model) -> str | None:
-        """The content digest of ``model``'s backbone when it computes the plain pretrained tokens, else None."""
-        if model.training or torch.is_grad_enabled() or model.is_convnet or model.config["unfreeze_blocks"] > 0:
+        """The content digest of what ``model``'s backbone computes (None: not shareable: training, grad, convnet)."""
+        if model.training or torch.is_grad_enabled() or model.is_convnet:
             return None
-        for module in model.vit.modules():
-            if isinstance(module, LoRAQKV) and (bool(module.lora_b_q.any()) or bool(module.lora_b_v.any())):
-                return None   # a trained LoRA changes the tokens
         digest = self._digests.get(model.vit)
         if digest is None:
+            # LoRA factors with B == 0 add exact zeros: the tokens are the base weights' (shared with pretrained)
+            inert = not any(isinstance(m, LoRAQKV) and (bool(m.lora_b_q.any()) or bool(m.lora_b_v.any()))
+                            for m in model.vit.modules())
             h = hashlib.blake2b(digest_size=16)
             for name, tensor in sorted(model.vit.state_dict().items()):
-                if "lora_" in name:
+                if inert and "lora_" in name:
                     continue
                 h.update(name.encode())
                 h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())

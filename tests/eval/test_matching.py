@@ -222,3 +222,33 @@ def test_evaluate_objects_equals_per_pair_reference(rendered_object):
             assert item["equivariance/ape"] == pytest.approx(100 * float(errors.mean()), abs=1e-9)
     assert len(items) == len(pairs)
     assert results["equivariance/ape"] == pytest.approx(100 * float(torch.cat(errors_all).mean()), abs=1e-9)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_blocked_argmax_matches_full_row_argmax_with_ties(block):
+    """Lazily scored candidates, any block size: the full (N x M) matrix's max and its FIRST index on exact ties
+    (duplicated candidates across and within blocks), as torch.max on the whole row."""
+    from corr3d.eval.matching import blocked_argmax
+
+    q, c = random_unit(9, 12, 5), random_unit(40, 12, 6)
+    c = torch.cat([c, c[:30]])                         # candidate k + 40 ties with k
+    q[:4] = c[torch.tensor([3, 35, 20, 0])]
+    full = q @ c.T                                     # scored per candidate block below: the same numbers
+    res = blocked_argmax(lambda s, e: full[:, s:e], len(q), len(c), block)
+    best, idx = full.max(dim=1)
+    assert torch.equal(res.index, idx) and torch.equal(res.score, best)
+    assert res.index[:4].tolist() == [3, 35, 20, 0]
+    # brute force in float64 (independent of torch.max's tie rule): the lowest index among the maxima
+    s = brute_force(q, c).numpy()
+    assert res.index.tolist() == [int(np.flatnonzero(row == row.max())[0]) for row in s.round(6)]
+
+
+def test_blocked_argmax_rejects_bad_input():
+    from corr3d.eval.matching import blocked_argmax
+
+    with pytest.raises(ValueError, match="block"):
+        blocked_argmax(lambda s, e: torch.zeros(2, e - s), 2, 5, 0)
+    with pytest.raises(ValueError, match="returned"):
+        blocked_argmax(lambda s, e: torch.zeros(3, e - s), 2, 5, 2)
+    empty = blocked_argmax(lambda s, e: torch.zeros(2, e - s), 2, 0, 4)
+    assert empty.index.tolist() == [0, 0] and torch.isinf(empty.score).all()

@@ -125,3 +125,87 @@ def test_raw_and_normalised_maps(roots, model):
         expected = model(to_tensor([square]), input_size=(64, 64))[0]
     assert torch.allclose(raw, expected, atol=1e-5)
     assert torch.allclose(unit, torch.nn.functional.normalize(expected, dim=0), atol=1e-5)
+
+
+# -- the planned, batched transfer against the original per-pair computation ----------------------------------------
+def _reference_transfer(model, pair, size):
+    """The original path: letterbox, one forward per image, sample, similarity at feature resolution, bilinear
+    upsampling of the whole (N, H*W) similarity and its argmax (first maximum)."""
+    from corr3d.eval.features import sample, snap_to_patch, to_tensor
+    from corr3d.eval.semantic import letterbox
+    from corr3d.geometry.pixels import pixel_centres, pixel_grid_tensor
+
+    side = snap_to_patch(size, model.patch_size)
+    maps = []
+    for path in (pair.src_path, pair.trg_path):
+        square, scale, offset = letterbox(np.asarray(Image.open(path).convert("RGB")), size)
+        with torch.no_grad():
+            maps.append((model(to_tensor([square]), input_size=(side, side))[0].float(), scale, offset))
+    (fs, ss, os_), (ft, st, ot) = maps
+    feats = sample(model, fs, pair.src_kps * ss + os_, (size, size), (side, side))
+    sim_lr = torch.einsum("nc,chw->nhw", feats, ft)
+    sim = sample(model, sim_lr, pixel_grid_tensor((size, size)), (size, size), (side, side), normalize=False).T
+    idx = sim.max(dim=1).indices
+    return pixel_centres(torch.div(idx, size, rounding_mode="floor"), idx % size).numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("cache_size,batch_size", [(2, 1), (3, 3), (256, 4)])
+def test_transfer_all_is_bit_identical_and_extracts_each_image_once(roots, model, cache_size, batch_size):
+    from corr3d.eval.datasets import pfpascal
+
+    pairs = pfpascal.load_pairs(roots[0], "different") + pfpascal.load_pairs(roots[0], "same")
+    matcher = SemanticMatcher(model, _semantic(), cache_size=cache_size, image_size=64, batch_size=batch_size)
+    outs = list(matcher.transfer_all(pairs))
+    assert len(outs) == len(pairs)
+    for pair, out in zip(pairs, outs):
+        np.testing.assert_array_equal(out["pred"], _reference_transfer(model, pair, 64))
+    images = {str(p) for pair in pairs for p in (pair.src_path, pair.trg_path)}
+    if cache_size >= len(images):
+        assert matcher.extracted == len(images)
+    else:   # a small cache recomputes, but never more than twice per pair
+        assert len(images) < matcher.extracted <= 2 * len(pairs)
+
+
+@pytest.mark.parametrize("method", ["upsample_similarity", "upsample_features"])
+def test_blocked_similarity_argmax_does_not_depend_on_blocks(model, method):
+    """Tiny blocks (one pixel; a 1e-6 MB budget) give the index and score of the unblocked computation; exact ties
+    (a duplicated map column) resolve to the lowest pixel."""
+    from corr3d.eval.semantic import similarity_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    fmap = torch.randn(32, 4, 4, generator=gen)
+    fmap[:, :, 2] = fmap[:, :, 1]                       # equal scores in two places
+    src = torch.nn.functional.normalize(torch.randn(6, fmap.shape[0], generator=gen), dim=-1)
+    src[0] = torch.nn.functional.normalize(fmap[:, 0, 1], dim=0)
+    args = (model, src, fmap, (64, 64), (64, 64), method)
+    full_xy, full_best = similarity_argmax(*args, chunk=64 * 64)
+    for chunk, budget in ((1, 64.0), (100, 64.0), (64 * 64, 1e-6)):
+        xy, best = similarity_argmax(*args, chunk=chunk, memory_budget_mb=budget)
+        if method == "upsample_similarity":   # per-pixel bilinear sampling: the same numbers in any block
+            assert torch.equal(xy, full_xy) and torch.equal(best, full_best)
+        else:   # a (N, C) x (C, block) GEMM rounds differently per block shape (as the old pixel_chunk did)
+            torch.testing.assert_close(best, full_best, atol=1e-5, rtol=0)
+            assert (xy == full_xy).all(dim=1).float().mean() >= 0.5
+    assert torch.equal(full_xy[0], torch.tensor([24.5, 0.5]))   # the tie at columns 1 and 2: column 1's pixel
+
+
+def test_spair_items_carry_viewpoint_and_bad_viewpoint_is_rejected(roots, model, tmp_path):
+    import shutil
+
+    from corr3d.errors import DatasetFormatError
+    from corr3d.eval.datasets import spair
+
+    _, tables = evaluate_spair(SemanticMatcher(model, _semantic(), cache_size=256), roots[1], "test", "sp/")
+    expected = {f"{p.pair_id}:{p.src_path.name}>{p.trg_path.name}": p.meta["viewpoint_variation"]
+                for p in spair.load_pairs(roots[1], "test")}
+    assert sorted(set(expected.values())) == [0, 1, 2] and len(tables["items"]) == 2 * len(expected)
+    for item in tables["items"]:
+        assert item["viewpoint"] == expected[item["id"].removesuffix("#kp")]
+    bad = tmp_path / "SPair-71k"
+    shutil.copytree(roots[1], bad)
+    ann = next((bad / "PairAnnotation" / "test").glob("*.json"))
+    data = json.loads(ann.read_text())
+    data["viewpoint_variation"] = 3
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DatasetFormatError, match="viewpoint_variation"):
+        spair.load_pairs(bad, "test")

@@ -30,7 +30,7 @@ def test_shared_tokens_give_bit_identical_maps_and_skip_the_backbone():
     assert all(torch.equal(a, b) for a, b in zip(want, got))
 
 
-def test_a_trained_lora_other_weights_or_another_input_never_hit():
+def test_a_trained_lora_other_weights_or_another_input_never_hit_another_backbone():
     plain, head = _models()
     other, _ = _models(seed=1)
     x = torch.rand(2, 3, 32, 32)
@@ -41,10 +41,11 @@ def test_a_trained_lora_other_weights_or_another_input_never_hit():
                 module.lora_b_q.fill_(0.01)   # a trained LoRA: its tokens are not the pretrained ones
         with shared_backbone_maps(64) as store:
             plain(x)
-            head(x)
+            trained = head(x)
             other(x)
             plain(x + 1e-3)
             assert store.hits == 0
+            assert torch.equal(head(x), trained) and store.hits == 1   # a finetuned backbone reuses its own tokens
 
 
 def test_training_mode_grad_and_a_full_store_compute_again():

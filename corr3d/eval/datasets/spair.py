@@ -39,6 +39,7 @@ from corr3d.utils.reading import (
 )
 
 PIXEL_OFFSET = 0.5
+VIEWPOINT_VARIATIONS = (0, 1, 2)   # SPair's viewpoint-variation difficulty levels (items carry it as ``viewpoint``)
 DOWNLOAD_HINT = ("SPair-71k: download http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz and "
                  "extract it so that {path}/PairAnnotation/test/*.json exists")
 ANNOTATION_FIX = ("expected SPair-71k's PairAnnotation JSON (src_imname, trg_imname, category, src_kps, trg_kps, "
@@ -114,6 +115,9 @@ def _load_pair(root: Path, path: Path) -> SemanticPair:
                          convention=CONVENTION, file_offset=PIXEL_OFFSET)
         boxes[side] = check_box(path, f"{side}_bndbox", data[f"{side}_bndbox"], *(size or (None, None)),
                                 fix=ANNOTATION_FIX)
+    if "viewpoint_variation" in data and data["viewpoint_variation"] not in VIEWPOINT_VARIATIONS:
+        # the per-difficulty breakdown (items' ``viewpoint``) needs one of SPair's three levels
+        fail(path, "viewpoint_variation", f"{data['viewpoint_variation']!r} is not one of 0, 1, 2", ANNOTATION_FIX)
     meta = {k: data[k] for k in ("viewpoint_variation", "scale_variation", "truncation", "occlusion", "kps_ids",
                                  "mirror") if k in data}
     return SemanticPair(path.stem, root / "JPEGImages" / category / data["src_imname"],

@@ -34,7 +34,8 @@ class SemanticTask(EvalTask):
         if is_oracle_model(model):   # ground-truth keypoints (the ceiling)
             matcher = GroundTruthMatcher(semantic, image_size=size)
         else:
-            matcher = SemanticMatcher(model, semantic, cache_size=cfg.eval.feature_cache_size, image_size=size)
+            matcher = SemanticMatcher(model, semantic, cache_size=cfg.eval.feature_cache_size, image_size=size,
+                                      batch_size=int(cfg.eval.batch_size))
         if dataset.name.endswith("pfpascal"):
             return evaluate_pfpascal(matcher, dataset.paths["path"], list(semantic.pfpascal_views), dataset.prefix,
                                      desc)
