@@ -144,7 +144,7 @@ def test_eval_array_gathers_parts(cluster, job_env, tmp_path):
     parts = sorted(p.name for p in (out / "parts").glob("*.json"))
     assert parts == ["semantic__finetuned.json", "semantic__pretrained.json"], logs_of(out / "slurm")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"pretrained", "finetuned", "ci", "deltas"}  # + CIs and paired deltas (eval/stats.py)
+    assert set(metrics) == {"pretrained", "finetuned", "ci", "deltas", "protocols", "breakdowns"}  # + CIs, paired deltas
     assert all(any(k.startswith("offline/semantic/") for k in metrics[m]) for m in ("pretrained", "finetuned"))
     assert "finetuned" in (out / "report.md").read_text()
     record = json.loads((out / "slurm" / "jobs.json").read_text())[-1]
