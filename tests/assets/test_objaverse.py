@@ -207,3 +207,15 @@ def test_missing_list_files_are_left_to_the_stage_that_reads_them(tmp_path):
     from corr3d.config import load_config
 
     ov.check_experiment_disjoint(load_config("base", [f"data.object_list={tmp_path / 'missing.txt'}"]))
+
+
+def test_the_authors_10k_list_ships_and_parses():
+    """data_prep/authors_10k.txt: the authors' data/10k.txt (issue 22 item 3), 10,000 distinct uids."""
+    from corr3d.assets.objaverse import read_uid_file
+    from corr3d.config import REPO_ROOT
+
+    path = REPO_ROOT / "data_prep" / "authors_10k.txt"
+    uids = read_uid_file(path)
+    assert len(uids) == 10_000 == len(set(uids))
+    assert uids[0] == "152e08c384e744048e183dd6466aa841"   # their first line: 000-093/152e08c384e744048e183dd6466aa841
+    assert "06a94d9" in path.read_text().splitlines()[0]
