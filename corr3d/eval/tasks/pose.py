@@ -28,7 +28,9 @@ class PoseTask(EvalTask):
 
     def run(self, cfg, model, dataset, desc):
         pose = cfg.eval.pose
-        objects = onepose.list_objects(dataset.paths["data_dir"], dataset.paths["sfm_dir"], list(pose.objects) or None,
+        # eval.pose.objects names real OnePose objects: it selects among the real set, never the offline suite's
+        selection = None if dataset.offline else (list(pose.objects) or None)
+        objects = onepose.list_objects(dataset.paths["data_dir"], dataset.paths["sfm_dir"], selection,
                                        pose.ref_seq, pose.test_seq)
         if dataset.offline:   # the suite's short test captures: its own query step
             pose = OmegaConf.merge(pose, {"query_step": pose.offline_query_step})

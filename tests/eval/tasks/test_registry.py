@@ -96,3 +96,17 @@ def _with_task(cfg):
     OmegaConf.set_struct(cfg, False)
     cfg.eval.tasks = ["counting"]
     return cfg
+
+
+def test_pose_objects_select_real_objects_only(tmp_path, monkeypatch):
+    """eval.pose.objects names real OnePose objects; the offline suite's own objects are never filtered by it."""
+    from corr3d.eval.tasks import pose as pose_task
+
+    seen = []
+    monkeypatch.setattr(pose_task.onepose, "list_objects", lambda data, sfm, names, *a: seen.append(names) or [])
+    monkeypatch.setattr(pose_task, "evaluate_objects", lambda *a, **k: ({}, {}))
+    cfg = _cfg(tmp_path, "eval.pose.objects=[0801-lowtexture-mug]")
+    for source in ("real", "offline"):
+        get_task("pose").run(cfg, object(), Dataset("x", "pose/", source, {"data_dir": tmp_path, "sfm_dir": tmp_path}),
+                             "d")
+    assert seen == [["0801-lowtexture-mug"], None]
