@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(entries) - len(failed)}/{len(specs)} objects rendered under {args.out}")
     for spec, error in list(failed.items())[:20]:
         print(f"  failed: {spec}: {error}")
-    return 0
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (every failure with its error: {args.out}/manifest.json)")
+    # a batch with failures is not a success: scripts and array jobs must see it (the others are rendered and kept)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":
