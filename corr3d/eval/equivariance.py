@@ -38,7 +38,7 @@ from corr3d.eval.features import model_device, to_tensor
 from corr3d.eval.matching import ViewCache, match_points, nearest_neighbors_grouped, sample_normalized, visible_points
 from corr3d.eval.photometric import change_view, normals_from_xyz
 from corr3d.eval.metrics.equivariance import EquivarianceMetric, normalized_pixel_error
-from corr3d.geometry.pixels import foreground_centres as pixel_centers  # the name callers import from here
+from corr3d.geometry.pixels import foreground_centres
 from corr3d.geometry.rotations import relative_rotation_deg, relative_rotation_matrix_deg
 from corr3d.models.features import autocast_context, sample_feature_map
 from corr3d.render.batch import ensure_rendered
@@ -382,7 +382,7 @@ def evaluate_mvimgnet(model, cfg, items: list | None = None) -> dict[str, float]
                     pick = rng.choice(len(src), size=eq.num_source_points, replace=False)
                     src, gt = src[pick], gt[pick]
                 size = images[j].shape[:2]
-                candidates = pixel_centers(np.ones(size, dtype=bool), eq.target_stride)
+                candidates = foreground_centres(np.ones(size, dtype=bool), eq.target_stride)
                 pred = nearest_neighbor_matches(model, maps[i], maps[j], src, candidates, images[i].shape[:2], size)
                 errors = normalized_pixel_error(torch.from_numpy(pred), torch.from_numpy(gt), size)
                 metric.update(errors)

@@ -36,7 +36,8 @@ from scipy.spatial import cKDTree
 from skimage import data as skdata
 from skimage.transform import warp
 
-from corr3d.eval.equivariance import extract_view_features, is_oracle, nearest_neighbor_matches, pixel_centers
+from corr3d.eval.equivariance import extract_view_features, is_oracle, nearest_neighbor_matches
+from corr3d.geometry.pixels import foreground_centres
 from corr3d.eval.photometric import change_view
 from corr3d.eval.stats import metric_keys, weighted_mean
 from corr3d.utils.seeding import stable_seed
@@ -83,13 +84,13 @@ def stereo_pair(real_pairs, seed: int) -> ImagePair:
     left, right, disp = skdata.stereo_motorcycle()
     h, w = disp.shape
     valid = np.isfinite(disp) & (disp > 0)
-    src = pixel_centers(valid)
+    src = foreground_centres(valid)
     d = disp[valid].astype(np.float32)
     gt = src - np.stack([d, np.zeros_like(d)], axis=1)
     inside = (gt[:, 0] >= 0) & (gt[:, 0] < w)
     src, gt = src[inside], gt[inside]
     pick = _subsample(len(src), real_pairs.num_points, np.random.default_rng(stable_seed(seed, "stereo")))
-    candidates = pixel_centers(np.ones((h, w), dtype=bool), real_pairs.target_stride)
+    candidates = foreground_centres(np.ones((h, w), dtype=bool), real_pairs.target_stride)
     return ImagePair("stereo/motorcycle", "stereo/motorcycle", "stereo", _rgb(left), _rgb(right), src[pick],
                      gt[pick], candidates, rotation_deg=0.0)   # rectified: both views share one orientation
 
@@ -131,7 +132,7 @@ def warp_image(image: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     warped = warp(image, inverse_map, output_shape=(h, w), order=1, mode="constant", cval=0.0,
                   preserve_range=True)
-    centres = pixel_centers(np.ones((h, w), dtype=bool))
+    centres = foreground_centres(np.ones((h, w), dtype=bool))
     pre = apply_homography(H_inv, centres)
     inside = (pre[:, 0] >= 0.5) & (pre[:, 0] <= w - 0.5) & (pre[:, 1] >= 0.5) & (pre[:, 1] <= h - 0.5)
     return np.clip(np.rint(warped), 0, 255).astype(np.uint8), inside.reshape(h, w)
@@ -153,14 +154,14 @@ def homography_pairs(real_pairs, seed: int) -> list[ImagePair]:
             rng = np.random.default_rng(stable_seed(seed, "homography", name, k))
             H = random_homography(h, w, real_pairs.homography_strength, rng)
             warped, valid = warp_image(image, H)
-            src = pixel_centers(np.ones((h, w), dtype=bool))
+            src = foreground_centres(np.ones((h, w), dtype=bool))
             gt = apply_homography(H, src)
             # one pixel of margin: the warp's bilinear border blends into the black background
             inside = (gt[:, 0] >= 1) & (gt[:, 0] < w - 1) & (gt[:, 1] >= 1) & (gt[:, 1] < h - 1)
             src, gt = src[inside], gt[inside]
             pick = _subsample(len(src), real_pairs.num_points, rng)
             pairs.append(ImagePair(f"homography/{name}/{k}", f"homography/{name}", "homography", image, warped,
-                                   src[pick], gt[pick], pixel_centers(valid, real_pairs.target_stride)))
+                                   src[pick], gt[pick], foreground_centres(valid, real_pairs.target_stride)))
     return pairs
 
 

@@ -25,7 +25,6 @@ from corr3d.models.factory import (
 )
 from corr3d.models.features import (
                                    paper_input_size,
-                                   pixel_centres,
                                    sample_feature_map,
                                    token_grid,
                                    vit_tokens,
@@ -52,6 +51,6 @@ __all__ = [
     "BACKBONES", "BackboneSpec", "ConvHead", "Corr3DModel", "IMGFOCUS_LABEL", "LoRAQKV", "WeightsInfo",
     "WeightsUnavailableError", "apply_lora", "build_model", "convert_imgfocus_onnx", "create_model", "create_vit",
     "dinov2_hf_to_timm", "imgfocus_weights_path", "load_model", "load_weights", "merge_lora", "merged_state_dict",
-    "model_config", "paper_input_size", "pixel_centres", "read_adapter", "register_backbone", "resolve_backbone",
+    "model_config", "paper_input_size", "read_adapter", "register_backbone", "resolve_backbone",
     "sample_feature_map", "save_adapter", "token_grid", "unfreeze_last_blocks", "vit_tokens",
 ]

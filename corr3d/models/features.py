@@ -12,7 +12,6 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from corr3d.geometry.pixels import pixel_grid_tensor as pixel_centres  # noqa: F401 - re-exported as models.pixel_centres
 
 
 def paper_input_size(h: int, w: int, patch_size: int, target_res: int = 640, downsample_factor: int = 8

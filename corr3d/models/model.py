@@ -13,13 +13,13 @@ from torch import nn
 
 from corr3d.config_schema import ModelConfig
 from corr3d.errors import AdapterMismatchError, NonFiniteFeaturesError
+from corr3d.geometry.pixels import pixel_grid_tensor
 from corr3d.models.adapter import save_adapter
 from corr3d.models.backbones import BackboneSpec
 from corr3d.models.convnet import adapt_convnet, convnet_map
 from corr3d.models.features import (
     POS_EMBED_INTERP_ATTR,
     paper_input_size,
-    pixel_centres,
     sample_feature_map,
     tokens_to_map,
     vit_tokens,
@@ -224,7 +224,7 @@ class Corr3DModel(nn.Module):
         Uses the same patch-centre alignment as ``sample_points`` (the authors' whole-map resize does not).
         """
         h, w = image_size
-        points = pixel_centres((h, w), device=fmap.device, step=step)
+        points = pixel_grid_tensor((h, w), device=fmap.device, step=step)
         feats = self.sample_points(fmap, points.expand(fmap.shape[0], -1, -1), image_size, input_size, stride)
         rows, cols = len(range(0, h, step)), len(range(0, w, step))
         return feats.transpose(1, 2).reshape(fmap.shape[0], -1, rows, cols)

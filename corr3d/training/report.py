@@ -14,9 +14,10 @@ import numpy as np
 from omegaconf import DictConfig
 
 from corr3d.eval.equivariance import (extract_view_features, nearest_neighbor_matches, open_rendered_objects,
-                                      pixel_centers, visible_correspondences)
+                                      visible_correspondences)
 from corr3d.eval.run import breakdown_section
 from corr3d.eval.stats import validity
+from corr3d.geometry.pixels import foreground_centres
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.utils.report import (
     CI_LEGEND,
@@ -155,7 +156,7 @@ def _feature_figures(run: Path, cfg: DictConfig, object_dirs: list, models: dict
     images = [np.asarray(obj.rgb(i)), np.asarray(obj.rgb(j))]
     rng = np.random.default_rng(int(cfg.seed))
     src, gt = visible_correspondences(obj, i, j, num_lines, float(cfg.equivariance.visibility_tol), rng)
-    candidates = pixel_centers(obj.mask(j), int(cfg.equivariance.target_stride))
+    candidates = foreground_centres(obj.mask(j), int(cfg.equivariance.target_stride))
     names = [m for m in FIGURE_MODELS if m in models]
     plt = _pyplot()
     fig, axes = plt.subplots(len(names) + 1, 2, figsize=(6, 3 * (len(names) + 1)))

@@ -10,13 +10,13 @@ from corr3d.assets.objects import load_object
 from corr3d.eval.equivariance import (
     OracleModel,
     evaluate_objects,
-    pixel_centers,
     protocol_sampling,
     sample_view_pairs,
     visible_correspondences,
 )
 from corr3d.eval.stats import metric_keys, weighted_mean
 from corr3d.geometry import icosphere_poses, intrinsics, project, relative_rotation_deg
+from corr3d.geometry.pixels import foreground_centres
 from corr3d.models.features import sample_feature_map
 from corr3d.render import render_views
 from tests.helpers.config import config_section
@@ -97,8 +97,8 @@ def test_pairs_respect_rotation_limit_and_count(rendered_object):
 def test_pixel_centers_stride():
     mask = np.zeros((4, 6), dtype=bool)
     mask[1, 2] = mask[2, 2] = mask[2, 4] = True
-    np.testing.assert_array_equal(pixel_centers(mask), [[2.5, 1.5], [2.5, 2.5], [4.5, 2.5]])
-    np.testing.assert_array_equal(pixel_centers(mask, stride=2), [[2.5, 2.5], [4.5, 2.5]])
+    np.testing.assert_array_equal(foreground_centres(mask), [[2.5, 1.5], [2.5, 2.5], [4.5, 2.5]])
+    np.testing.assert_array_equal(foreground_centres(mask, stride=2), [[2.5, 2.5], [4.5, 2.5]])
 
 
 def test_oracle_features_give_near_zero_error(rendered_object):

@@ -170,11 +170,11 @@ def test_visible_points_equal_the_per_pair_reference(rendered_object):
 
 
 def test_candidates_equal_pixel_centers(rendered_object):
-    from corr3d.eval.equivariance import pixel_centers
+    from corr3d.geometry.pixels import foreground_centres
 
     cache = ViewCache(rendered_object)
     for stride in (1, 2, 3):
-        np.testing.assert_array_equal(cache.candidates(4, stride), pixel_centers(rendered_object.mask(4), stride))
+        np.testing.assert_array_equal(cache.candidates(4, stride), foreground_centres(rendered_object.mask(4), stride))
 
 
 def test_evaluate_objects_equals_per_pair_reference(rendered_object):

@@ -51,14 +51,19 @@ def test_run_eval_end_to_end(suite_dir, tmp_path):
     result = run_eval(cfg)
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["pretrained", "ci", "deltas"]
+    assert list(metrics) == ["pretrained", "ci", "deltas", "protocols", "breakdowns"]
     ci, deltas = metrics.pop("ci"), metrics.pop("deltas")
+    protocols, breakdowns = metrics.pop("protocols"), metrics.pop("breakdowns")
     assert deltas == {}                                   # one model: nothing to compare
+    # every dataset says which protocol made its numbers; TAP-Vid also in its first-query mode (eval.tracking.variants)
+    assert protocols["offline/tracking/first/"]["protocol"] == "official"
+    assert {"offline/pose/", "offline/tracking/", "offline/semantic/", "offline/semantic/spair/"} <= set(protocols)
+    assert "offline/semantic/spair/pck@0.10 by viewpoint" in breakdowns
     m = metrics["pretrained"]
     for key in ("offline/pose/acc@1cm1deg", "offline/pose/acc@5cm5deg", "offline/tracking/aj",
                 "offline/tracking/delta_avg", "offline/tracking/oa", "offline/semantic/pck@0.10",
                 "offline/semantic/pck_bbox@0.10", "offline/semantic/same/pck@0.10",
-                "offline/semantic/spair/pck@0.10", "offline/semantic/spair/vp2/pck@0.10"):
+                "offline/semantic/spair/pck@0.10", "offline/semantic/spair/vp2/pck@0.10", "offline/tracking/first/aj"):
         assert key in m and 0.0 <= m[key] <= 100.0, key
     assert result["metrics"] == metrics
     text = (out / "report.md").read_text()
