@@ -110,6 +110,9 @@ def _trust_config(tmp_path, *extra):
                                 "eval.real_pairs.target_stride=4", "eval.n_boot=300", "eval.device=cpu", *extra])
 
 
+NOT_MODELS = ("ci", "deltas", "protocols", "breakdowns")   # the other top-level keys of metrics.json
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_equivariance_and_real_pairs_with_cis_deltas_and_validity(tmp_path):
@@ -120,8 +123,9 @@ def test_equivariance_and_real_pairs_with_cis_deltas_and_validity(tmp_path):
     result = run_eval(cfg)     # no adapter: finetuned is skipped with a message
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [k for k in metrics if k not in ("ci", "deltas")] == ["oracle", "pretrained", "pretrained_head_init",
-                                                                  "random"]
+    assert [k for k in metrics if k not in NOT_MODELS] == ["oracle", "pretrained", "pretrained_head_init", "random"]
+    assert set(metrics["breakdowns"]["equivariance/ape by rotation_deg"]) == {"oracle", "pretrained",
+                                                                              "pretrained_head_init", "random"}
     assert metrics["oracle"]["equivariance/ape"] < 2.0 and metrics["oracle"]["real_pairs/pck@0.05"] == 100.0
     assert metrics["oracle"]["real_pairs/pck@0.01"] > 99.0   # stride-4 lattice: snapping moves <= 2.8 px
     for model in ("pretrained", "random", "oracle"):
@@ -186,6 +190,8 @@ def test_a_killed_eval_resumes_from_its_finished_parts(tmp_path, monkeypatch):
     assert calls == [] and again["metrics"] == first["metrics"] and again["ci"] == first["ci"]
     parts = tmp_path / "eval" / "parts"
     (parts / "real_pairs__oracle.json").unlink()           # killed before the oracle's part was written
+    for cached in (tmp_path / "runs" / ".part_cache" / "real_pairs" / "oracle").glob("*.json"):
+        cached.unlink()                                     # (the part cache is written with the part)
     assert run.run_eval(_trust_config(tmp_path, *args))["metrics"] == first["metrics"] and len(calls) == 1
     changed = run.run_eval(_trust_config(tmp_path, *args, "eval.real_pairs.num_points=50"))
     assert len(calls) == 3 and changed["metrics"] != first["metrics"]   # both models measured again
@@ -235,7 +241,9 @@ def test_make_eval_gives_identical_metrics_in_processes_with_different_hash_seed
                      "eval.tasks=[pose,tracking,real_pairs]", "eval.models=[pretrained,random]",
                      "eval.pose.ransac_iters=200", "eval.pose.objects=[0700-mugcat-others,0703-house-others]",
                      "eval.tracking.max_videos=4", "eval.real_pairs.homography_images=[coins,camera]",
-                     "eval.real_pairs.num_points=100", "eval.n_boot=300", "eval.device=cpu"]
+                     "eval.real_pairs.num_points=100", "eval.n_boot=300", "eval.device=cpu",
+                     "eval.part_cache=null",          # each process measures everything itself
+                     "eval.tracking.variants=[]"]
         env = {**os.environ, "PYTHONHASHSEED": salt, "OMP_NUM_THREADS": "1"}
         res = subprocess.run([sys.executable, "-c", _EVAL_IN_A_PROCESS.format(repo=repo, overrides=overrides)],
                              env=env, capture_output=True, text=True, cwd=repo, timeout=180)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from corr3d.eval.datasets import onepose
@@ -28,8 +30,12 @@ class PoseTask(EvalTask):
 
     def run(self, cfg, model, dataset, desc):
         pose = cfg.eval.pose
-        # eval.pose.objects names real OnePose objects: it selects among the real set, never the offline suite's
-        selection = None if dataset.offline else (list(pose.objects) or None)
+        selection = list(pose.objects) or None
+        if selection and dataset.offline:
+            # eval.pose.objects may name real objects, the suite's or both: the suite keeps the names it has
+            # (none of them: the whole suite), the real set must have every name (a typo is an error there)
+            available = {p.name for p in onepose.object_dirs(Path(dataset.paths["data_dir"]))}
+            selection = [name for name in selection if name in available] or None
         objects = onepose.list_objects(dataset.paths["data_dir"], dataset.paths["sfm_dir"], selection,
                                        pose.ref_seq, pose.test_seq)
         if dataset.offline:   # the suite's short test captures: its own query step

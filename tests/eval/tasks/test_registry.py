@@ -98,15 +98,20 @@ def _with_task(cfg):
     return cfg
 
 
-def test_pose_objects_select_real_objects_only(tmp_path, monkeypatch):
-    """eval.pose.objects names real OnePose objects; the offline suite's own objects are never filtered by it."""
+def test_pose_objects_select_in_each_set_among_its_names(tmp_path, monkeypatch):
+    """eval.pose.objects may name real objects and suite objects: the real set must have every name, the offline
+    suite keeps the names it has (none: the whole suite)."""
     from corr3d.eval.tasks import pose as pose_task
 
+    (tmp_path / "0700-mugcat-others").mkdir()
     seen = []
     monkeypatch.setattr(pose_task.onepose, "list_objects", lambda data, sfm, names, *a: seen.append(names) or [])
     monkeypatch.setattr(pose_task, "evaluate_objects", lambda *a, **k: ({}, {}))
-    cfg = _cfg(tmp_path, "eval.pose.objects=[0801-lowtexture-mug]")
-    for source in ("real", "offline"):
-        get_task("pose").run(cfg, object(), Dataset("x", "pose/", source, {"data_dir": tmp_path, "sfm_dir": tmp_path}),
-                             "d")
-    assert seen == [["0801-lowtexture-mug"], None]
+    for names, offline_selection in (("[0801-lowtexture-mug,0700-mugcat-others]", ["0700-mugcat-others"]),
+                                     ("[0801-lowtexture-mug]", None)):
+        seen.clear()
+        cfg = _cfg(tmp_path, f"eval.pose.objects={names}")
+        for source in ("real", "offline"):
+            get_task("pose").run(cfg, object(), Dataset("x", "pose/", source, {"data_dir": tmp_path,
+                                                                               "sfm_dir": tmp_path}), "d")
+        assert seen == [list(cfg.eval.pose.objects), offline_selection]
