@@ -584,7 +584,7 @@ def write_sweep_report(sweep_dir: Path, manifest: dict, rows: list[dict]) -> Pat
              f"Axes: {', '.join(f'`{k}` = {v}' for k, v in manifest['axes'].items()) or 'none'}; "
              f"overrides: {' '.join(manifest['overrides']) or 'none'}.", "",
              "Values are the held-out equivariance metrics (APE % lower is better, PCDP % higher) with their 95% "
-             "bootstrap CI in brackets where the run recorded one; Δ columns are paired deltas "
+             "CI (t-interval over units) in brackets where the run recorded one; Δ columns are paired deltas "
              "(`*`: the CI excludes 0). `head_init` = pretrained + untrained head.", ""]
     for key in [k for k in keys if any(r.get(f"{m}/{k}") is not None for r in rows for m in MODELS)]:
         table = []
