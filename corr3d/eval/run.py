@@ -1,8 +1,10 @@
 """``make eval``: every downstream task for the pretrained backbone and the finetuned adapter, plus the report.
 
-``run_eval(cfg)`` = for each model: for each task: :func:`run_eval_part` (one JSON part each), then
-:func:`gather_eval` (metrics.json, CSVs, report.md, plots). A SLURM array job can run ``run_eval_part(cfg, task,
-model)`` per element and ``gather_eval(cfg, parts_dir)`` at the end.
+``run_eval(cfg)`` = for each model: for each task of the registry (``corr3d.eval.tasks``: one module per task, each
+an ``EvalTask`` with its datasets, ``run``, headline keys, breakdowns and protocol label): :func:`run_eval_part`
+(one JSON part each), then :func:`gather_eval` (metrics.json, CSVs, report.md, plots). A SLURM array job can run
+``run_eval_part(cfg, task, model)`` per element and ``gather_eval(cfg, parts_dir)`` at the end; training's
+before/after measurement calls ``run_eval_part`` too.
 
 Metric keys are flat: ``pose/acc@1cm1deg``, ``tracking/aj``, ``semantic/pck@0.10`` (real datasets) and the same keys
 under ``offline/`` for the synthetic offline suite (e.g. ``offline/tracking/aj``); equivariance keys come from
@@ -14,12 +16,15 @@ gathering adds to metrics.json ``"ci"`` ({model: {key: [lo, hi]}}, t-interval ov
 ({"<model>-<ref>": {key: {delta, lo, hi, significant}}}, paired on identical items; each model against
 ``pretrained``, and ``finetuned`` against ``pretrained_head_init``), see ``corr3d.eval.stats``. The models
 (``corr3d.models.compared_model``) share one configuration and differ only in weights / adapter / head;
-``random`` is the floor and ``oracle`` (ground truth as features, for the tasks whose ``EvalTask.oracle`` is set) the ceiling of the
-validity section of report.md.
+``random`` is the floor and ``oracle`` (ground truth as features, for the tasks whose ``EvalTask.oracle`` is set)
+the ceiling of the validity section of report.md; ``"protocols"`` and ``"breakdowns"`` say which protocol made each
+dataset's numbers and how they vary with the viewpoint change.
 
 Resume: each part records :func:`part_fingerprint` (what its numbers depend on); ``run_eval`` reuses the finished
 parts of the selected tasks and models whose fingerprint matches (``eval.resume``), so a killed ``make eval``
-continues where it stopped and the report equals an uninterrupted run's.
+continues where it stopped and the report equals an uninterrupted run's. Every finished part is also kept under its
+fingerprint in ``eval.part_cache``, so another run (another output directory, another training run of the same
+configuration) reuses it: reference rows are measured once per configuration, suite and weights.
 """
 from __future__ import annotations
 
