@@ -15,30 +15,21 @@ from corr3d.eval.pose_ycbv import (
     summarise,
 )
 from tests.helpers.config import config_section
+from tests.helpers.poses import pose, rot_z
 
 
-def _pose(R=np.eye(3), t=(0, 0, 0)):
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = t
-    return T
-
-
-def _rot_z(deg):
-    a = np.radians(deg)
-    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
 
 
 def test_add_and_adds_hand_computed():
     square = np.array([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]])
     # a pure 3-mm shift: every point moves 3 mm (ADD = 3); ADD-S: nearest shifted point is also 3 mm away here
-    assert add_distance(_pose(t=(0, 0, 3)), _pose(), square) == pytest.approx(3.0)
-    assert adds_distance(_pose(t=(0, 0, 3)), _pose(), square) == pytest.approx(3.0)
+    assert add_distance(pose(t=(0, 0, 3)), pose(), square) == pytest.approx(3.0)
+    assert adds_distance(pose(t=(0, 0, 3)), pose(), square) == pytest.approx(3.0)
     # a 90 deg turn maps the square onto itself: ADD = |p - Rp| = sqrt(2) for every point, ADD-S = 0
-    assert add_distance(_pose(_rot_z(90)), _pose(), square) == pytest.approx(np.sqrt(2))
-    assert adds_distance(_pose(_rot_z(90)), _pose(), square) == pytest.approx(0.0, abs=1e-12)
-    assert add_s_distance(_pose(_rot_z(90)), _pose(), square, symmetric=False) == pytest.approx(np.sqrt(2))
-    assert add_s_distance(_pose(_rot_z(90)), _pose(), square, symmetric=True) == pytest.approx(0.0, abs=1e-12)
+    assert add_distance(pose(rot_z(90)), pose(), square) == pytest.approx(np.sqrt(2))
+    assert adds_distance(pose(rot_z(90)), pose(), square) == pytest.approx(0.0, abs=1e-12)
+    assert add_s_distance(pose(rot_z(90)), pose(), square, symmetric=False) == pytest.approx(np.sqrt(2))
+    assert add_s_distance(pose(rot_z(90)), pose(), square, symmetric=True) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_auc_hand_computed():

@@ -5,18 +5,9 @@ import numpy as np
 import pytest
 
 from corr3d.eval.metrics import bop
+from tests.helpers.poses import pose, rot_z
 
 
-def _pose(R=np.eye(3), t=(0.0, 0.0, 0.0)):
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = t
-    return T
-
-
-def _rot_z(deg):
-    a = np.radians(deg)
-    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
 
 
 SQUARE = np.array([[10.0, 0, 0], [0, 10, 0], [-10, 0, 0], [0, -10, 0]])
@@ -26,9 +17,9 @@ K = np.array([[500.0, 0, 320.0], [0, 500.0, 240.0], [0, 0, 1]])
 def test_symmetry_transformations_identity_discrete_and_continuous():
     R, t = bop.symmetry_transformations({})
     assert R.shape == (1, 3, 3) and np.allclose(R[0], np.eye(3)) and np.allclose(t, 0)
-    flip = _pose(_rot_z(180), (0, 0, 5)).reshape(-1).tolist()
+    flip = pose(rot_z(180), (0, 0, 5)).reshape(-1).tolist()
     R, t = bop.symmetry_transformations({"symmetries_discrete": [flip]})
-    assert len(R) == 2 and np.allclose(R[1], _rot_z(180)) and np.allclose(t[1], [0, 0, 5])
+    assert len(R) == 2 and np.allclose(R[1], rot_z(180)) and np.allclose(t[1], [0, 0, 5])
     # continuous about y through (1, 0, 0): ceil(pi / 0.01) = 315 rotations; the axis line stays fixed
     R, t = bop.symmetry_transformations({"symmetries_continuous": [{"axis": [0, 2, 0], "offset": [1, 0, 0]}]})
     assert len(R) == 315
@@ -45,16 +36,16 @@ def test_symmetry_transformations_identity_discrete_and_continuous():
 
 
 def test_mssd_mspd_hand_computed():
-    gt = _pose(t=(0, 0, 500))
+    gt = pose(t=(0, 0, 500))
     none = bop.symmetry_transformations({})
     # a 3-mm shift moves every point 3 mm
-    assert bop.mssd(_pose(t=(3, 0, 500)), gt, SQUARE, none) == pytest.approx(3.0)
+    assert bop.mssd(pose(t=(3, 0, 500)), gt, SQUARE, none) == pytest.approx(3.0)
     # a lateral shift of 3 mm at 500 mm depth projects to 500 * 3 / 500 = 3 px for every point
-    assert bop.mspd(_pose(t=(3, 0, 500)), gt, K, SQUARE, none) == pytest.approx(3.0)
+    assert bop.mspd(pose(t=(3, 0, 500)), gt, K, SQUARE, none) == pytest.approx(3.0)
     # 90 deg about z: each vertex moves |p - Rp| = 10 * sqrt(2) mm; a declared 90-deg symmetry makes it 0
-    turned = _pose(_rot_z(90), (0, 0, 500))
+    turned = pose(rot_z(90), (0, 0, 500))
     assert bop.mssd(turned, gt, SQUARE, none) == pytest.approx(10 * np.sqrt(2))
-    sym90 = bop.symmetry_transformations({"symmetries_discrete": [_pose(_rot_z(90)).reshape(-1).tolist()]})
+    sym90 = bop.symmetry_transformations({"symmetries_discrete": [pose(rot_z(90)).reshape(-1).tolist()]})
     assert bop.mssd(turned, gt, SQUARE, sym90) == pytest.approx(0.0, abs=1e-9)
     assert bop.mspd(turned, gt, K, SQUARE, sym90) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="4x4 or 3x4"):
@@ -64,9 +55,9 @@ def test_mssd_mspd_hand_computed():
 def test_mssd_mspd_match_a_loop_over_symmetries_and_points():
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(50, 3)) * 30
-    syms = bop.symmetry_transformations({"symmetries_discrete": [_pose(_rot_z(120)).reshape(-1).tolist(),
-                                                                 _pose(_rot_z(240)).reshape(-1).tolist()]})
-    est, gt = _pose(_rot_z(100), (4, -2, 600)), _pose(_rot_z(-15), (0, 0, 610))
+    syms = bop.symmetry_transformations({"symmetries_discrete": [pose(rot_z(120)).reshape(-1).tolist(),
+                                                                 pose(rot_z(240)).reshape(-1).tolist()]})
+    est, gt = pose(rot_z(100), (4, -2, 600)), pose(rot_z(-15), (0, 0, 610))
 
     def proj(X):
         x = X @ K.T

@@ -9,6 +9,7 @@ from corr3d.eval.datasets.tapvid import sample_queries_first, sample_queries_str
 from corr3d.eval.metrics.pose import PoseAccuracyMetric, pose_errors, rotation_error_deg
 from corr3d.eval.metrics.semantic import PCKMetric, pck_hits
 from corr3d.eval.metrics.tracking import TapVidMetric, compute_tapvid_metrics
+from tests.helpers.poses import rot_z
 
 
 def loop_tapvid(query_t, gt_occ, gt_tracks, pred_occ, pred_tracks, mode, thresholds=(1, 2, 4, 8, 16)):
@@ -114,17 +115,13 @@ def test_pck_hand_computed():
     assert rows["b"]["pairs"] == 2 and rows["b"]["keypoints"] == 2
 
 
-def _rot_z(deg):
-    a = np.radians(deg)
-    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-
 
 def test_pose_errors_and_accuracy():
-    assert rotation_error_deg(_rot_z(30), np.eye(3)) == pytest.approx(30.0)
+    assert rotation_error_deg(rot_z(30), np.eye(3)) == pytest.approx(30.0)
     T_gt = np.eye(4)
     T_gt[:3, 3] = [0.1, 0.0, 0.5]
     T_pred = T_gt.copy()
-    T_pred[:3, :3] = _rot_z(2.0)
+    T_pred[:3, :3] = rot_z(2.0)
     T_pred[:3, 3] += [0.02, 0.0, 0.0]                            # 2 cm
     r, t = pose_errors(T_pred, T_gt)
     assert r == pytest.approx(2.0) and t == pytest.approx(2.0)
@@ -145,7 +142,7 @@ def test_pnp_recovers_known_pose():
     rng = np.random.default_rng(0)
     pts = rng.uniform(-0.1, 0.1, (60, 3))
     T = np.eye(4)
-    T[:3, :3] = _rot_z(20) @ np.array([[1, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]])
+    T[:3, :3] = rot_z(20) @ np.array([[1, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]])
     T[:3, 3] = [0.02, -0.01, 0.5]
     K = intrinsics(500, 256, 256)
     uv, _ = project(pts, K, T)
