@@ -87,7 +87,15 @@ $(STAMP): pyproject.toml
 	$(call apt_ensure,$(APT_RUNTIME))
 	@test -x '$(PY)' || '$(PYTHON)' -m venv '$(VENV)'
 	'$(PY)' -m pip install -q --upgrade pip
-	'$(PY)' -m pip install -q -e '.[test]'
+	@# On Linux x86-64 pyproject installs open3d-cpu: the same `open3d` files as the full open3d an older checkout's
+	@# venv may hold. Installed over it, both own one folder and removing either breaks the other: remove both first
+	@# when the full one is there, so the install below puts open3d-cpu back alone.
+	@if '$(PY)' -c 'import platform, sys; sys.exit(not (sys.platform == "linux" and platform.machine() == "x86_64"))' \
+	  && '$(PY)' -m pip show -q open3d >/dev/null 2>&1; then \
+	  echo "[corr3d] replacing open3d with open3d-cpu (the same module without the CUDA build, ~600 MB smaller)"; \
+	  '$(PY)' -m pip uninstall -q -y open3d open3d-cpu; \
+	fi
+	'$(PY)' -m pip install -q -e '.[all,test]'
 	@touch '$(STAMP)'
 
 setup: $(STAMP)

@@ -88,14 +88,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from corr3d.training.sweep import run_sweep, split_values  # deferred: a command loads only its own stack
+    from corr3d.launch.sweep import run_sweep, split_values  # deferred: a command loads only its own stack
 
     # key=v1,v2 (a comma outside brackets) is an axis; key=[a,b] or key=v is a plain override
     axes = [a for a in args.overrides if "=" in a and len(split_values(a.partition("=")[2])) > 1]
     plain = [a for a in args.overrides if a not in axes]
     axes += [f"{a.partition('=')[0]}={a.partition('=')[2]}" for a in args.axis or []]
     if args.dry_run or args.print_config:
-        from corr3d.training.sweep import SweepPlan  # deferred: a command loads only its own stack
+        from corr3d.launch.sweep import SweepPlan  # deferred: a command loads only its own stack
 
         plan = SweepPlan(args.experiment, axes, plain, args.name)  # composes (and validates) without writing
         for index, (cell, assignment) in enumerate(zip(plan.names, plan.cells)):

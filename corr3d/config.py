@@ -1,9 +1,9 @@
 """Experiment configuration: a typed schema, a base YAML, small experiment files that override it, CLI overrides.
 
-``corr3d/config_schema.py`` is the one source of every key's default, type and range; ``experiments/base.yaml``
-documents the same keys with comments (a test keeps the two equal). Every key an experiment or the command line sets
-must exist there: a typo fails loudly with its dotted path and the closest valid key instead of being silently
-ignored; a value of the wrong type or out of range fails naming its key.
+``corr3d/config_schema.py`` is the one source of every key's default, type, range and comment;
+``experiments/base.yaml`` is generated from it (``python -m corr3d.config_schema --write``). Every key an experiment
+or the command line sets must exist there: a typo fails loudly with its dotted path and the closest valid key
+instead of being silently ignored; a value of the wrong type or out of range fails naming its key.
 
 ``load_config`` ends with :func:`validate_config`: closed sets (loss names, precisions, tasks, models...), bounds,
 relations between keys (``loss.pos_radius < loss.neg_radius``, ``min_x <= max_x``, rotation limits that admit view
@@ -22,7 +22,6 @@ import math
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence, get_type_hints
 
@@ -272,39 +271,18 @@ def _merge(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def _typed_base(base_path: Path, stamp: tuple[int, int]) -> tuple[DictConfig, dict, bool]:
+def _typed_base(base_path: Path, stamp: tuple[int, int]) -> tuple[DictConfig, dict]:
     """``Config`` defaults with ``base.yaml`` merged in, and the key tree overrides are checked against.
 
+    The committed base.yaml is generated from the schema, so merging it changes nothing; it stays a layer so that a
+    ``$CORR3D_EXPERIMENTS`` directory's own base.yaml (or a broken one) is read like any experiment file.
     Cached per file version: building a structured config is the slow part of loading (~50 ms).
-    Keys that base.yaml has and the schema lacks are kept (untyped) with a warning so that a key added to base.yaml
-    alone does not stop every run; tests/test_experiments.py fails on them until the schema has them too.
     """
     base = load_yaml(base_path)
     typed = OmegaConf.structured(Config)
     schema = OmegaConf.to_container(typed, resolve=False)
-    base_tree = OmegaConf.to_container(base, resolve=False)
-    missing = schema_drift(schema, base_tree)["only_in_base"]
-    if missing:
-        warnings.warn(f"{base_path} has keys corr3d/config_schema.py lacks (kept, untyped): {', '.join(missing)}",
-                      stacklevel=2)
-        typed = OmegaConf.structured(_with_untyped_keys(Config, base_tree))
-        schema = OmegaConf.to_container(typed, resolve=False)
-    return _merge(typed, base, str(base_path)), schema, bool(missing)
-
-
-def _with_untyped_keys(cls: type, tree: dict) -> type:
-    """``cls`` extended by the keys of ``tree`` it lacks, typed ``Any`` (a key added to base.yaml alone)."""
-    hints = get_type_hints(cls)
-    extra = []
-    for key, value in tree.items():
-        kind = hints.get(key)
-        if kind is None:
-            extra.append((key, Any, dataclasses.field(default_factory=lambda v=value: copy.deepcopy(v))))
-        elif dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            sub = _with_untyped_keys(kind, value)
-            if sub is not kind:
-                extra.append((key, sub, dataclasses.field(default_factory=sub)))
-    return dataclasses.make_dataclass(cls.__name__, extra, bases=(cls,)) if extra else cls
+    _check_keys(schema, OmegaConf.to_container(base, resolve=False), str(base_path))
+    return _merge(typed, base, str(base_path)), schema
 
 
 def load_config(experiment: str | os.PathLike = "base", overrides: Iterable[str] = ()) -> DictConfig:
@@ -315,7 +293,7 @@ def load_config(experiment: str | os.PathLike = "base", overrides: Iterable[str]
     """
     base_path = experiments_dir() / "base.yaml"
     stat = base_path.stat()
-    typed, schema, drifted = _typed_base(base_path, (stat.st_mtime_ns, stat.st_size))
+    typed, schema = _typed_base(base_path, (stat.st_mtime_ns, stat.st_size))
     cfg = copy.deepcopy(typed)
     if str(experiment) != "base":
         for source, layer in _load_chain(_experiment_path(experiment)):
@@ -327,8 +305,6 @@ def load_config(experiment: str | os.PathLike = "base", overrides: Iterable[str]
     if str(experiment) != "base" and "experiment" not in cli:
         cfg.experiment = Path(str(experiment)).stem
     validate_config(cfg)
-    if drifted:  # the stop-gap classes of _with_untyped_keys cannot be pickled (spawned workers, submitit)
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(cfg, True)
     return cfg
 
@@ -351,7 +327,7 @@ def validate_config(cfg: DictConfig) -> None:
                               "e.g. ${data_root}/rendered") from None
     problems = list(schema_violations(tree))
     for check in (_radius_violations, min_max_violations, _render_violations, _rotation_violations,
-                  _backbone_violations, _device_violations):
+                  _backbone_violations, _device_violations, _workers_violations):
         problems += check(tree)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(p.message for p in problems),
@@ -367,6 +343,14 @@ def _section(tree: dict, path: str) -> Any:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _workers_violations(tree: dict) -> list[Violation]:
+    value = _section(tree, "eval.workers")
+    if value is None or str(value) == "auto" or re.fullmatch(r"[1-9][0-9]*", str(value)):
+        return []
+    return [Violation("eval.workers", f"'eval.workers' must be auto or a positive integer, got {value!r}",
+                      "set eval.workers=auto (one per CPU core, at most 4) or eval.workers=1 (one part at a time)")]
 
 
 def _radius_violations(tree: dict) -> list[Violation]:
@@ -514,33 +498,6 @@ def _device_violations(tree: dict) -> list[Violation]:
         return [Violation("eval.device", f"'eval.device'={device} but this machine has {count} CUDA device(s) "
                           f"(cuda:0..cuda:{count - 1})", f"set eval.device=cuda:{count - 1} (or cuda, or auto)")]
     return []
-
-
-def schema_drift(schema: dict, base: dict, prefix: str = "") -> dict[str, list[str]]:
-    """Where the schema's defaults and base.yaml differ: keys only in one of them, and keys whose default or type
-    differs (``'data.render.focal': schema 560.0 (float), base.yaml 560 (int)``). Empty lists: no drift."""
-    out: dict[str, list[str]] = {"only_in_schema": [], "only_in_base": [], "different": []}
-    for key in [*schema, *(k for k in base if k not in schema)]:
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in base:
-            out["only_in_schema"].append(path)
-        elif key not in schema:
-            out["only_in_base"].append(path)
-        elif isinstance(schema[key], dict) and isinstance(base[key], dict) and schema[key]:
-            for kind, paths in schema_drift(schema[key], base[key], path).items():
-                out[kind].extend(paths)
-        elif _typed_repr(schema[key]) != _typed_repr(base[key]):
-            out["different"].append(f"'{path}': schema {_typed_repr(schema[key])}, base.yaml {_typed_repr(base[key])}")
-    return out
-
-
-def _typed_repr(value: Any) -> str:
-    """A value with the type of every element, so 560.0 and 560 (or [0, 0] and [0.0, 0.0]) differ."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_typed_repr(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_typed_repr(v) for v in value) + "]"
-    return f"{value!r} ({type(value).__name__})"
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -217,3 +218,39 @@ def test_runtime_packages_include_the_real_furniture_models():
     text = (REPO / "Makefile").read_text()
     runtime = re.search(r"^APT_RUNTIME := (.*)$", text, re.M).group(1).split()
     assert "sweethome3d-furniture" in runtime
+
+
+PIP_FAKE = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:2] == ["-c"]:  # the platform test: run it for real
+    os.execv({python!r}, [{python!r}, *sys.argv[1:]])
+sys.exit(0 if sys.argv[1:5] != ["-m", "pip", "show", "-q"] else int(os.environ["FULL_OPEN3D"]))
+"""
+
+
+@pytest.mark.parametrize("full_open3d", [True, False])
+def test_install_removes_a_full_open3d_before_installing_open3d_cpu(tmp_path, full_open3d):
+    """An older venv holds the full open3d; pyproject now wants open3d-cpu (the same files): the install step removes
+    both first and reinstalls, and touches nothing when the full open3d is absent."""
+    runtime = re.search(r"^APT_RUNTIME := (.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    if subprocess.run(["dpkg", "-s", *runtime], capture_output=True).returncode != 0:
+        pytest.skip("the runtime Debian packages are missing: the install step would apt-get them")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(PIP_FAKE.format(python=sys.executable))
+    python.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    env = {**clean_env(), "FAKE_LOG": str(log), "FULL_OPEN3D": "0" if full_open3d else "1"}
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), f"VENV={venv}", "setup"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    pips = [call[2:] for call in map(json.loads, log.read_text().splitlines()) if call[:2] == ["-m", "pip"]]
+    uninstall = ["uninstall", "-q", "-y", "open3d", "open3d-cpu"]
+    on_linux_x86 = sys.platform == "linux" and platform.machine() == "x86_64"
+    expected = [["install", "-q", "--upgrade", "pip"], *([["show", "-q", "open3d"]] if on_linux_x86 else []),
+                *([uninstall] if full_open3d and on_linux_x86 else []), ["install", "-q", "-e", ".[all,test]"]]
+    assert pips == expected
+    assert (venv / ".corr3d-installed").exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from corr3d.errors import UnsafePathError
+from corr3d.utils.optional import import_extra
 from corr3d.utils.paths import ensure_within, safe_name
 from corr3d.utils.run_dir import atomic_write_text
 
@@ -27,14 +28,14 @@ SPEC_PREFIX = "objaverse:"
 
 def set_cache_dir(versioned_path: str | os.PathLike) -> None:
     """Use ``versioned_path`` (the ``hf-objaverse-v1`` folder) as the objaverse cache for this process."""
-    import objaverse  # deferred: heavy optional dependency, loaded only when used
+    objaverse = import_extra("objaverse")  # deferred: the [objaverse] extra, only Objaverse objects need it
 
     objaverse._VERSIONED_PATH = str(versioned_path)
     objaverse.BASE_PATH = str(Path(versioned_path).parent)
 
 
 def cache_dir() -> Path:
-    import objaverse  # deferred: heavy optional dependency, loaded only when used
+    objaverse = import_extra("objaverse")  # deferred: the [objaverse] extra, only Objaverse objects need it
 
     return Path(objaverse._VERSIONED_PATH)
 
@@ -81,7 +82,7 @@ def read_uid_file(path: str | os.PathLike) -> list[str]:
 
 def lvis_uids(categories: Iterable[str]) -> list[str]:
     """Uids annotated with any of the LVIS ``categories`` (Objaverse-LVIS), in annotation order."""
-    import objaverse  # deferred: heavy optional dependency, loaded only when used
+    objaverse = import_extra("objaverse")  # deferred: the [objaverse] extra, only Objaverse objects need it
 
     annotations = objaverse.load_lvis_annotations()
     unknown = [c for c in categories if c not in annotations]
@@ -98,7 +99,7 @@ def select_uids(uid_file: str | os.PathLike | None = None, lvis_categories: Sequ
     sorting before sampling makes it independent of the order of the package's JSON. ``exclude``: uids (or any
     list entries / specs) never to select, e.g. a training list when picking held-out evaluation objects.
     """
-    import objaverse  # deferred: heavy optional dependency, loaded only when used
+    objaverse = import_extra("objaverse")  # deferred: the [objaverse] extra, only Objaverse objects need it
 
     candidates: list[str] = []
     if uid_file is not None:
@@ -165,7 +166,7 @@ def download_objects(uids: Sequence[str], processes: int = 1) -> dict[str, Path]
 
     Uids unknown to Objaverse are skipped (the package warns). Already-cached objects cost no network access.
     """
-    import objaverse  # deferred: heavy optional dependency, loaded only when used
+    objaverse = import_extra("objaverse")  # deferred: the [objaverse] extra, only Objaverse objects need it
 
     paths = objaverse.load_objects(list(uids), download_processes=max(1, int(processes)))
     return {uid: Path(paths[uid]) for uid in uids if uid in paths}
@@ -188,7 +189,7 @@ def cached_object_path(uid: str) -> Path:
 
 def object_metadata(uids: Sequence[str]) -> dict[str, dict]:
     """Name, license and url of each uid from the package's per-shard metadata (downloaded if missing)."""
-    import objaverse  # deferred: heavy optional dependency, loaded only when used
+    objaverse = import_extra("objaverse")  # deferred: the [objaverse] extra, only Objaverse objects need it
 
     keep = ("name", "license", "uri", "viewerUrl")
     annotations = objaverse.load_annotations(list(uids))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from corr3d.errors import DataFileError
+from corr3d.utils.optional import import_extra
 
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -115,7 +116,7 @@ class MVImgNetObject:
 
     @classmethod
     def open(cls, object_dir: str | os.PathLike, extent_percentile: float = 1.0) -> "MVImgNetObject":
-        import pycolmap  # deferred: heavy optional dependency, loaded only when used
+        pycolmap = import_extra("pycolmap")  # deferred: the [colmap] extra, only MVImgNet needs it
 
         object_dir = Path(object_dir)
         if not (object_dir / "images").is_dir():

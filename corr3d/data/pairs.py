@@ -345,7 +345,7 @@ def _resize_long_side(rgb: np.ndarray, points: np.ndarray, long_side: int | None
     """Resize so max(H, W) == long_side; points scale exactly under the corner-at-0 pixel convention."""
     if not long_side or max(rgb.shape[:2]) == long_side:
         return rgb, points
-    import cv2  # deferred: heavy optional dependency, loaded only when used
+    import cv2  # free here: corr3d.data.augment (albumentations) has already loaded cv2
 
     h, w = rgb.shape[:2]
     factor = long_side / max(h, w)

@@ -60,7 +60,8 @@ from corr3d.eval.stats import (
 )
 from corr3d.eval.tasks import Dataset, get_task, offline_parts, registry
 from corr3d.models.shared import shared_backbone_maps
-from corr3d.models import COMPARED_MODELS, compared_model, compared_model_config, reference_model_config
+from corr3d.models import (COMPARED_MODELS, compared_model, compared_model_config, model_config,
+                           reference_model_config)
 from corr3d.utils import report
 from corr3d.utils.io import sha256_of
 from corr3d.utils.paths import is_within, safe_join, safe_name
@@ -212,7 +213,8 @@ def _skipped_messages(task: str, dataset: str, skipped) -> list[str]:
 
 def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
                   parts_dir: str | Path | None = None, datasets: list[Dataset] | None = None,
-                  adapter: Path | None | str = AUTO, variant: str = "", cache: bool = False) -> dict:
+                  adapter: Path | None | str = AUTO, variant: str = "", cache: bool = False,
+                  fingerprint: str | None = None) -> dict:
     """Evaluate one model on one task (all of its datasets, or ``datasets``, then named by ``variant``); returns
     and (optionally) writes the part JSON. ``make eval``, its SLURM array and training's before/after measurement
     all measure through here.
@@ -220,8 +222,10 @@ def run_eval_part(cfg: DictConfig, task: str, model_name: str, model=None,
     ``model``: the compared model ``model_name`` (else loaded from ``cfg``); ``adapter``: the finetuned adapter its
     configuration derives from (``"auto"``: :func:`resolve_adapter`; training passes None). With ``cache``, a part
     measured under the same fingerprint by any earlier run (``eval.part_cache``) is reused, and a new one kept: the
-    caller guarantees ``model`` is what ``cfg`` and ``adapter`` describe."""
-    fingerprint = part_fingerprint(cfg, task, model_name, adapter=adapter, variant=variant)
+    caller guarantees ``model`` is what ``cfg`` and ``adapter`` describe. ``fingerprint``: this part's
+    :func:`part_fingerprint`, when the caller has computed it already."""
+    if fingerprint is None:
+        fingerprint = part_fingerprint(cfg, task, model_name, adapter=adapter, variant=variant)
     if cache and (done := reuse_cached_part(cfg, task, model_name, fingerprint, parts_dir)) is not None:
         return done
     torch.manual_seed(int(cfg.eval.seed))
@@ -306,7 +310,7 @@ def items_path(parts_dir: str | Path, task: str, model_name: str) -> Path:
 # eval keys that choose what to run or where to write, not what a part measures
 # (ckpt: the adapter's bytes stand for it)
 _UNFINGERPRINTED_EVAL_KEYS = ("tasks", "models", "out_dir", "n_boot", "resume", "device", "batch_size",
-                              "feature_cache_size", "ckpt", "part_cache", "shared_features_mb")
+                              "feature_cache_size", "ckpt", "part_cache", "shared_features_mb", "workers")
 # data keys that only training reads (what it trains on and how it batches): never part of what a part measured, so
 # a second training run with other training objects or pairs reuses the reference rows of the first
 _TRAINING_DATA_KEYS = ("kind", "train_objects", "val_objects", "object_list", "num_train_objects", "val_fraction",
@@ -327,9 +331,9 @@ def model_identity(cfg: DictConfig, model_name: str, adapter: Path | None) -> di
     The optimiser, loss and training data never enter: another training run reuses the reference rows."""
     reference = reference_model_config(cfg.model, adapter=adapter, backbone=None if adapter else cfg.eval.backbone)
     if model_name == "oracle":   # ground truth; the model section stays in (input sizes), conservatively
-        return {"model": "oracle", "config": reference}
-    identity = {"model": model_name, "config": compared_model_config(reference, model_name, seed=int(cfg.seed)),
-                "weights": _weights_digest(reference["weights"])}
+        return {"model": "oracle", "config": model_config(reference)}
+    config = compared_model_config(reference, model_name, seed=int(cfg.seed))
+    identity = {"model": model_name, "config": model_config(config), "weights": _weights_digest(reference.weights)}
     if model_name == "finetuned":
         identity["adapter"] = file_digest(adapter) if adapter is not None else None
     if model_name not in _SEED_FREE_MODELS:
@@ -692,12 +696,28 @@ def render_report(cfg, metrics, descriptions, tables, timings, messages, out: Pa
         for name, rows in detail:
             lines += [f"### {name.replace('__', ' / ')}", "", report.markdown_table(rows), ""]
     if timings:
-        lines += ["## Timings (s)", "", report.markdown_table(timings), ""]
+        lines += ["## Time per task and model (s)", "",
+                  "Wall seconds of each part (a reused part took none here). With `eval.workers` > 1 parts run side "
+                  "by side, so the evaluation's wall time is less than the sum.", "",
+                  report.markdown_table(timing_table(timings, models)), ""]
     if messages:
         lines += ["## Missing data", ""] + [f"- {m}" for m in messages] + [""]
     lines += ["CSV files: `csv/` (per pair / frame / video / object rows), `metrics.csv` (all keys, with CIs), "
               "`deltas.csv` (paired deltas); per-item results: `parts/<task>/<model>.json`.", ""]
     return "\n".join(lines)
+
+
+def timing_table(timings: list[dict], models: list[str]) -> list[dict]:
+    """Seconds per task (rows) and model (columns), datasets summed, with a total row and column."""
+    seconds: dict[str, dict[str, float]] = {}
+    for row in timings:
+        per_model = seconds.setdefault(row["task"], {})
+        per_model[row["model"]] = per_model.get(row["model"], 0.0) + float(row["seconds"])
+    columns = [m for m in models if any(m in v for v in seconds.values())]
+    rows = [{"task": task, **{m: round(v[m], 1) if m in v else "" for m in columns},
+             "total": round(sum(v.values()), 1)} for task, v in seconds.items()]
+    totals = {m: round(sum(v.get(m, 0.0) for v in seconds.values()), 1) for m in columns}
+    return rows + [{"task": "total", **totals, "total": round(sum(totals.values()), 1)}]
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -729,19 +749,27 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     if cfg.eval.offline.enabled and cfg.eval.offline.regenerate:   # once here, not once per model
         ensure_offline_suite(cfg.eval.offline.dir, offline_parts(tasks), force=True)
         cfg = OmegaConf.merge(cfg, {"eval": {"offline": {"regenerate": False}}})
+    # each part's fingerprint once: reuse check, part-cache lookup and the part itself all use this one
+    fingerprints = {(t, m): part_fingerprint(cfg, t, m) for t in tasks for m in names}
     # a selected part is reused when finished under the same fingerprint, otherwise measured again (overwritten);
     # nothing is deleted: parts of other tasks and models stay and merge into the report
-    reuse = {(t, m) for t in tasks for m in names
-             if cfg.eval.resume and reusable_part(parts_dir, t, m, part_fingerprint(cfg, t, m))}
+    reuse = {key for key, fp in fingerprints.items() if cfg.eval.resume and reusable_part(parts_dir, *key, fp)}
+    workers = eval_workers(cfg)
     _say(f"tasks {tasks}; models {names}; output {out}"
-         + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else ""))
-    failed: list[str] = []
+         + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else "")
+         + (f"; {workers} parallel workers" if workers > 1 else ""))
     # backbone tokens are kept per group of models with the same backbone (the pretrained one and its untrained
     # heads; each other model alone): computed once per input for the group's tasks, passes and models
     frozen = [name for name in names if name in FROZEN_BACKBONE_MODELS]
-    for group in ([frozen] if frozen else []) + [[name] for name in names if name not in FROZEN_BACKBONE_MODELS]:
-        with shared_backbone_maps(float(cfg.eval.shared_features_mb)):
-            failed += _measure_parts(cfg, tasks, group, reuse, parts_dir)
+    groups = ([frozen] if frozen else []) + [[name] for name in names if name not in FROZEN_BACKBONE_MODELS]
+    job = _PartJob(cfg, reuse, fingerprints, parts_dir)
+    if workers > 1:
+        failed = _measure_in_parallel(job, tasks, groups, workers)
+    else:
+        failed = []
+        for group in groups:
+            with shared_backbone_maps(float(cfg.eval.shared_features_mb)):
+                failed += job.measure(tasks, group)
     _say(f"evaluation: {time.perf_counter() - started:.1f} s")
     result = gather_eval(cfg, parts_dir, out)
     if failed:  # the other tasks' metrics and the report are written; the command still reports the failure
@@ -750,26 +778,87 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     return result
 
 
-def _measure_parts(cfg: DictConfig, tasks: list[str], names: list[str], reuse: set, parts_dir: Path) -> list[str]:
-    """Measure every selected part not reused; returns the failed ones (``task/model``)."""
-    failed: list[str] = []
-    for name in names:
-        todo = [task for task in tasks if (task, name) not in reuse]
-        if cfg.eval.resume:   # parts another run measured under the same fingerprint (eval.part_cache)
-            todo = [task for task in todo if reuse_cached_part(cfg, task, name, part_fingerprint(cfg, task, name),
-                                                               parts_dir) is None]
-        if not todo:
-            continue
-        model = load_eval_model(cfg, name)
-        for task in todo:
-            start = time.perf_counter()
-            try:
-                run_eval_part(cfg, task, name, model=model, parts_dir=parts_dir, cache=bool(cfg.eval.resume))
-            except Exception as err:  # noqa: BLE001 - one bad dataset file fails its task, not the evaluation
-                _record_failed_part(task, name, err, parts_dir, part_fingerprint(cfg, task, name))
-                failed.append(f"{task}/{name}")
+def eval_workers(cfg: DictConfig) -> int:
+    """``eval.workers``: processes measuring parts side by side. ``auto``: one per CPU core (at most
+    :data:`MAX_AUTO_WORKERS`) on CPU, one on a GPU (the device is the bottleneck there)."""
+    value = cfg.eval.workers
+    if str(value) != AUTO:
+        return max(1, int(value))
+    if eval_device(cfg).type != "cpu":
+        return 1
+    return max(1, min(MAX_AUTO_WORKERS, torch.get_num_threads()))
+
+
+MAX_AUTO_WORKERS = 4   # each worker holds its models and up to eval.shared_features_mb of backbone tokens
+
+
+class _PartJob:
+    """What every worker needs to measure parts: the configuration, the reused parts and the fingerprints."""
+
+    def __init__(self, cfg: DictConfig, reuse: set, fingerprints: dict, parts_dir: Path):
+        self.cfg, self.reuse, self.fingerprints, self.parts_dir = cfg, reuse, fingerprints, parts_dir
+
+    def measure(self, tasks: list[str], names: list[str]) -> list[str]:
+        """Measure every selected part not reused; returns the failed ones (``task/model``)."""
+        cfg, failed = self.cfg, []
+        for name in names:
+            todo = [task for task in tasks if (task, name) not in self.reuse]
+            if cfg.eval.resume:   # parts another run measured under the same fingerprint (eval.part_cache)
+                todo = [task for task in todo if reuse_cached_part(
+                    cfg, task, name, self.fingerprints[task, name], self.parts_dir) is None]
+            if not todo:
                 continue
-            _say(f"{name} / {task}: {time.perf_counter() - start:.1f} s")
-        del model
-        gc.collect()
+            model = load_eval_model(cfg, name)
+            for task in todo:
+                start = time.perf_counter()
+                try:
+                    run_eval_part(cfg, task, name, model=model, parts_dir=self.parts_dir,
+                                  cache=bool(cfg.eval.resume), fingerprint=self.fingerprints[task, name])
+                except Exception as err:  # noqa: BLE001 - one bad dataset file fails its task, not the evaluation
+                    _record_failed_part(task, name, err, self.parts_dir, self.fingerprints[task, name])
+                    failed.append(f"{task}/{name}")
+                    continue
+                _say(f"{name} / {task}: {time.perf_counter() - start:.1f} s")
+            del model
+            gc.collect()
+        return failed
+
+
+def _measure_in_parallel(job: _PartJob, tasks: list[str], groups: list[list[str]], workers: int) -> list[str]:
+    """One unit per (task, model group), longest first (``EvalTask.cost`` × models), on ``workers`` spawned
+    processes with torch threads × workers <= the threads one process would use. Each part seeds itself
+    (``eval.seed``), so a part's numbers do not depend on which worker measures it or when
+    (tests/eval/test_run_workers.py)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    units = sorted(((task, group) for group in groups for task in tasks),
+                   key=lambda unit: -get_task(unit[0]).cost * len(unit[1]))
+    threads = max(1, torch.get_num_threads() // workers)
+    failed: list[str] = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_measure_unit, job, [task], group): (task, group) for task, group in units}
+        for future, (task, group) in futures.items():
+            try:
+                failed += future.result()
+            except BrokenProcessPool as err:   # a worker died (killed, out of memory): its parts are failed parts
+                for name in group:
+                    _record_failed_part(task, name, err, job.parts_dir, job.fingerprints[task, name])
+                    failed.append(f"{task}/{name}")
     return failed
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        import cv2   # OpenCV's own pool (RANSAC, resizing) follows the same budget
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
+
+
+def _measure_unit(job: _PartJob, tasks: list[str], names: list[str]) -> list[str]:
+    with shared_backbone_maps(float(job.cfg.eval.shared_features_mb)):
+        return job.measure(tasks, names)

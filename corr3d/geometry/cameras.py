@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from corr3d.geometry.pixels import pixel_centres
-
-try:  # torch is optional for this module: every function works on numpy alone
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+from corr3d.geometry.pixels import pixel_centres, torch_of
 
 
 def _is_torch(x) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
+    return torch_of(x) is not None
 
 
 def _like(value, ref):
     """``value`` (numpy) converted to the array type, dtype and device of ``ref``."""
-    if _is_torch(ref):
+    torch = torch_of(ref)
+    if torch is not None:
         return torch.as_tensor(np.asarray(value), dtype=ref.dtype, device=ref.device)
     return np.asarray(value, dtype=np.float64)
 
@@ -45,7 +41,8 @@ def scale_intrinsics(K, sx: float, sy: float | None = None) -> np.ndarray:
 
 def invert_pose(pose):
     """Inverse of a rigid 4x4 (or batch ...x4x4) transform without a general matrix inverse."""
-    if _is_torch(pose):
+    torch = torch_of(pose)
+    if torch is not None:
         R, t = pose[..., :3, :3], pose[..., :3, 3:]
         Rt = R.transpose(-1, -2)
         out = torch.zeros_like(pose)
@@ -87,7 +84,8 @@ def project(points, K, pose):
     Points behind the camera get uv computed with their (negative) z; callers filter on z > 0.
     """
     cam = transform_points(points, pose)
-    if _is_torch(cam):
+    torch = torch_of(cam)
+    if torch is not None:
         K = K.to(cam) if _is_torch(K) else _like(K, cam)
     else:
         K = np.asarray(K, dtype=np.float64)
@@ -97,7 +95,7 @@ def project(points, K, pose):
     y = cam[:, 1] / denom
     u = K[0, 0] * x + K[0, 1] * y + K[0, 2]
     v = K[1, 1] * y + K[1, 2]
-    uv = torch.stack([u, v], dim=-1) if _is_torch(cam) else np.stack([u, v], axis=-1)
+    uv = torch.stack([u, v], dim=-1) if torch is not None else np.stack([u, v], axis=-1)
     return uv, z
 
 
@@ -119,7 +117,8 @@ def pixel_rays(uv, K, pose):
 
 def unproject(uv, depth, K, pose):
     """Continuous pixels (N,2) with camera depth (N,) -> object-space points (N,3)."""
-    if _is_torch(uv):
+    torch = torch_of(uv)
+    if torch is not None:
         dt = uv.dtype
         K = K.to(uv) if _is_torch(K) else _like(K, uv)
         pose = pose.to(uv) if _is_torch(pose) else _like(pose, uv)

@@ -6,19 +6,31 @@ through these centres, features are sampled at them, and ground-truth correspond
 """
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-try:  # as in corr3d/geometry/cameras.py: the numpy functions work without torch
+if TYPE_CHECKING:
     import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 CENTRE = 0.5  # offset of a pixel's centre from its top-left corner, in pixels
 
 
+def torch_of(x):
+    """The torch module if ``x`` is a torch tensor, else None; never imports torch.
+
+    A tensor can only exist once torch is imported, so ``sys.modules`` answers the question: ``import
+    corr3d.geometry`` (every render worker, every numpy-only caller) does not pay torch's import (~2 s CPU per process).
+    """
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(x, torch.Tensor) else None
+
+
 def pixel_centres(rows, cols, dtype=np.float32):
     """(N, 2) continuous (x, y) centres of the pixels (rows[k], cols[k]); torch tensors in -> float32 tensor out."""
-    if torch is not None and isinstance(rows, torch.Tensor):
+    torch = torch_of(rows)
+    if torch is not None:
         return torch.stack([cols.float() + CENTRE, rows.float() + CENTRE], dim=-1)
     return np.stack([np.asarray(cols) + CENTRE, np.asarray(rows) + CENTRE], axis=1).astype(dtype)
 
@@ -41,6 +53,8 @@ def pixel_grid(width: int, height: int, step: int = 1) -> np.ndarray:
 
 def pixel_grid_tensor(image_size: tuple[int, int], device=None, step: int = 1) -> torch.Tensor:
     """(H'*W', 2) float32 tensor of the centres (x, y) of every ``step``-th pixel of an (H, W) image, row-major."""
+    import torch  # deferred: import cost (~2 s CPU), only the tensor grid needs it (see torch_of)
+
     h, w = image_size
     ys = torch.arange(0, h, step, device=device, dtype=torch.float32) + CENTRE
     xs = torch.arange(0, w, step, device=device, dtype=torch.float32) + CENTRE

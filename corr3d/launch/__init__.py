@@ -1,1 +1,2 @@
-"""Launching on clusters: ``corr3d.launch.slurm`` submits training, evaluation and rendering with submitit."""
+"""Launching, above the library (it imports the stages, never the reverse): ``corr3d.launch.slurm`` submits training,
+evaluation and rendering with submitit; ``corr3d.launch.sweep`` runs grid sweeps locally or as SLURM arrays."""

@@ -11,7 +11,7 @@ help inside a ``#SBATCH`` comment line, where a newline would end the line and t
 stop sbatch reading the later directives). So :func:`validate_launcher` refuses, before anything is written, any
 launcher string with a control character or outside its field's SLURM syntax, ``extra`` keys that are not option
 names, and the job name and every path of the script are checked the same way (:func:`job_name`,
-:func:`script_path`). It runs at the top of every ``submit_*`` (and of ``corr3d.training.sweep.submit_sweep``).
+:func:`script_path`). It runs at the top of every ``submit_*`` (and of ``corr3d.launch.sweep.submit_sweep``).
 """
 from __future__ import annotations
 
@@ -32,17 +32,16 @@ from corr3d.assets.experiment import experiment_objects
 from corr3d.config import ConfigError
 from corr3d.errors import RunLockedError
 from corr3d.launch.tasks import (
-    EVAL_GATHER_ENTRY,
-    EVAL_PART_ENTRY,
-    TRAIN_ENTRY,
     EvalPartTask,
     GatherTask,
     OfflineSuiteTask,
     RenderChunkTask,
     TrainTask,
     cfg_to_yaml,
+    entry_name,
     part_file_name,
 )
+from corr3d.utils.optional import import_extra
 from corr3d.utils.run_dir import atomic_write_text, create_run_dir
 
 log = logging.getLogger("corr3d.launch")
@@ -157,9 +156,9 @@ def align_trainer_with_launcher(cfg: DictConfig) -> DictConfig:
         if t == l:
             continue
         if t == 1:
-            cfg.trainer[trainer_key] = int(l)
+            cfg.trainer[trainer_key] = l
         elif l == 1:
-            cfg.launcher[launcher_key] = int(t)
+            cfg.launcher[launcher_key] = t
         else:
             raise ConfigError(f"trainer.{trainer_key}={t} but launcher.{launcher_key}={l}: set one of them "
                               f"(make's GPUS=/NODES= set both)")
@@ -184,17 +183,16 @@ def slurm_parameters(launcher: DictConfig, *, name: str, nodes: int, tasks_per_n
     """``AutoExecutor.update_parameters`` keyword arguments for one job (or every task of an array)."""
     validate_launcher(launcher)
     params: dict[str, Any] = {
-        "name": check_text(name, "launcher.job_name"), "nodes": int(nodes), "tasks_per_node": int(tasks_per_node),
-        "cpus_per_task": int(launcher.cpus_per_task), "timeout_min": int(launcher.time_min),
-        "slurm_signal_delay_s": int(launcher.signal_delay_s),
-        "slurm_array_parallelism": int(launcher.array_parallelism),
+        "name": check_text(name, "launcher.job_name"), "nodes": nodes, "tasks_per_node": tasks_per_node,
+        "cpus_per_task": launcher.cpus_per_task, "timeout_min": launcher.time_min,
+        "slurm_signal_delay_s": launcher.signal_delay_s, "slurm_array_parallelism": launcher.array_parallelism,
     }
     if launcher.mem_gb:
         params["mem_gb"] = launcher.mem_gb
     if gpus_per_node and launcher.gres:
-        params["slurm_gres"] = _gres_for(str(launcher.gres), int(gpus_per_node))
+        params["slurm_gres"] = _gres_for(str(launcher.gres), gpus_per_node)
     elif gpus_per_node:
-        params["gpus_per_node"] = int(gpus_per_node)
+        params["gpus_per_node"] = gpus_per_node
     for key in ("partition", "account", "qos", "constraint"):
         if launcher[key]:
             params[f"slurm_{key}"] = str(launcher[key])
@@ -210,16 +208,16 @@ def slurm_parameters(launcher: DictConfig, *, name: str, nodes: int, tasks_per_n
 
 def gpus_per_task_node(cfg: DictConfig, gpus: int) -> int:
     """GPUs to request: none when the run is on CPU (the tests' cluster has no GPUs)."""
-    return 0 if str(cfg.trainer.accelerator) == "cpu" else int(gpus)
+    return 0 if str(cfg.trainer.accelerator) == "cpu" else gpus
 
 
 def make_executor(log_root: Path, params: dict[str, Any], max_requeues: int = 10):
-    import submitit  # deferred: heavy optional dependency, loaded only when used
+    submitit = import_extra("submitit")  # deferred: the [cluster] extra, only SLURM submission needs it
 
     # <log_root>/<job id>/ holds the sbatch script, stdout/stderr of every task and the pickled call
     log_root = script_path(log_root, "the SLURM log directory")
     executor = submitit.AutoExecutor(folder=Path(log_root) / "%j", cluster="slurm",
-                                     slurm_max_num_timeout=int(max_requeues))
+                                     slurm_max_num_timeout=max_requeues)
     executor.update_parameters(**params)
     return executor
 
@@ -298,13 +296,13 @@ def sbatch_script(executor, command: str | None = None) -> str:
 # ---- training ------------------------------------------------------------------------------------------------------
 def train_executor(cfg: DictConfig, run: Path):
     """The executor for ``cfg``'s training job, logging into ``<run>/slurm/<job id>/`` (cfg already aligned)."""
-    tasks = int(cfg.trainer.devices)
-    params = slurm_parameters(cfg.launcher, name=job_name(cfg, "train"), nodes=int(cfg.trainer.num_nodes),
+    tasks = cfg.trainer.devices
+    params = slurm_parameters(cfg.launcher, name=job_name(cfg, "train"), nodes=cfg.trainer.num_nodes,
                               tasks_per_node=tasks, gpus_per_node=gpus_per_task_node(cfg, tasks))
-    return make_executor(Path(run) / "slurm", params, int(cfg.launcher.max_requeues))
+    return make_executor(Path(run) / "slurm", params, cfg.launcher.max_requeues)
 
 
-def submit_train(cfg: DictConfig, entry: str = TRAIN_ENTRY):
+def submit_train(cfg: DictConfig):
     """Submit ``cfg``'s training as one SLURM job (nodes x gpus_per_node tasks); returns the submitit job.
 
     The run directory is created here (or reused: same experiment and resolved config, not finished), so the job, its
@@ -316,9 +314,11 @@ def submit_train(cfg: DictConfig, entry: str = TRAIN_ENTRY):
     run = create_run_dir(cfg).resolve()
     log_root = run / "slurm"
     _refuse_if_active(log_root)
-    job = train_executor(cfg, run).submit(TrainTask(cfg_to_yaml(cfg), str(run), entry))
-    record_jobs(log_root, "train", [job.job_id], run_dir=str(run), nodes=int(cfg.trainer.num_nodes),
-                tasks_per_node=int(cfg.trainer.devices))
+    from corr3d.training.run import train  # deferred: the training stack loads only when a job is submitted
+
+    job = train_executor(cfg, run).submit(TrainTask(cfg_to_yaml(cfg), str(run), entry_name(train)))
+    record_jobs(log_root, "train", [job.job_id], run_dir=str(run), nodes=cfg.trainer.num_nodes,
+                tasks_per_node=cfg.trainer.devices)
     _announce("train", [job.job_id], log_root, f"\n[corr3d]   run directory: {run}")
     if cfg.launcher.wait:
         wait_for_jobs([job.job_id])
@@ -348,7 +348,7 @@ def eval_plan(cfg: DictConfig) -> tuple[DictConfig, list[tuple[str, str]], Path]
 
 def eval_gpus(cfg: DictConfig) -> int:
     on_cpu = str(cfg.eval.device) == "cpu" or str(cfg.trainer.accelerator) == "cpu"
-    return 0 if on_cpu else int(cfg.launcher.eval_gpus)
+    return 0 if on_cpu else cfg.launcher.eval_gpus
 
 
 def missing_offline_parts(cfg: DictConfig, tasks: Iterable[str]) -> list[str]:
@@ -375,7 +375,7 @@ def _submit_offline_suite(cfg: DictConfig, tasks: list[str], log_root: Path):
         OfflineSuiteTask(root, missing_offline_parts(cfg, tasks), bool(cfg.eval.offline.regenerate)))
 
 
-def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry: str = EVAL_GATHER_ENTRY):
+def submit_eval(cfg: DictConfig):
     """One array task per (benchmark, model), then a gather job (``afterany``) that writes metrics.json and
     report.md into the evaluation directory; returns (array jobs, gather job).
 
@@ -384,6 +384,8 @@ def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry
     """
     validate_launcher(cfg.launcher)  # before anything is written
     cfg, parts, out = eval_plan(cfg)
+    from corr3d.eval import run as eval_run  # deferred: a SLURM job loads only the stack of its task
+
     if not parts:
         raise ValueError("nothing to evaluate: no tasks or models selected")
     parts_dir, log_root = out / "parts", script_path(out, "the evaluation directory") / "slurm"
@@ -397,14 +399,15 @@ def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry
     params = slurm_parameters(launcher, name=job_name(cfg, "eval"), nodes=1, tasks_per_node=1,
                               gpus_per_node=eval_gpus(cfg),
                               dependency=f"afterany:{suite_job.job_id}" if suite_job else None)
-    array = make_executor(log_root, params, int(launcher.max_requeues)).submit_array(
-        [EvalPartTask(cfg_yaml, task, model, str(parts_dir), part_entry) for task, model in parts])
+    array = make_executor(log_root, params, launcher.max_requeues).submit_array(
+        [EvalPartTask(cfg_yaml, task, model, str(parts_dir), entry_name(eval_run.run_eval_part))
+         for task, model in parts])
     array_id = array[0].job_id.split("_")[0]
     gather_params = slurm_parameters(launcher, name=job_name(cfg, "eval-gather"), nodes=1, tasks_per_node=1,
                                      gpus_per_node=0, dependency=f"afterany:{array_id}")
     expected = [part_file_name(task, model) for task, model in parts]
     gather = make_executor(log_root, gather_params).submit(
-        GatherTask(cfg_yaml, str(parts_dir), str(out), expected, gather_entry))
+        GatherTask(cfg_yaml, str(parts_dir), str(out), expected, entry_name(eval_run.gather_eval)))
     job_ids = [job.job_id for job in array]
     record_jobs(log_root, "eval", job_ids, gather_job_id=gather.job_id,
                 suite_job_id=suite_job.job_id if suite_job else None,
@@ -422,7 +425,7 @@ def submit_eval(cfg: DictConfig, part_entry: str = EVAL_PART_ENTRY, gather_entry
 
 # ---- rendering -----------------------------------------------------------------------------------------------------
 def chunked(items: Sequence[str], size: int) -> list[list[str]]:
-    size = max(1, int(size))
+    size = max(1, size)
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
@@ -446,7 +449,7 @@ def submit_render(cfg: DictConfig, specs: Sequence[str] | None = None, root: str
         raise ValueError("nothing to render: the object list is empty")
     log_root = root / "slurm"
     params = slurm_parameters(cfg.launcher, name=job_name(cfg, "render"), nodes=1, tasks_per_node=1, gpus_per_node=0)
-    executor = make_executor(log_root, params, int(cfg.launcher.max_requeues))
+    executor = make_executor(log_root, params, cfg.launcher.max_requeues)
     render_yaml = OmegaConf.to_yaml(cfg.data.render, resolve=True)
     jobs = executor.submit_array([RenderChunkTask(chunk, str(root), render_yaml, i) for i, chunk in enumerate(chunks)])
     job_ids = [job.job_id for job in jobs]

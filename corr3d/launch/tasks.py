@@ -18,13 +18,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.utils.optional import import_extra
 from corr3d.utils.run_dir import atomic_write_text
 
 log = logging.getLogger("corr3d.launch")
 
-TRAIN_ENTRY = "corr3d.training.run:train"
-EVAL_PART_ENTRY = "corr3d.eval.run:run_eval_part"
-EVAL_GATHER_ENTRY = "corr3d.eval.run:gather_eval"
 ATTEMPTS_FILE = "attempts.jsonl"
 
 
@@ -33,6 +31,21 @@ def resolve_entry(spec: str) -> Callable:
     between a requeue and the restart are picked up)."""
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def entry_name(fn: Callable) -> str:
+    """The ``"package.module:function"`` a task carries for ``fn`` (:func:`resolve_entry` turns it back), derived
+    from the function so a renamed or moved entry point cannot leave a stale name behind. Only a module-level
+    function can be found again by name in the job's fresh process."""
+    spec = f"{fn.__module__}:{fn.__qualname__}"
+    try:
+        found = resolve_entry(spec)
+    except (ImportError, AttributeError):
+        found = None
+    if found is not fn:
+        raise ValueError(f"SLURM entry point {spec!r} cannot be imported by name in a job: pass a function defined "
+                         f"at the top level of an importable module (e.g. corr3d.training.run.train)")
+    return spec
 
 
 def cfg_to_yaml(cfg: DictConfig) -> str:
@@ -63,7 +76,7 @@ def append_event(path: Path, event: dict[str, Any]) -> None:
 
 
 def _requeue_submission(task: Any):
-    from submitit.helpers import DelayedSubmission  # deferred: heavy optional dependency, loaded only when used
+    DelayedSubmission = import_extra("submitit.helpers").DelayedSubmission  # deferred: the [cluster] extra
 
     return DelayedSubmission(task)
 
@@ -71,7 +84,7 @@ def _requeue_submission(task: Any):
 class TrainTask:
     """Train (or resume) ``cfg`` in the fixed run directory ``run_dir``; one instance per job, called by every rank."""
 
-    def __init__(self, cfg_yaml: str, run_dir: str, entry: str = TRAIN_ENTRY):
+    def __init__(self, cfg_yaml: str, run_dir: str, entry: str):
         self.cfg_yaml, self.run_dir, self.entry = cfg_yaml, str(run_dir), entry
 
     @property
@@ -79,7 +92,7 @@ class TrainTask:
         return Path(self.run_dir) / "slurm" / ATTEMPTS_FILE
 
     def __call__(self) -> str:
-        # deferred: heavy optional dependency, loaded only when used
+        # deferred: import cost (lightning + torch, ~5 s CPU), only the job on the cluster needs it
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         if global_rank() == 0:
@@ -105,7 +118,7 @@ class TrainTask:
 class EvalPartTask:
     """One benchmark x model evaluation of an array; the entry writes ``<parts_dir>/<task>__<model>.json``."""
 
-    def __init__(self, cfg_yaml: str, task: str, model: str, parts_dir: str, entry: str = EVAL_PART_ENTRY):
+    def __init__(self, cfg_yaml: str, task: str, model: str, parts_dir: str, entry: str):
         self.cfg_yaml, self.task, self.model, self.parts_dir, self.entry = cfg_yaml, task, model, str(parts_dir), entry
 
     def __call__(self) -> dict:
@@ -120,8 +133,7 @@ class GatherTask:
     """Runs after the whole evaluation array (``afterany``): merges the parts into metrics.json / report.md even if
     some parts failed, and says which are missing."""
 
-    def __init__(self, cfg_yaml: str, parts_dir: str, out_dir: str, expected: list[str],
-                 entry: str = EVAL_GATHER_ENTRY):
+    def __init__(self, cfg_yaml: str, parts_dir: str, out_dir: str, expected: list[str], entry: str):
         self.cfg_yaml, self.parts_dir, self.out_dir, self.entry = cfg_yaml, str(parts_dir), str(out_dir), entry
         self.expected = list(expected)
 

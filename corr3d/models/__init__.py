@@ -8,8 +8,11 @@
 from corr3d.models.adapter import read_adapter, save_adapter
 from corr3d.models.backbones import (
                                    BACKBONES,
+                                   FAMILIES,
+                                   BackboneFamily,
                                    BackboneSpec,
-                                   create_vit,
+                                   backbone_family,
+                                   create_backbone,
                                    register_backbone,
                                    resolve_backbone,
 )
@@ -48,9 +51,10 @@ from corr3d.models.weights import WeightsInfo, WeightsUnavailableError, load_wei
 
 __all__ = [
     "COMPARED_MODELS", "compared_model", "compared_model_config", "load_with_adapter", "reference_model_config",
-    "BACKBONES", "BackboneSpec", "ConvHead", "Corr3DModel", "IMGFOCUS_LABEL", "LoRAQKV", "WeightsInfo",
-    "WeightsUnavailableError", "apply_lora", "build_model", "convert_imgfocus_onnx", "create_model", "create_vit",
-    "dinov2_hf_to_timm", "imgfocus_weights_path", "load_model", "load_weights", "merge_lora", "merged_state_dict",
-    "model_config", "paper_input_size", "read_adapter", "register_backbone", "resolve_backbone",
-    "sample_feature_map", "save_adapter", "token_grid", "unfreeze_last_blocks", "vit_tokens",
+    "BACKBONES", "FAMILIES", "BackboneFamily", "BackboneSpec", "ConvHead", "Corr3DModel", "IMGFOCUS_LABEL",
+    "LoRAQKV", "WeightsInfo", "WeightsUnavailableError", "apply_lora", "backbone_family", "build_model",
+    "convert_imgfocus_onnx", "create_backbone", "create_model", "dinov2_hf_to_timm", "imgfocus_weights_path",
+    "load_model", "load_weights", "merge_lora", "merged_state_dict", "model_config", "paper_input_size",
+    "read_adapter", "register_backbone", "resolve_backbone", "sample_feature_map", "save_adapter", "token_grid",
+    "unfreeze_last_blocks", "vit_tokens",
 ]

@@ -2,6 +2,15 @@
 
 Independent of Lightning checkpoints, so ``corr3d.load_model("dinov2_s14", adapter=PATH)`` needs no training code.
 The JSON is also embedded in the safetensors metadata, so the tensor file alone is enough.
+
+Tensor keys are ``Corr3DModel`` state-dict keys (version 2):
+
+- ``backbone.blocks.{i}.attn.qkv.lora_{a,b}_{q,v}``: LoRA factors of adapted ViT block i (A (r, C), B (C, r));
+- ``backbone.<timm key>``: whole unfrozen ViT blocks / ConvNeXt stages (``unfreeze_blocks``, convnet families);
+- ``head.{k}.weight`` (C, C, 3, 3), ``head.{k}.bias`` (C,): the conv head's layers.
+
+Version 1 (before the model attribute ``vit`` was renamed ``backbone``) wrote ``vit.`` where version 2 writes
+``backbone.``; :func:`upgrade_legacy_keys` maps those keys on every load, so old adapters give the same features.
 """
 from __future__ import annotations
 
@@ -25,7 +34,23 @@ from corr3d.utils.safe_load import check_finite_tensors, non_finite_tensor
 log = logging.getLogger(__name__)
 
 ADAPTER_FORMAT = "corr3d-adapter"
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2            # 2: backbone tensors under 'backbone.' (1: under 'vit.'; see the module docstring)
+BACKBONE_PREFIX, LEGACY_BACKBONE_PREFIX = "backbone.", "vit."
+
+
+def upgrade_legacy_keys(tensors: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``tensors`` with ``{prefix}vit.*`` keys (adapters, checkpoints and state dicts written before the rename)
+    renamed ``{prefix}backbone.*``; other keys and the tensors themselves unchanged. A mapping holding both names
+    of one tensor is refused (which one to load would be a guess)."""
+    old, new = prefix + LEGACY_BACKBONE_PREFIX, prefix + BACKBONE_PREFIX
+    out: dict[str, Any] = {}
+    for key, value in tensors.items():
+        name = new + key[len(old):] if key.startswith(old) else key
+        if name in out or (name != key and name in tensors):
+            raise AdapterMismatchError(f"tensor '{name}' is present under both its old name ('{old}...') and its "
+                                       f"current name ('{new}...')", fix="keep one of the two keys")
+        out[name] = value
+    return out
 
 
 def adapter_paths(path) -> tuple[Path, Path]:
@@ -116,6 +141,10 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors = load_file(str(tensor_path))
     except Exception as err:  # noqa: BLE001
         raise DataFileError(f"unreadable adapter tensors ({err})", path=tensor_path, fix=_ADAPTER_FIX) from None
+    try:
+        tensors = upgrade_legacy_keys(tensors)  # version-1 files name the backbone's tensors 'vit.*'
+    except AdapterMismatchError as err:
+        raise AdapterMismatchError(err.message, path=tensor_path, fix=err.fix) from None
     check_finite_tensors(tensors, tensor_path, what="adapter tensor")
     check_adapter_tensors(meta, tensors, tensor_path, meta_path)
     return meta, tensors
@@ -191,27 +220,27 @@ def expected_adapter_shapes(meta: Mapping[str, Any]) -> tuple[dict[str, tuple[in
     shapes: dict[str, tuple[int, ...]] = {}
     for i in range(int(head["num_layers"])):
         shapes[f"head.{i}.weight"], shapes[f"head.{i}.bias"] = (dim, dim, 3, 3), (dim,)
-    complete = not meta["unfreeze_blocks"] and _is_vit(meta)
+    complete = not meta["unfreeze_blocks"] and _family_uses_lora(meta)
     if complete and lora["blocks"]:
         indices = lora.get("block_indices")
         if indices is None or len(indices) != lora["blocks"]:
             return shapes, False  # cannot name the blocks: only the head is checked here
         rank = int(lora["rank"])
         for block in indices:
-            prefix = f"vit.blocks.{block}.attn.qkv.lora_"
+            prefix = f"{BACKBONE_PREFIX}blocks.{block}.attn.qkv.lora_"
             for target in ("q", "v"):
                 shapes[f"{prefix}a_{target}"], shapes[f"{prefix}b_{target}"] = (rank, dim), (dim, rank)
     return shapes, complete
 
 
-def _is_vit(meta: Mapping[str, Any]) -> bool:
-    from corr3d.models.backbones import resolve_backbone  # deferred: pulls in timm only when an adapter is read
+def _family_uses_lora(meta: Mapping[str, Any]) -> bool:
+    """Whether the adapter's backbone family trains LoRA factors (then they and the head are all its tensors)."""
+    from corr3d.models.backbones import backbone_family, resolve_backbone  # deferred: pulls in timm only when read
 
     try:
-        spec = resolve_backbone(meta["backbone"])
+        return backbone_family(resolve_backbone(meta["backbone"])).lora
     except Exception:  # noqa: BLE001 - already reported by _check_backbone
         return True
-    return spec is None or spec.kind == "vit"
 
 
 def check_adapter_tensors(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], tensor_path,
@@ -225,7 +254,7 @@ def check_adapter_tensors(meta: Mapping[str, Any], tensors: Mapping[str, torch.T
     if complete:
         unexpected = sorted(set(tensors) - set(shapes))
     else:  # unfrozen blocks / convnet stages: backbone tensors are fine, foreign head tensors are not
-        unexpected = sorted(k for k in tensors if k not in shapes and not k.startswith("vit."))
+        unexpected = sorted(k for k in tensors if k not in shapes and not k.startswith(BACKBONE_PREFIX))
     if wrong or missing or unexpected:
         what = (f"lora rank {meta['lora']['rank']} on blocks {meta['lora'].get('block_indices')}, "
                 f"{meta['head']['num_layers']} head layer(s), width {meta['embed_dim']}")

@@ -1,18 +1,29 @@
-"""Backbone registry: short names -> timm ids and the facts feature extraction needs.
+"""Backbone registry: short names -> timm ids, the facts feature extraction needs, and each name's family.
 
 The table is static so that facts (patch size, normalisation, prefix tokens) are known without building a model;
 any other timm ViT id also works, its facts are then read from timm's pretrained config and the built model.
+
+A family (:class:`BackboneFamily`, one per kind of network: timm ViTs, timm ConvNeXts) is the only place that knows
+how its networks are built, adapted for training and turned into a dense feature grid; ``Corr3DModel`` calls the
+family of its spec (``FAMILIES[spec.family]``) and has no per-kind branches. Adding a family: subclass
+``BackboneFamily``, add it to ``FAMILIES`` and name it in the registry entries (tests/models/test_backbones.py then
+runs every entry through it).
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
+from torch import nn
 
 from corr3d.errors import NotSupportedError, UnknownNameError
-from corr3d.models.convnet import create_convnet
+from corr3d.models.convnet import adapt_convnet, convnet_map, create_convnet
+from corr3d.models.features import tokens_to_map, vit_tokens
+from corr3d.models.lora import apply_lora, freeze, unfreeze_last_blocks
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,10 +36,10 @@ SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 class BackboneSpec:
     """What corr3d needs to know about a backbone.
 
-    ``kind="vit"``: a timm ViT (``VisionTransformer`` or ``Eva``, e.g. DINOv3 with RoPE); ``patch_size`` is the patch.
-    ``kind="convnet"``: a dense-map CNN (timm ConvNeXt); features are the output of stage ``feature_stage`` and
-    ``patch_size`` is that stage's stride (each cell covers a stride x stride block, like a non-overlapping patch),
-    ``embed_dim`` its channels and ``num_prefix_tokens`` 0.
+    ``family="vit"``: a timm ViT (``VisionTransformer`` or ``Eva``, e.g. DINOv3 with RoPE); ``patch_size`` is the
+    patch. ``family="convnet"``: a dense-map CNN (timm ConvNeXt); features are the output of stage ``feature_stage``
+    and ``patch_size`` is that stage's stride (each cell covers a stride x stride block, like a non-overlapping
+    patch), ``embed_dim`` its channels and ``num_prefix_tokens`` 0. ``family`` is a key of :data:`FAMILIES`.
     """
 
     name: str
@@ -42,7 +53,7 @@ class BackboneSpec:
     weight_sources: tuple[str, ...] = ("hf",)   # offline-capable sources beyond "random" and local files
     description: str = ""
     timm_kwargs: dict = field(default_factory=dict)
-    kind: str = "vit"                 # vit | convnet
+    family: str = "vit"               # a key of FAMILIES: vit | convnet
     feature_stage: int | None = None  # convnet: index of the stage whose output is the feature map
 
     @property
@@ -52,7 +63,7 @@ class BackboneSpec:
     @property
     def hf_hub_id(self) -> str:
         """Hugging Face repository timm publishes these weights under (``timm/<arch>.<tag>``)."""
-        import timm  # deferred: heavy optional dependency, loaded only when used
+        import timm  # deferred: import cost (~2 s), only building a backbone needs it
 
         cfg = timm.models.get_pretrained_cfg(self.timm_id)
         hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -104,7 +115,7 @@ def _default_table() -> dict[str, BackboneSpec]:
                               ("l", "large", (192, 384, 768, 1536))):
         table[f"convnext_{short}"] = BackboneSpec(
             f"convnext_{short}", f"convnext_{size}.fb_in22k_ft_in1k", 16, dims[2], 0, IMAGENET_MEAN, IMAGENET_STD,
-            depth=4, kind="convnet", feature_stage=2,
+            depth=4, family="convnet", feature_stage=2,
             description=f"ConvNeXt-{size.title()} (IN-22k -> IN-1k), stage-2 map (stride 16)")
     return table
 
@@ -114,6 +125,7 @@ BACKBONES: dict[str, BackboneSpec] = _default_table()
 
 def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSpec:
     """Add a short name to the registry (e.g. from a plugin or notebook)."""
+    backbone_family(spec)  # an unknown family fails here, not at the first model built from the entry
     if spec.name in BACKBONES and not overwrite:
         raise KeyError(f"backbone '{spec.name}' already registered (pass overwrite=True to replace it)")
     BACKBONES[spec.name] = spec
@@ -121,7 +133,7 @@ def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSp
 
 
 def _timm_cfg(timm_id: str):
-    import timm  # deferred: heavy optional dependency, loaded only when used
+    import timm  # deferred: import cost (~2 s), only building a backbone needs it
 
     return timm.models.get_pretrained_cfg(timm_id)
 
@@ -136,7 +148,7 @@ def resolve_backbone(name: str) -> BackboneSpec | None:
     for spec in BACKBONES.values():  # a timm id that the table knows under a short name
         if name in (spec.timm_id, spec.architecture):
             return spec
-    import timm  # deferred: heavy optional dependency, loaded only when used
+    import timm  # deferred: import cost (~2 s), only building a backbone needs it
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
@@ -168,40 +180,12 @@ def spec_from_model(name: str, model: torch.nn.Module) -> BackboneSpec:
     )
 
 
-def create_vit(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
-               ) -> tuple[torch.nn.Module, BackboneSpec]:
-    """Build the timm backbone with random weights (weights are loaded separately) and return it with its spec.
-
-    ConvNeXt-style entries (``kind="convnet"``) go through :func:`corr3d.models.convnet.create_convnet`.
-
-    ``dynamic_img_size`` lets one model run at any input size (position embeddings resampled on the fly);
-    ``num_classes=0`` drops classifier heads we never use.
-    """
-    import timm  # deferred: heavy optional dependency, loaded only when used
-
+def create_backbone(spec_or_name: BackboneSpec | str, timm_kwargs: dict | None = None
+                    ) -> tuple[nn.Module, BackboneSpec]:
+    """Build the backbone with random weights (weights are loaded separately) and return it with its spec, through
+    the family of its registry entry (a timm id outside the table is built as a timm ViT)."""
     spec = spec_or_name if isinstance(spec_or_name, BackboneSpec) else resolve_backbone(spec_or_name)
-    if spec is not None and spec.kind == "convnet":
-        return create_convnet(spec, timm_kwargs)
-    name = spec.timm_id if spec is not None else str(spec_or_name)
-    kwargs = {**(spec.timm_kwargs if spec else {}), **(timm_kwargs or {})}
-    not_vit = NotSupportedError(f"'{name}' is not a ViT with patch_embed/blocks; corr3d needs a plain timm "
-                                "VisionTransformer", fix="choose a ViT backbone, e.g. model.backbone=dinov2_s14")
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
-    except TypeError as err:
-        if "dynamic_img_size" in str(err):  # only ViT constructors take it: a CNN/other family was named
-            raise not_vit from None
-        raise
-    if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
-        raise not_vit
-    built = spec_from_model(spec.name if spec else str(spec_or_name), model)
-    if spec is None:
-        spec = built
-    elif kwargs:  # e.g. tiny test variants: the built model's facts win over the table
-        spec = dataclasses.replace(spec, patch_size=built.patch_size, embed_dim=built.embed_dim,
-                                   num_prefix_tokens=built.num_prefix_tokens, depth=built.depth)
-    _check_spec(spec, built)
-    return model, spec
+    return backbone_family(spec).build(spec if spec is not None else str(spec_or_name), timm_kwargs)
 
 
 def _check_spec(spec: BackboneSpec, built: BackboneSpec) -> None:
@@ -209,3 +193,133 @@ def _check_spec(spec: BackboneSpec, built: BackboneSpec) -> None:
         if getattr(spec, fact) != getattr(built, fact):
             raise ValueError(f"backbone table entry '{spec.name}' says {fact}={getattr(spec, fact)} but timm built "
                              f"{getattr(built, fact)}; fix corr3d.models.backbones")
+
+
+# ------------------------------------------------------------------------------------------------------- families
+class BackboneFamily(abc.ABC):
+    """How one kind of network is built, adapted for training and turned into a dense (B, C, h, w) grid.
+
+    The grid's cell (i, j) is centred at input pixel (j * s + p / 2, i * s + p / 2) for ``p = spec.patch_size`` and
+    stride ``s`` (= p unless an overlapping stride is asked of a family with ``overlapping_stride``), so point
+    sampling (models/features.py) is the same for every family.
+    """
+
+    #: the key of this family in :data:`FAMILIES` and in ``BackboneSpec.family``
+    name: str
+    #: ``feature_map`` honours an overlapping patch ``stride``; otherwise the grid always has its native stride
+    overlapping_stride: bool
+    #: ``adapt`` puts LoRA factors on the network (unless ``unfreeze_blocks``): an adapter then holds exactly the LoRA
+    #: and head tensors, whose shapes its metadata implies (models/adapter.py ``expected_adapter_shapes``)
+    lora: bool
+
+    @abc.abstractmethod
+    def build(self, spec: BackboneSpec | str, timm_kwargs: dict | None = None) -> tuple[nn.Module, BackboneSpec]:
+        """The network with random weights and its spec completed from it (``spec``: a table entry, or for the ViT
+        family a timm id outside the table)."""
+
+    @abc.abstractmethod
+    def adapt(self, backbone: nn.Module, spec: BackboneSpec, config: Mapping) -> list[int]:
+        """Freeze ``backbone`` and make trainable what the ``model:`` section ``config`` asks for (``lora``,
+        ``unfreeze_blocks``), in the last blocks; returns the adapted block (or stage) indices."""
+
+    @abc.abstractmethod
+    def feature_map(self, backbone: nn.Module, x: torch.Tensor, spec: BackboneSpec, layer: int, final_norm: bool,
+                    stride: int | None = None) -> torch.Tensor:
+        """(B, C, h, w) dense grid of the normalised input batch ``x`` at the model's ``layer``."""
+
+    @abc.abstractmethod
+    def describe_adaptation(self, config: Mapping, adapted: list[int]) -> str:
+        """What ``adapt`` trained, for messages (e.g. an adapter that does not fit)."""
+
+
+class TimmViTFamily(BackboneFamily):
+    """timm ``VisionTransformer`` / ``Eva`` (DINOv2/v3, CLIP, SigLIP 2, MAE, DeiT, any timm ViT id): LoRA on q/v of
+    the last blocks or partially unfrozen blocks; the grid is the patch tokens after block ``layer``."""
+
+    name, overlapping_stride, lora = "vit", True, True
+
+    def build(self, spec, timm_kwargs=None):
+        """``dynamic_img_size`` lets one model run at any input size (position embeddings resampled on the fly);
+        ``num_classes=0`` drops classifier heads we never use."""
+        import timm  # deferred: import cost (~2 s), only building a backbone needs it
+
+        entry = spec if isinstance(spec, BackboneSpec) else None
+        name = entry.timm_id if entry is not None else str(spec)
+        kwargs = {**(entry.timm_kwargs if entry else {}), **(timm_kwargs or {})}
+        not_vit = NotSupportedError(f"'{name}' is not a ViT with patch_embed/blocks; corr3d needs a plain timm "
+                                    "VisionTransformer", fix="choose a ViT backbone, e.g. model.backbone=dinov2_s14")
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+        except TypeError as err:
+            if "dynamic_img_size" in str(err):  # only ViT constructors take it: a CNN/other family was named
+                raise not_vit from None
+            raise
+        if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
+            raise not_vit
+        built = spec_from_model(entry.name if entry else str(spec), model)
+        if entry is None:
+            entry = built
+        elif kwargs:  # e.g. tiny test variants: the built model's facts win over the table
+            entry = dataclasses.replace(entry, patch_size=built.patch_size, embed_dim=built.embed_dim,
+                                        num_prefix_tokens=built.num_prefix_tokens, depth=built.depth)
+        _check_spec(entry, built)
+        return model, entry
+
+    def adapt(self, backbone, spec, config):
+        if config["unfreeze_blocks"] > 0:  # "partially unfrozen" replaces LoRA
+            return unfreeze_last_blocks(backbone, config["unfreeze_blocks"])
+        lora = config["lora"]
+        if lora["blocks"] > 0:
+            return apply_lora(backbone, blocks=lora["blocks"], rank=lora["rank"], alpha=lora["alpha"])
+        freeze(backbone)
+        return []
+
+    def feature_map(self, backbone, x, spec, layer, final_norm, stride=None):
+        tokens, grid = vit_tokens(backbone, x, layer=layer, final_norm=final_norm, stride=stride)
+        return tokens_to_map(tokens, spec.num_prefix_tokens, grid)
+
+    def describe_adaptation(self, config, adapted):
+        if config["unfreeze_blocks"]:
+            return f"trained blocks/stages {adapted}"
+        return f"LoRA rank {config['lora']['rank']} on blocks {adapted}"
+
+
+class TimmConvNeXtFamily(BackboneFamily):
+    """timm ConvNeXt (paper Table 13; models/convnet.py): no attention to put LoRA on, so the last stage(s) up to
+    the feature stage are trained instead; the grid is the output of stage ``spec.feature_stage`` (``layer`` and
+    ``final_norm`` are ViT options and do not apply)."""
+
+    name, overlapping_stride, lora = "convnet", False, False
+
+    def build(self, spec, timm_kwargs=None):
+        if not isinstance(spec, BackboneSpec):  # timm ids outside the table are built as ViTs (TimmViTFamily)
+            raise NotSupportedError(f"'{spec}' is not a registry entry; the convnet family builds registry entries "
+                                    "only", fix="register it with register_backbone(BackboneSpec(..., "
+                                    "family='convnet', feature_stage=...))")
+        return create_convnet(spec, timm_kwargs)
+
+    def adapt(self, backbone, spec, config):
+        return adapt_convnet(backbone, config, spec.feature_stage)
+
+    def feature_map(self, backbone, x, spec, layer, final_norm, stride=None):
+        return convnet_map(backbone, x, spec.feature_stage)
+
+    def describe_adaptation(self, config, adapted):
+        return f"trained blocks/stages {adapted}"
+
+
+FAMILIES: dict[str, BackboneFamily] = {family.name: family for family in (TimmViTFamily(), TimmConvNeXtFamily())}
+
+
+def backbone_family(spec: BackboneSpec | None) -> BackboneFamily:
+    """The family of a registry entry (None, i.e. a timm id outside the table: the timm ViT family)."""
+    if spec is None:
+        return FAMILIES["vit"]
+    family = FAMILIES.get(spec.family)
+    if family is None:
+        close = difflib.get_close_matches(str(spec.family), list(FAMILIES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UnknownNameError(f"backbone '{spec.name}' names family '{spec.family}', which is not one of "
+                               f"{', '.join(FAMILIES)}{hint}", fix=f"set BackboneSpec.family to one of "
+                                                                  f"{', '.join(FAMILIES)}")
+    return family

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from corr3d.errors import AdapterMismatchError, Corr3dUserError, DataFileError
-from corr3d.models.adapter import read_adapter
+from corr3d.models.adapter import BACKBONE_PREFIX, read_adapter
 from corr3d.models.factory import create_model
 from corr3d.models.weights import WeightsInfo
 from corr3d.utils.safe_load import check_finite_tensors, load_failure_reason, unsafe_pickle_globals
@@ -122,7 +122,7 @@ def authors_to_corr3d(ckpt: dict, depth: int) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint adapts {blocks} blocks but the backbone has {depth}")
     out: dict[str, torch.Tensor] = {}
     for i in range(blocks):
-        prefix = f"vit.blocks.{depth - blocks + i}.attn.qkv."
+        prefix = f"{BACKBONE_PREFIX}blocks.{depth - blocks + i}.attn.qkv."
         out[prefix + "lora_a_q"], out[prefix + "lora_b_q"] = a_list[2 * i], b_list[2 * i]
         out[prefix + "lora_a_v"], out[prefix + "lora_b_v"] = a_list[2 * i + 1], b_list[2 * i + 1]
     conv = refine_conv_state(ckpt)
@@ -162,7 +162,7 @@ def import_checkpoint(path, backbone: str, out, base_weights: str = DEFAULT_BASE
                                    f"{model.embed_dim} (expected {model.embed_dim}, found {embed_dim})", path=path,
                                    fix=f"pass the --backbone this checkpoint was trained on (one of width {embed_dim})")
     try:
-        tensors = authors_to_corr3d(ckpt, len(model.vit.blocks))
+        tensors = authors_to_corr3d(ckpt, len(model.backbone.blocks))
         expected = model.adapter_state_dict()
         wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}" for k, v in tensors.items()
                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
@@ -210,7 +210,7 @@ def corr3d_to_authors(meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str,
                                                            "bias": tensors["head.0.bias"].clone()}},
                             "epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.0.0"}
     for i, block in enumerate(indices):
-        prefix = f"vit.blocks.{block}.attn.qkv."
+        prefix = f"{BACKBONE_PREFIX}blocks.{block}.attn.qkv."
         for j, target in enumerate(("q", "v")):
             ckpt[f"w_a_{2 * i + j:03d}"] = tensors[prefix + f"lora_a_{target}"].clone()
             # the authors apply no scaling: fold ours into B so that B A x is unchanged

@@ -13,23 +13,23 @@
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.config_schema import HeadConfig, LoraConfig, ModelConfig
 from corr3d.errors import AdapterMismatchError
 from corr3d.models.adapter import (
     adapter_base_weights,
     config_from_metadata,
     read_adapter,
 )
-from corr3d.models.backbones import create_vit, resolve_backbone
+from corr3d.models.backbones import create_backbone, resolve_backbone
 from corr3d.models.model import (
-    DEFAULT_MODEL_CONFIG,
     STRUCTURAL_KEYS,
     Corr3DModel,
     model_config,
@@ -45,17 +45,32 @@ log = logging.getLogger(__name__)
 COMPARED_MODELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")
 
 
-def create_model(backbone: str = "dinov2_s14", weights: str = "auto", **overrides) -> Corr3DModel:
-    """Build the backbone, load ``weights``, add LoRA/unfreezing and the head (no adapter)."""
-    cfg = model_config(backbone=backbone, weights=weights, **overrides)
-    vit, spec = create_vit(cfg["backbone"], cfg["timm_kwargs"])
-    info = load_weights(vit, spec, cfg["weights"])
-    model = Corr3DModel(vit, spec, cfg, info)
-    log.info("corr3d model: %s", model.describe())
-    return model
+ModelSection = ModelConfig | DictConfig | Mapping
 
 
-def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapter=None, **overrides) -> Corr3DModel:
+def as_model_config(section: ModelSection | None = None, **overrides) -> ModelConfig:
+    """The typed ``model:`` section the factories build from. A loaded config's ``cfg.model`` (a DictConfig typed by
+    the schema) or a :class:`ModelConfig` is complete: the schema applied its defaults at load time, so it is taken
+    as it is. A plain mapping and ``overrides`` (nested dicts or flat aliases such as ``head_layers=0``: Python
+    callers, adapter metadata) go over the schema's defaults here, once (``model_config``)."""
+    if OmegaConf.is_config(section):
+        section = (OmegaConf.to_object(section) if OmegaConf.get_type(section) is ModelConfig
+                   else OmegaConf.to_container(section, resolve=True))
+    if isinstance(section, ModelConfig) and not overrides:
+        return section
+    plain = model_config(section, **overrides)
+    return ModelConfig(**{**plain, "lora": LoraConfig(**plain["lora"]), "head": HeadConfig(**plain["head"])})
+
+
+def create_model(backbone: str = ModelConfig.backbone, weights: str = ModelConfig.weights,
+                 **overrides) -> Corr3DModel:
+    """Build the backbone, load ``weights``, add LoRA/unfreezing and the head (no adapter). The public entry for
+    Python callers: ``overrides`` (keys of the ``model:`` section) go over the schema's defaults."""
+    return build_model(as_model_config(backbone=backbone, weights=weights, **overrides))
+
+
+def load_model(backbone: str | None = ModelConfig.backbone, weights: str = ModelConfig.weights, adapter=None,
+               **overrides) -> Corr3DModel:
     """A ready feature model: ``load_model("dinov2_s14")``, ``load_model("clip_b16", weights="hf")``,
     ``load_model("dinov2_s14", adapter="runs/x/latest/adapter.safetensors")``.
 
@@ -72,28 +87,28 @@ def load_model(backbone: str | None = "dinov2_s14", weights: str = "auto", adapt
     for alias, (group, leaf) in (("lora_blocks", ("lora", "blocks")), ("head_layers", ("head", "num_layers"))):
         if alias not in overrides and leaf not in (overrides.get(group) or {}):
             overrides[alias] = 0
-    return create_model(backbone or DEFAULT_MODEL_CONFIG["backbone"], weights, **overrides).eval()
+    return create_model(backbone or ModelConfig.backbone, weights, **overrides).eval()
 
 
-def build_model(model_cfg) -> Corr3DModel:
-    """From the ``model:`` section of an experiment config (OmegaConf DictConfig or plain mapping)."""
-    cfg = _plain(model_cfg)
-    adapter = cfg.pop("adapter", None)
-    if adapter is not None:
-        return load_with_adapter(adapter, backbone=cfg.pop("backbone", None), weights=cfg.pop("weights", "auto"),
-                                 **cfg)
-    return create_model(cfg.pop("backbone", "dinov2_s14"), cfg.pop("weights", "auto"), **cfg)
+def build_model(model_cfg: ModelSection) -> Corr3DModel:
+    """From a ``model:`` section: a loaded config's ``cfg.model`` or a :class:`ModelConfig` (taken as it is), or a
+    plain mapping (over the schema's defaults, :func:`as_model_config`)."""
+    cfg = as_model_config(model_cfg)
+    backbone, spec = create_backbone(cfg.backbone, cfg.timm_kwargs)
+    info = load_weights(backbone, spec, cfg.weights)
+    model = Corr3DModel(backbone, spec, cfg, info)
+    log.info("corr3d model: %s", model.describe())
+    return model
 
 
-def _check_structure(cfg: dict, overrides: dict) -> None:
-    trained, probe = model_config(cfg), model_config(cfg, **overrides)  # also validates flat aliases
+def _check_structure(trained: ModelConfig, probe: ModelConfig) -> None:
     for key in STRUCTURAL_KEYS:
-        if probe[key] != trained[key]:
-            raise ValueError(f"model.{key} is fixed by the adapter ({trained[key]}); cannot override it with "
-                             f"{probe[key]}")
+        was, asked = model_config(trained)[key], model_config(probe)[key]
+        if asked != was:
+            raise ValueError(f"model.{key} is fixed by the adapter ({was}); cannot override it with {asked}")
 
 
-def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", **overrides):
+def load_with_adapter(path, backbone: str | None = None, weights: str = ModelConfig.weights, **overrides):
     """Rebuild the model an adapter was trained with and load its tensors."""
     meta, tensors = read_adapter(path)
     if backbone is not None and backbone != meta["backbone"]:
@@ -102,11 +117,10 @@ def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", 
             raise AdapterMismatchError(f"adapter {path} was trained for backbone '{meta['backbone']}' "
                                        f"({meta['timm_id']}), not '{backbone}'", path=path,
                                        fix=f"pass backbone='{meta['backbone']}' or backbone=None")
-    cfg = config_from_metadata(meta)
-    _check_structure(cfg, overrides)
-    cfg = model_config(cfg, **overrides)
-    cfg["weights"] = adapter_base_weights(weights, meta)
-    model = create_model(**cfg)
+    trained = as_model_config(config_from_metadata(meta))
+    cfg = as_model_config(trained, **overrides)   # also validates flat aliases
+    _check_structure(trained, cfg)
+    model = build_model(dataclasses.replace(cfg, weights=adapter_base_weights(weights, meta)))
     model.load_adapter_state(tensors, source=path)   # AdapterMismatchError naming the file: keys and shapes
     log.info("loaded adapter %s (%d tensors) trained on %s weights", path, len(tensors),
              meta.get("weights", {}).get("source"))
@@ -114,45 +128,36 @@ def load_with_adapter(path, backbone: str | None = None, weights: str = "auto", 
 
 
 # ------------------------------------------------------------------------------------------------ compared models
-def _plain(model_cfg: Mapping | None) -> dict[str, Any]:
-    """A resolved, independent plain-dict copy of a ``model:`` section (DictConfig or mapping)."""
-    if isinstance(model_cfg, DictConfig):
-        return OmegaConf.to_container(model_cfg, resolve=True)
-    return copy.deepcopy(dict(model_cfg or {}))
-
-
-def reference_model_config(model_cfg: Mapping | None = None, adapter: str | Path | None = None,
-                           backbone: str | None = None) -> dict[str, Any]:
+def reference_model_config(model_cfg: ModelSection | None = None, adapter: str | Path | None = None,
+                           backbone: str | None = None) -> ModelConfig:
     """The configuration every compared model derives from: the adapter's own (so the baselines run at the
     resolution/layer/norm the adapter was trained with), else the experiment's ``model:`` section; ``backbone``
     swaps the backbone (only without an adapter)."""
-    cfg = _plain(model_cfg)
+    cfg = as_model_config(model_cfg)
     if adapter is not None:
-        meta, _ = read_adapter(adapter)
-        cfg = {**model_config(cfg), **config_from_metadata(meta),
-               "weights": adapter_base_weights(str(cfg.get("weights", "auto")), meta)}
-    elif backbone:
-        cfg["backbone"] = backbone
-    cfg.pop("adapter", None)
-    return model_config(cfg)
+        meta, _ = read_adapter(adapter)   # the metadata holds every key but weights
+        return as_model_config({**config_from_metadata(meta), "weights": adapter_base_weights(cfg.weights, meta)})
+    return dataclasses.replace(cfg, backbone=backbone) if backbone else cfg
 
 
-def compared_model_config(reference: Mapping, name: str, seed: int = 0) -> dict[str, Any]:
+def compared_model_config(reference: ModelSection, name: str, seed: int = 0) -> ModelConfig:
     """The configuration of compared model ``name``: ``reference`` with only weights / LoRA / head changed."""
-    cfg = model_config(reference)
-    if name in ("pretrained", "random"):
-        cfg.update(lora={**cfg["lora"], "blocks": 0}, unfreeze_blocks=0, head={**cfg["head"], "num_layers": 0})
-        if name == "random":
-            cfg["weights"] = f"random:{int(seed)}"
-    elif name == "pretrained_default_conv":
-        cfg.update(lora={**cfg["lora"], "blocks": 0}, unfreeze_blocks=0,
-                   head={**cfg["head"], "num_layers": max(1, int(cfg["head"]["num_layers"])), "init": "default"})
-    elif name not in ("pretrained_head_init", "finetuned"):
+    ref = as_model_config(reference)
+    no_adaptation = {"lora": dataclasses.replace(ref.lora, blocks=0), "unfreeze_blocks": 0}
+    if name == "pretrained":
+        return dataclasses.replace(ref, **no_adaptation, head=dataclasses.replace(ref.head, num_layers=0))
+    if name == "random":
+        return dataclasses.replace(ref, **no_adaptation, head=dataclasses.replace(ref.head, num_layers=0),
+                                   weights=f"random:{seed}")
+    if name == "pretrained_default_conv":
+        return dataclasses.replace(ref, **no_adaptation, head=dataclasses.replace(
+            ref.head, num_layers=max(1, ref.head.num_layers), init="default"))
+    if name not in ("pretrained_head_init", "finetuned"):
         raise ValueError(f"unknown compared model {name!r}; known: {', '.join(COMPARED_MODELS)}")
-    return cfg
+    return ref
 
 
-def compared_model(name: str, model_cfg: Mapping | None = None, adapter: str | Path | None = None,
+def compared_model(name: str, model_cfg: ModelSection | None = None, adapter: str | Path | None = None,
                    seed: int = 0, backbone: str | None = None) -> Corr3DModel:
     """Build compared model ``name`` (see the module docstring). ``seed`` is the run's seed: it fixes the head init
     of ``pretrained_head_init`` (same RNG state as training's start) and the random backbone of ``random``."""
@@ -160,7 +165,7 @@ def compared_model(name: str, model_cfg: Mapping | None = None, adapter: str | P
         raise FileNotFoundError("the 'finetuned' model needs an adapter (adapter.safetensors of a training run)")
     reference = reference_model_config(model_cfg, adapter=adapter, backbone=backbone)
     cfg = compared_model_config(reference, name, seed=seed)
-    torch.manual_seed(int(seed))
+    torch.manual_seed(seed)
     if name == "finetuned":  # the reference is the adapter's own configuration: nothing to override
-        return load_model(None, weights=cfg["weights"], adapter=adapter)
-    return create_model(**cfg)
+        return load_model(None, weights=cfg.weights, adapter=adapter)
+    return build_model(cfg)

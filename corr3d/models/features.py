@@ -135,7 +135,7 @@ def add_pos_embed(vit: torch.nn.Module, x: torch.Tensor, interp: str | None = No
 
     ``interp`` (default: the ViT's ``POS_EMBED_INTERP_ATTR`` attribute, else ``exact``): ``exact`` resizes to the
     grid size; ``dinov2`` uses the official scale factor with the +0.1 offset (``dinov2_resample_pos_embed``)."""
-    from timm.layers import resample_abs_pos_embed  # deferred: heavy optional dependency, loaded only when used
+    from timm.layers import resample_abs_pos_embed  # deferred: import cost (timm, ~2 s)
 
     interp = interp or getattr(vit, POS_EMBED_INTERP_ATTR, "exact")
     if interp not in POS_EMBED_INTERP:
@@ -234,7 +234,7 @@ def fused_attention_status(vit: torch.nn.Module) -> dict[str, object]:
     """Whether the timm blocks run ``F.scaled_dot_product_attention`` (fused flash / memory-efficient kernels on
     CUDA) instead of the explicit softmax(QK^T)V: timm decides per ``Attention`` module at construction from
     ``timm.layers.use_fused_attn()`` (env ``TIMM_FUSED_ATTN``)."""
-    from timm.layers import use_fused_attn  # deferred: heavy optional dependency, loaded only when used
+    from timm.layers import use_fused_attn  # deferred: import cost (timm, ~2 s)
 
     flags = [bool(getattr(block.attn, "fused_attn", False)) for block in getattr(vit, "blocks", [])]
     return {"timm_use_fused_attn": bool(use_fused_attn()), "blocks": len(flags), "fused_blocks": sum(flags),

@@ -1,7 +1,7 @@
-"""``Corr3DModel``: a timm ViT (+ LoRA or partially unfrozen blocks) + conv head, with dense/point feature access."""
+"""``Corr3DModel``: a backbone (+ LoRA or partially unfrozen blocks, through its family in models/backbones.py) +
+conv head, with dense/point feature access."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -14,30 +14,20 @@ from torch import nn
 from corr3d.config_schema import ModelConfig
 from corr3d.errors import AdapterMismatchError, NonFiniteFeaturesError
 from corr3d.geometry.pixels import pixel_grid_tensor
-from corr3d.models.adapter import save_adapter
-from corr3d.models.backbones import BackboneSpec
-from corr3d.models.convnet import adapt_convnet, convnet_map
+from corr3d.models.adapter import save_adapter, upgrade_legacy_keys
+from corr3d.models.backbones import BackboneFamily, BackboneSpec, backbone_family
 from corr3d.models.features import (
     POS_EMBED_INTERP_ATTR,
     paper_input_size,
     sample_feature_map,
-    tokens_to_map,
-    vit_tokens,
 )
 from corr3d.models import shared
 from corr3d.models.head import ConvHead
-from corr3d.models.lora import (
-    LoRAQKV,
-    apply_lora,
-    merged_state_dict,
-    unfreeze_last_blocks,
-)
+from corr3d.models.lora import LoRAQKV, merged_state_dict
 from corr3d.models.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
 
-# The typed schema's `model:` section as plain dicts (stdlib only: hubconf.py stays free of OmegaConf/Lightning).
-DEFAULT_MODEL_CONFIG: dict[str, Any] = dataclasses.asdict(ModelConfig())
 # Flat aliases accepted by load_model(**overrides), e.g. load_model("dinov2_s14", head_layers=0).
 FLAT_ALIASES = {"lora_rank": ("lora", "rank"), "lora_blocks": ("lora", "blocks"), "lora_alpha": ("lora", "alpha"),
                 "head_layers": ("head", "num_layers"), "head_init": ("head", "init")}
@@ -68,10 +58,13 @@ def assert_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
     return tensor
 
 
-def model_config(base: Mapping | None = None, **overrides) -> dict[str, Any]:
-    """Defaults <- ``base`` <- ``overrides`` (nested dicts or flat aliases); unknown keys fail loudly."""
-    cfg = copy.deepcopy(DEFAULT_MODEL_CONFIG)
-    for source in (base or {}), overrides:
+def model_config(base: ModelConfig | Mapping | None = None, **overrides) -> dict[str, Any]:
+    """The plain-dict form of a ``model:`` section (what ``Corr3DModel.config`` holds), ``overrides`` (nested dicts or
+    flat aliases) applied; unknown keys fail loudly. A typed :class:`ModelConfig` is complete (the schema gave it its
+    defaults when the config was loaded) and is taken as it is; a partial mapping (Python callers) goes over the
+    schema's defaults. Stdlib only: hubconf.py stays free of OmegaConf/Lightning."""
+    cfg = dataclasses.asdict(base if isinstance(base, ModelConfig) else ModelConfig())
+    for source in ({} if isinstance(base, ModelConfig) else base or {}), overrides:
         for key, value in dict(source).items():
             if key in FLAT_ALIASES:
                 group, leaf = FLAT_ALIASES[key]
@@ -92,48 +85,48 @@ class Corr3DModel(nn.Module):
     """Feature model. Images are float (B, 3, H, W) in [0, 1]; normalisation and resizing happen inside.
 
     ``forward`` gives the raw (B, C, h, w) map (training path); ``dense_features``/``point_features`` are
-    L2-normalised. ``vit`` is the timm backbone, ``head`` the conv refinement head.
+    L2-normalised. ``backbone`` is the timm network (its family: ``family``), ``head`` the conv refinement head.
+    State dicts written before ``vit`` was renamed ``backbone`` load unchanged (``_upgrade_legacy_keys``).
     """
 
     #: evaluation (eval mode) refuses NaN/inf feature maps (``assert_finite``); training checks its own loss/weights
     check_finite: bool = True
 
-    def __init__(self, vit: nn.Module, spec: BackboneSpec, config: Mapping, weights_info: WeightsInfo | None = None):
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, config: Mapping,
+                 weights_info: WeightsInfo | None = None):
         super().__init__()
         self.config = model_config(config)
         self.spec = spec
-        self.vit = vit
+        self.backbone = backbone
         # how add_pos_embed resamples position embeddings (model.pos_embed_interp; corr3d/models/features.py)
-        setattr(self.vit, POS_EMBED_INTERP_ATTR, self.config.get("pos_embed_interp", "exact"))
+        setattr(self.backbone, POS_EMBED_INTERP_ATTR, self.config.get("pos_embed_interp", "exact"))
         self.weights_info = weights_info or WeightsInfo("unknown", None, "weights loaded by the caller")
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
-        self.adapted_blocks = self._adapt_backbone()
+        self.adapted_blocks = self.family.adapt(self.backbone, spec, self.config)
         head = self.config["head"]
         self.head = ConvHead(spec.embed_dim, head["num_layers"], head["init"])
+        # old checkpoints and adapters name the backbone's tensors 'vit.*'
+        self.register_load_state_dict_pre_hook(self._upgrade_legacy_keys)
 
-    # -- construction -------------------------------------------------------------------------------------------
-    def _adapt_backbone(self) -> list[int]:
-        cfg = self.config
-        if self.is_convnet:  # no attention to put LoRA on: train the last stage(s) instead (models/convnet.py)
-            return adapt_convnet(self.vit, cfg, self.spec.feature_stage)
-        if cfg["unfreeze_blocks"] > 0:  # "partially unfrozen" replaces LoRA
-            return unfreeze_last_blocks(self.vit, cfg["unfreeze_blocks"])
-        lora = cfg["lora"]
-        if lora["blocks"] > 0:
-            return apply_lora(self.vit, blocks=lora["blocks"], rank=lora["rank"], alpha=lora["alpha"])
-        for param in self.vit.parameters():
-            param.requires_grad_(False)
-        return []
+    @staticmethod
+    def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:
+        """``load_state_dict`` pre-hook: ``{prefix}vit.*`` keys (written before the rename) -> ``{prefix}backbone.*``,
+        in place, so ``strict`` loading and missing/unexpected-key reports see the current names."""
+        upgraded = upgrade_legacy_keys(state_dict, prefix)
+        if upgraded.keys() != state_dict.keys():
+            state_dict.clear()
+            state_dict.update(upgraded)
 
     # -- facts ----------------------------------------------------------------------------------------------------
     @property
-    def is_convnet(self) -> bool:
-        return self.spec.kind == "convnet"
+    def family(self) -> BackboneFamily:
+        """How this backbone is built, adapted and turned into a grid (models/backbones.py ``FAMILIES``)."""
+        return backbone_family(self.spec)
 
     def _stride(self, stride: int | None) -> int | None:
-        """Overlapping strides are a patch-embedding option; a convnet map always has its native stride."""
-        return None if self.is_convnet else stride
+        """An overlapping stride where the family supports it; otherwise the grid's native stride (None)."""
+        return stride if self.family.overlapping_stride else None
 
     @property
     def patch_size(self) -> int:
@@ -162,21 +155,17 @@ class Corr3DModel(nn.Module):
 
     def forward(self, images: torch.Tensor, input_size: tuple[int, int] | None = None,
                 stride: int | None = None) -> torch.Tensor:
-        """Raw (not normalised) (B, C, h, w) map: backbone tokens (prefix tokens dropped) -> conv head."""
+        """Raw (not normalised) (B, C, h, w) map: the backbone family's dense grid -> conv head."""
         input_size = tuple(input_size or self.input_size(*images.shape[-2:]))
-        if self.is_convnet:
-            fmap = self.head(convnet_map(self.vit, self.preprocess(images, input_size), self.spec.feature_stage))
-        else:
-            tokens, grid = self._backbone_tokens(self.preprocess(images, input_size), stride)
-            fmap = self.head(tokens_to_map(tokens, self.spec.num_prefix_tokens, grid))
+        fmap = self.head(self._backbone_map(self.preprocess(images, input_size), self._stride(stride)))
         if self.check_finite and not self.training and not torch.jit.is_tracing() \
                 and not torch.compiler.is_compiling():
             assert_finite(fmap, f"features of {self.name_for_errors()}")
         return fmap
 
-    def _backbone_tokens(self, x: torch.Tensor, stride: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The backbone's tokens for the preprocessed batch ``x``; inside ``shared_backbone_maps`` computed once per
-        (frozen backbone, input) for every compared model that shares that backbone (corr3d/models/shared.py)."""
+    def _backbone_map(self, x: torch.Tensor, stride: int | None) -> torch.Tensor:
+        """The backbone's (B, C, h, w) grid for the preprocessed batch ``x``; inside ``shared_backbone_maps`` computed
+        once per (frozen backbone, input) for every compared model that shares that backbone (models/shared.py)."""
         store = shared.active()
         backbone = store.backbone_key(self) if store is not None else None
         key = None
@@ -185,11 +174,11 @@ class Corr3DModel(nn.Module):
             found = store.get(key)
             if found is not None:
                 return found
-        tokens, grid = vit_tokens(self.vit, x, layer=self.config["layer"], final_norm=self.config["final_norm"],
-                                  stride=stride)
+        fmap = self.family.feature_map(self.backbone, x, self.spec, layer=self.config["layer"],
+                                       final_norm=self.config["final_norm"], stride=stride)
         if key is not None:
-            store.put(key, tokens, grid)
-        return tokens, grid
+            store.put(key, fmap)
+        return fmap
 
     def name_for_errors(self) -> str:
         """Which model this is, for error messages: backbone, weights and (if loaded) the adapter file."""
@@ -241,14 +230,16 @@ class Corr3DModel(nn.Module):
 
     def merged_backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """Plain timm state dict of the backbone with LoRA folded into qkv (loads into timm with no corr3d code)."""
-        return merged_state_dict(self.vit)
+        return merged_state_dict(self.backbone)
 
     def save_adapter(self, path) -> Path:
         return save_adapter(self, path)
 
     def load_adapter_state(self, tensors: Mapping[str, torch.Tensor], source=None) -> None:
         """Load adapter tensors after checking they are exactly this model's adapter tensors with its shapes;
-        otherwise :class:`AdapterMismatchError` naming ``source`` (the file) and expected vs found."""
+        otherwise :class:`AdapterMismatchError` naming ``source`` (the file) and expected vs found. Tensors saved
+        before the rename (``vit.*``) are accepted under their current names."""
+        tensors = upgrade_legacy_keys(tensors)
         expected = self.adapter_state_dict()
         wrong = [f"'{k}' expected {tuple(expected[k].shape)}, found {tuple(v.shape)}" for k, v in tensors.items()
                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
@@ -265,16 +256,13 @@ class Corr3DModel(nn.Module):
             self.adapter_source = str(source)
 
     def describe_structure(self) -> str:
-        if self.config["unfreeze_blocks"] or self.is_convnet:
-            trained = f"trained blocks/stages {self.adapted_blocks}"
-        else:
-            trained = f"LoRA rank {self.config['lora']['rank']} on blocks {self.adapted_blocks}"
+        trained = self.family.describe_adaptation(self.config, self.adapted_blocks)
         return f"{trained}, {self.head.num_layers} head layer(s), width {self.embed_dim}"
 
     def describe(self) -> str:
         trainable = sum(p.numel() for p in self.trainable_parameters())
         total = sum(p.numel() for p in self.parameters())
-        lora = sum(isinstance(m, LoRAQKV) for m in self.vit.modules())
+        lora = sum(isinstance(m, LoRAQKV) for m in self.backbone.modules())
         return (f"{self.spec.name} ({self.spec.timm_id}, patch {self.patch_size}, dim {self.embed_dim}); "
                 f"weights: {self.weights_info.source} - {self.weights_info.label}; LoRA blocks {lora}, "
                 f"unfrozen blocks {self.config['unfreeze_blocks']}, head {self.head.num_layers}x3x3 "

@@ -1,17 +1,17 @@
-"""Backbone token maps computed once per (backbone, input) and reused by every model and task that needs them.
+"""Backbone feature grids computed once per (backbone, input) and reused by every model and task that needs them.
 
 ``pretrained``, ``pretrained_head_init`` and ``pretrained_default_conv`` differ only in their conv head (LoRA, when
-present, starts with B = 0 and adds exact zeros): their backbones compute bit-identical tokens for the same input.
-A finetuned backbone computes its own tokens, but two passes over the same frames (e.g. TAP-Vid's two query modes)
-need them once. Inside :func:`shared_backbone_maps`, :meth:`corr3d.models.model.Corr3DModel.forward` looks the
-tokens up by (backbone weights' content, the exact preprocessed input batch, layer, norm, stride) before running the
-backbone. A hit returns the very tensor the backbone computed for that input batch, so every number stays identical
-to the last digit (tests/models/test_shared.py).
+present, starts with B = 0 and adds exact zeros): their backbones compute bit-identical grids for the same input.
+A finetuned backbone computes its own grid, but two passes over the same frames (e.g. TAP-Vid's two query modes)
+need it once. Inside :func:`shared_backbone_maps`, :meth:`corr3d.models.model.Corr3DModel.forward` looks the
+backbone family's dense grid (before the head) up by (backbone weights' content, the exact preprocessed input batch,
+layer, norm, stride) before running the backbone. A hit returns the very tensor the backbone computed for that input
+batch, so every number stays identical to the last digit (tests/models/test_shared.py).
 
 The backbone's content digest leaves out LoRA factors whose B are all zero (they add exact zeros) and covers
 everything else: a trained LoRA or unfrozen blocks give a digest of their own. Only eval-mode, no-grad forwards
-take part (weights do not change inside the block); convnets are not shared. The store stops growing at its byte
-budget (no eviction: the first inputs keep hitting for every later pass instead of thrashing).
+take part (weights do not change inside the block); every backbone family takes part. The store stops growing at its
+byte budget (no eviction: the first inputs keep hitting for every later pass instead of thrashing).
 """
 from __future__ import annotations
 
@@ -33,20 +33,20 @@ class SharedBackboneMaps:
         self.used = 0
         self.hits = 0
         self.misses = 0
-        self._maps: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
+        self._maps: dict[tuple, torch.Tensor] = {}
         self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
     def backbone_key(self, model) -> str | None:
-        """The content digest of what ``model``'s backbone computes (None: not shareable: training, grad, convnet)."""
-        if model.training or torch.is_grad_enabled() or model.is_convnet:
+        """The content digest of what ``model``'s backbone computes (None: not shareable: training, grad)."""
+        if model.training or torch.is_grad_enabled():
             return None
-        digest = self._digests.get(model.vit)
+        digest = self._digests.get(model.backbone)
         if digest is None:
-            # LoRA factors with B == 0 add exact zeros: the tokens are the base weights' (shared with pretrained)
+            # LoRA factors with B == 0 add exact zeros: the grid is the base weights' (shared with pretrained)
             inert = not any(isinstance(m, LoRAQKV) and (bool(m.lora_b_q.any()) or bool(m.lora_b_v.any()))
-                            for m in model.vit.modules())
+                            for m in model.backbone.modules())
             h = hashlib.blake2b(digest_size=16)
-            for name, tensor in sorted(model.vit.state_dict().items()):
+            for name, tensor in sorted(model.backbone.state_dict().items()):
                 if inert and "lora_" in name:
                     continue
                 h.update(name.encode())
@@ -54,7 +54,7 @@ class SharedBackboneMaps:
                 h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
                          if tensor.numel() else b"")
             digest = h.hexdigest()
-            self._digests[model.vit] = digest
+            self._digests[model.backbone] = digest
         return digest
 
     @staticmethod
@@ -72,10 +72,10 @@ class SharedBackboneMaps:
             self.hits += 1
         return found
 
-    def put(self, key: tuple, tokens: torch.Tensor, grid: tuple[int, int]) -> None:
-        size = tokens.numel() * tokens.element_size()
+    def put(self, key: tuple, fmap: torch.Tensor) -> None:
+        size = fmap.numel() * fmap.element_size()
         if self.used + size <= self.max_bytes:
-            self._maps[key] = (tokens, grid)
+            self._maps[key] = fmap
             self.used += size
 
 
@@ -85,7 +85,7 @@ def active() -> SharedBackboneMaps | None:
 
 @contextmanager
 def shared_backbone_maps(max_mb: float = 2048) -> Iterator[SharedBackboneMaps | None]:
-    """Share backbone tokens among the models evaluated inside this block (``max_mb`` <= 0: off)."""
+    """Share backbone grids among the models evaluated inside this block (``max_mb`` <= 0: off)."""
     if max_mb <= 0:
         yield None
         return

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from corr3d.losses import smooth_ap_loss
 from corr3d.models import WeightsUnavailableError, create_model
-from corr3d.models.backbones import create_vit
+from corr3d.models.backbones import create_backbone
 from corr3d.models.features import fused_attention_status
 from corr3d.models.model import Corr3DModel
 from corr3d.perf.loss import authors_smooth_ap, make_inputs
@@ -41,8 +41,8 @@ def _model(backbone="dinov2_s14", target_res=256, device="cpu", meta=False, weig
            "head": {"num_layers": 1, "init": "default"}}
     if meta:
         with torch.device("meta"):
-            vit, spec = create_vit(backbone, {})
-            return Corr3DModel(vit, spec, cfg)
+            net, spec = create_backbone(backbone, {})
+            return Corr3DModel(net, spec, cfg)
     try:
         model = create_model(backbone, weights=weights, target_res=target_res, lora=cfg["lora"], head=cfg["head"])
     except (WeightsUnavailableError, RuntimeError):
@@ -183,7 +183,7 @@ def run(quick: bool = False) -> dict:
     model = _model(device=device, weights="random" if quick else "auto")
     out: dict[str, float | str] = {"device": device, "torch_threads": torch.get_num_threads(),
                                    "input_px": "x".join(map(str, model.input_size(512, 512)))}
-    out.update({f"sdpa_{k}": v for k, v in fused_attention_status(model.vit).items()})
+    out.update({f"sdpa_{k}": v for k, v in fused_attention_status(model.backbone).items()})
     out.update(time_steps(model, _batch(1000 if quick else 3000, device=device), reps=1 if quick else 3,
                           device=device))
     out.update(estimates())

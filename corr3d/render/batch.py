@@ -72,8 +72,6 @@ MANIFEST = "manifest.json"
 FAILED = "failed.json"  # the manifest's failed objects: {"version": 1, "objects": [{spec, dir, error, updated}]}
 MIN_FOREGROUND_PIXELS = MIN_FOREGROUND  # an object covering fewer pixels in every view did not render (zero area)
 FOREIGN_TEMP_MAX_AGE_S = 2 * 24 * 3600  # another host's temp dir this old is abandoned (no render takes 2 days)
-# the typed schema's data.render defaults (used when a key is missing or no config is given)
-DEFAULT_RENDER = dataclasses.asdict(RenderConfig())
 _OUTPUT_KEYS = ("width", "height", "focal", "distance", "icosphere_subdivisions", "background", "up", "lights",
                 "lights_follow_camera", "ambient", "diffuse", "shading")  # settings that change the rendered output
 
@@ -83,8 +81,11 @@ class EmptyRenderError(RuntimeError):
 
 
 def render_settings(render_cfg=None) -> dict:
-    """Plain dict of render settings: ``render_cfg`` (DictConfig/dict, e.g. cfg.data.render) over the defaults."""
-    settings = json.loads(json.dumps(DEFAULT_RENDER))
+    """Plain dict of render settings. A loaded config's ``cfg.data.render`` (typed by the schema, which gave it its
+    defaults) is taken as it is; a partial mapping (or None) goes over the schema's ``RenderConfig`` defaults."""
+    if OmegaConf.is_config(render_cfg) and OmegaConf.get_type(render_cfg) is RenderConfig:
+        return OmegaConf.to_container(render_cfg, resolve=True)
+    settings = dataclasses.asdict(RenderConfig())
     if render_cfg is not None:
         items = OmegaConf.to_container(render_cfg, resolve=True) if OmegaConf.is_config(render_cfg) \
             else dict(render_cfg)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from corr3d.errors import TrainingDivergedError
+from corr3d.models.adapter import upgrade_legacy_keys
 from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
 from corr3d.models.model import finite_flag
 from corr3d.utils.visualize import correspondence_figure, pca_rgb
@@ -39,7 +40,8 @@ class MultiviewFinetuneModule(L.LightningModule):
         trainable last blocks + head on a hit (``corr3d.models.features.frozen_prefix_depth``). Only valid when the
         images of a view never change, i.e. with augmentation off (training/run.py enables it only then)."""
         super().__init__()
-        self.cache_frozen_prefix = bool(cache_frozen_prefix)
+        # the prefix cache runs a ViT's leading blocks (``.blocks``); other families always run whole
+        self.cache_frozen_prefix = bool(cache_frozen_prefix) and hasattr(model.backbone, "blocks")
         self.prefix_cache_views = int(prefix_cache_views)
         self._prefix_cache: dict = {}
         self.pair_log_dir = pair_log_dir
@@ -70,7 +72,7 @@ class MultiviewFinetuneModule(L.LightningModule):
     def _cached_maps(self, batch: dict, images: torch.Tensor) -> torch.Tensor:
         """``self.model(images)`` with the frozen prefix's tokens looked up per (object, view) (see __init__)."""
         model = self.model
-        depth = frozen_prefix_depth(model.vit)
+        depth = frozen_prefix_depth(model.backbone)
         if depth == 0 or "object_id" not in batch:
             return model(images)
         keys = [(o, int(v)) for o, v in zip(batch["object_id"], batch["view0"].tolist())]
@@ -79,14 +81,14 @@ class MultiviewFinetuneModule(L.LightningModule):
         missing = [k for k, key in enumerate(keys) if key not in self._prefix_cache]
         if missing:
             with torch.no_grad():
-                tokens, grid = vit_prefix_tokens(model.vit, model.preprocess(images[missing], input_size), depth)
+                tokens, grid = vit_prefix_tokens(model.backbone, model.preprocess(images[missing], input_size), depth)
             for k, t in zip(missing, tokens):
                 if len(self._prefix_cache) >= self.prefix_cache_views:
                     self._prefix_cache.pop(next(iter(self._prefix_cache)))
                 self._prefix_cache[keys[k]] = (t, grid)
         grid = self._prefix_cache[keys[0]][1]
         x = torch.stack([self._prefix_cache[key][0] for key in keys])
-        tokens = vit_tokens_from(model.vit, x, depth, layer=model.config["layer"],
+        tokens = vit_tokens_from(model.backbone, x, depth, layer=model.config["layer"],
                                  final_norm=model.config["final_norm"])
         return model.head(tokens_to_map(tokens, model.spec.num_prefix_tokens, grid))
 
@@ -170,6 +172,8 @@ class MultiviewFinetuneModule(L.LightningModule):
             checkpoint[CHECKPOINT_FINGERPRINT_KEY] = self.fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before the vit -> backbone rename carry model.vit.* keys: renamed, then checked
+        checkpoint["state_dict"] = upgrade_legacy_keys(checkpoint["state_dict"], "model.")
         missing = self._trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks trainable tensors {sorted(missing)[:5]}...: different model config?")

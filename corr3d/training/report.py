@@ -81,7 +81,7 @@ def per_object_rows(metrics: dict) -> list[dict]:
 
 def plot_loss_curve(run: Path, path: Path) -> bool:
     """Training loss from the TensorBoard event files."""
-    # deferred: heavy optional dependency, loaded only when used
+    # local: only the loss plot uses it (import ~0.1 s)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))

@@ -38,7 +38,6 @@ from corr3d.eval.tasks.equivariance import TASK as EQUIVARIANCE
 from corr3d.losses import build_loss
 from corr3d.models import compared_model
 from corr3d.models.shared import shared_backbone_maps
-from corr3d.render.batch import ensure_rendered
 from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY, MultiviewFinetuneModule
 from corr3d.training.report import write_feature_figures, write_training_report
@@ -113,7 +112,7 @@ def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], la
 def untrained_is_pretrained(model_cfg: DictConfig) -> bool:
     """Whether the untrained adapter computes exactly the pretrained features: LoRA starts with B = 0 and an
     identity-initialised head copies its input (tests/models/test_factory.py checks the maps are bit-identical)."""
-    return str(model_cfg.head.init) == "identity" and int(model_cfg.unfreeze_blocks) == 0
+    return model_cfg.head.init == "identity" and model_cfg.unfreeze_blocks == 0
 
 
 def copy_row(metrics: dict, parts_dir: Path, source: str, target: str) -> None:
@@ -137,7 +136,7 @@ def reference_model(name: str, cfg: DictConfig):
     """A floor / ceiling model of ``equivariance.reference_models``: a compared model or the ground-truth oracle."""
     if name == "oracle":
         return OracleModel()
-    return compared_model(name, cfg.model, seed=int(cfg.seed))
+    return compared_model(name, cfg.model, seed=cfg.seed)
 
 
 def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
@@ -145,8 +144,8 @@ def add_confidence(metrics: dict, parts_dir: Path, cfg: DictConfig) -> dict:
     pretrained_head_init − pretrained, random/oracle − pretrained) from the per-item parts."""
     models = {k: v for k, v in metrics.items() if k in MODEL_LABELS}
     items = read_parts(parts_dir)
-    metrics["ci"], metrics["deltas"] = confidence(items, models, int(cfg.eval.n_boot), int(cfg.eval.seed))
-    metrics["breakdowns"] = breakdown_tables(items, int(cfg.eval.n_boot), int(cfg.eval.seed))
+    metrics["ci"], metrics["deltas"] = confidence(items, models, cfg.eval.n_boot, cfg.eval.seed)
+    metrics["breakdowns"] = breakdown_tables(items, cfg.eval.n_boot, cfg.eval.seed)
     return metrics
 
 
@@ -156,12 +155,12 @@ MODEL_LABELS = MODEL_ORDER   # the rows of metrics.json that are models (the oth
 def build_trainer(cfg: DictConfig, run: Path, plugins=None, extra_callbacks=()) -> L.Trainer:
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                                 save_last=True, save_top_k=-1, every_n_train_steps=int(t.checkpoint_every_n_steps))
+                                 save_last=True, save_top_k=-1, every_n_train_steps=t.checkpoint_every_n_steps)
     return L.Trainer(
-        default_root_dir=run, max_steps=int(t.max_steps), max_epochs=-1, accelerator=t.accelerator,
-        devices=t.devices, num_nodes=int(t.num_nodes), strategy=t.strategy, precision=trainer_precision(t.precision, t.accelerator),
-        gradient_clip_val=float(cfg.optim.grad_clip), log_every_n_steps=int(t.log_every_n_steps),
-        deterministic=bool(t.deterministic), logger=TensorBoardLogger(str(run), name="tensorboard", version=""),
+        default_root_dir=run, max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=trainer_precision(t.precision, t.accelerator),
+        gradient_clip_val=cfg.optim.grad_clip, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, logger=TensorBoardLogger(str(run), name="tensorboard", version=""),
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=1),
                    *extra_callbacks],
         plugins=plugins, num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False,
@@ -178,16 +177,16 @@ def trainer_precision(precision: str, accelerator: str = "auto") -> str:
 
 def build_module(cfg: DictConfig, model):
     loss_fn = build_loss(cfg.loss)  # loss.name: smooth_ap (paper) | infonce | diff_procrustes
-    return MultiviewFinetuneModule(model, loss_fn, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-                                   image_log_every_n_steps=int(cfg.trainer.image_log_every_n_steps),
+    return MultiviewFinetuneModule(model, loss_fn, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                   image_log_every_n_steps=cfg.trainer.image_log_every_n_steps,
                                    # frozen-block activations are per view only when views are never augmented
-                                   cache_frozen_prefix=bool(cfg.trainer.cache_frozen_prefix)
-                                   and not bool(cfg.data.augment.enabled),
+                                   cache_frozen_prefix=cfg.trainer.cache_frozen_prefix
+                                   and not cfg.data.augment.enabled,
                                    fingerprint=training_fingerprint(cfg))
 
 
 # the sections whose values define the trained model and its optimisation trajectory (the step budget does not:
-# a sweep continues a shorter cell's checkpoint, training/sweep.py warm_start) ...
+# a sweep continues a shorter cell's checkpoint, launch/sweep.py warm_start) ...
 FINGERPRINT_SECTIONS = ("seed", "model", "loss", "optim", "data")
 # ... less the data keys that only say where files are or how fast they are read
 _UNFINGERPRINTED_DATA_KEYS = ("rendered_dir", "mvimgnet_dir", "num_workers")
@@ -265,7 +264,7 @@ def measure_untrained(cfg: DictConfig, run: Path, eval_dirs: Sequence[Path], par
     ``equivariance.reference_models`` and ``pretrained_head_init`` (``model``: training's starting point); each is
     skipped when the run already has it (resume) and reused from ``eval.part_cache`` when measured before."""
     if "pretrained" not in metrics:
-        baseline = compared_model("pretrained", cfg.model, seed=int(cfg.seed))
+        baseline = compared_model("pretrained", cfg.model, seed=cfg.seed)
         per_object: dict = {}
         metrics["pretrained"] = measure_equivariance(baseline, cfg, eval_dirs, "pretrained", per_object, parts_dir,
                                                      cache=True)
@@ -274,14 +273,14 @@ def measure_untrained(cfg: DictConfig, run: Path, eval_dirs: Sequence[Path], par
         del baseline
         _write_metrics(run, metrics)
     for name in cfg.equivariance.reference_models:
-        if str(name) not in metrics:  # floor (random init) and ceiling (oracle) of the validity section
-            reference = reference_model(str(name), cfg)
-            metrics[str(name)] = measure_equivariance(reference, cfg, eval_dirs, str(name), parts_dir=parts_dir,
+        if name not in metrics:  # floor (random init) and ceiling (oracle) of the validity section
+            reference = reference_model(name, cfg)
+            metrics[name] = measure_equivariance(reference, cfg, eval_dirs, name, parts_dir=parts_dir,
                                                       cache=True)
             del reference
             _write_metrics(run, metrics)
 
-    if int(cfg.model.head.num_layers) > 0 and "pretrained_head_init" not in metrics:
+    if cfg.model.head.num_layers > 0 and "pretrained_head_init" not in metrics:
         if untrained_is_pretrained(cfg.model) and "pretrained" in metrics:
             copy_row(metrics, parts_dir, "pretrained", "pretrained_head_init")   # same features: measured once
         else:
@@ -307,22 +306,22 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     metrics = _read_metrics(run)
 
     parts_dir = run / "parts"
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     # training starts from exactly the model the "pretrained_head_init" row measures (same seed, same head init)
-    model = compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed))
+    model = compared_model("pretrained_head_init", cfg.model, seed=cfg.seed)
     if rank0 and eval_dirs:
         # pretrained and the untrained heads share one backbone: its tokens are computed once per view
-        with shared_backbone_maps(float(cfg.eval.shared_features_mb)):
+        with shared_backbone_maps(cfg.eval.shared_features_mb):
             measure_untrained(cfg, run, eval_dirs, parts_dir, metrics, model)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, model)
     module.pair_log_dir = str(run)
     datamodule = build_datamodule(cfg)
     callbacks = []
-    val_dirs = ensure_rendered(list(cfg.data.val_objects), Path(cfg.data.rendered_dir), cfg.data.render) \
-        if rank0 and cfg.data.val_objects else []
+    # the datamodule renders every training / validation object once; the probe objects come from that same call
+    val_dirs = datamodule.probe_dirs() if rank0 else []
     if val_dirs:
-        callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=int(cfg.trainer.val_every_n_steps),
+        callbacks.append(EquivarianceCallback(cfg, val_dirs, every_n_steps=cfg.trainer.val_every_n_steps,
                                               run_dir=run))
     trainer = build_trainer(cfg, run, plugins=trainer_plugins, extra_callbacks=callbacks)
     resume = resume_checkpoint(run, fingerprint=module.fingerprint, module=module)
@@ -337,22 +336,22 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
         return run
     # trainer.select_best: end with the weights of the best validation probe (data.val_objects; callbacks.py)
     probe = next((c for c in callbacks if isinstance(c, EquivarianceCallback)), None)
-    selected = probe.restore_best(model) if probe is not None and bool(cfg.trainer.select_best) else None
+    selected = probe.restore_best(model) if probe is not None and cfg.trainer.select_best else None
     model.save_adapter(run / "adapter.safetensors")
     if eval_dirs:
         per_object = {}
         metrics["finetuned"] = measure_equivariance(model, cfg, eval_dirs, "finetuned", per_object, parts_dir)
         metrics.setdefault("per_object", {})["finetuned"] = per_object
         add_confidence(metrics, parts_dir, cfg)
-    metrics["train"] = {"global_step": int(trainer.global_step),
+    metrics["train"] = {"global_step": trainer.global_step,
                         "wall_seconds": round(time.perf_counter() - started, 1),
                         "peak_rss_mb": _peak_rss_mb()}
     if selected is not None:
-        metrics["train"]["selected_step"] = int(selected["step"])
+        metrics["train"]["selected_step"] = selected["step"]
     if eval_dirs:  # PCA maps and predicted-vs-true matches of the same views through each model (report.md)
         write_feature_figures(run, cfg, eval_dirs, {
-            "pretrained": compared_model("pretrained", cfg.model, seed=int(cfg.seed)),
-            "pretrained_head_init": compared_model("pretrained_head_init", cfg.model, seed=int(cfg.seed)),
+            "pretrained": compared_model("pretrained", cfg.model, seed=cfg.seed),
+            "pretrained_head_init": compared_model("pretrained_head_init", cfg.model, seed=cfg.seed),
             "finetuned": model})
     _write_metrics(run, metrics)
     log_metrics_to_tensorboard(trainer, metrics)

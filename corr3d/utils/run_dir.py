@@ -310,7 +310,7 @@ def create_run_dir(cfg: DictConfig, resume: bool = True, run_dir: str | os.PathL
 
 
 def is_sweep_cell(experiment_dir: str | os.PathLike, run: str | os.PathLike) -> bool:
-    """True for a run inside ``<experiment_dir>/sweeps/`` (a cell of ``corr3d sweep``, corr3d/training/sweep.py)."""
+    """True for a run inside ``<experiment_dir>/sweeps/`` (a cell of ``corr3d sweep``, corr3d/launch/sweep.py)."""
     sweeps = Path(experiment_dir).resolve() / SWEEPS_DIR
     return Path(run).resolve().is_relative_to(sweeps)
 

@@ -110,7 +110,7 @@ def test_oracle_is_the_ceiling_on_the_offline_suite(tmp_path_factory):
                                            ref_step=4, prefix="o/")
     assert metrics["o/add_s@0.1d"] > 95.0 and metrics["o/acc@5cm5deg"] > 90.0 and metrics["o/add_s_auc"] > 90.0
     assert len(tables["items"]) == metrics["o/num_queries"]
-    # BOP19 AR of the ceiling ~ 100 (VSD from the suite's exact depth, the symmetric vase through its symmetries)
+    # BOP19 AR of the ceiling ~ 100 (VSD from the suite's exact depth, the symmetric wine bottle through its symmetries)
     for key in ("ar", "ar_vsd", "ar_mssd", "ar_mspd", "ar_bop"):
         assert metrics[f"o/{key}"] > 97.0, key
     assert all(len(r["vsd"]) == 10 for r in tables["pose_ycbv_instances"])

@@ -147,10 +147,10 @@ def test_equivariance_and_real_pairs_with_cis_deltas_and_validity(tmp_path):
 
 
 def test_compared_models_differ_only_in_weights_lora_and_head():
-    from corr3d.models import COMPARED_MODELS, compared_model_config, reference_model_config
+    from corr3d.models import COMPARED_MODELS, compared_model_config, model_config, reference_model_config
 
-    ref = reference_model_config(load_config("dinov2_single_object").model)
-    configs = {name: compared_model_config(ref, name, seed=3) for name in COMPARED_MODELS}
+    ref = model_config(reference_model_config(load_config("dinov2_single_object").model))
+    configs = {name: model_config(compared_model_config(ref, name, seed=3)) for name in COMPARED_MODELS}
     free = {"weights", "lora", "head", "unfreeze_blocks"}
     for name, cfg in configs.items():
         assert {k: v for k, v in cfg.items() if k not in free} == {k: v for k, v in ref.items() if k not in free}, name
@@ -180,7 +180,9 @@ def test_a_killed_eval_resumes_from_its_finished_parts(tmp_path, monkeypatch):
     measures again, and the report of a resumed run equals the uninterrupted one."""
     import corr3d.eval.run as run
 
-    args = ["eval.tasks=[real_pairs]", "eval.models=[pretrained,oracle]", "eval.real_pairs.stereo=false"]
+    # eval.workers=1: the measurements are counted by monkeypatching this process (spawned workers would not count)
+    args = ["eval.tasks=[real_pairs]", "eval.models=[pretrained,oracle]", "eval.real_pairs.stereo=false",
+            "eval.workers=1"]
     first = run.run_eval(_trust_config(tmp_path, *args))
     calls = []
     from corr3d.eval.tasks import real_pairs as real_pairs_task
@@ -206,7 +208,8 @@ def test_a_killed_eval_resumes_from_its_finished_parts(tmp_path, monkeypatch):
 
     cfg = _trust_config(tmp_path, *args)
     base = part_fingerprint(cfg, "real_pairs", "pretrained")
-    assert base == part_fingerprint(_trust_config(tmp_path, *args, "eval.n_boot=50", "eval.batch_size=1"),
+    assert base == part_fingerprint(_trust_config(tmp_path, *args, "eval.n_boot=50", "eval.batch_size=1",
+                                                  "eval.workers=2"),
                                     "real_pairs", "pretrained")          # how, not what, is measured
     assert base != part_fingerprint(cfg, "real_pairs", "random") != part_fingerprint(cfg, "pose", "random")
     assert base != part_fingerprint(_trust_config(tmp_path, *args, "model.target_res=96"), "real_pairs", "pretrained")
@@ -239,7 +242,7 @@ def test_make_eval_gives_identical_metrics_in_processes_with_different_hash_seed
                      f"eval.offline.dir={suite_dir}", f"eval.out_dir={tmp_path / salt}",
                      f"data_root={tmp_path / 'nodata'}", f"output_dir={tmp_path / 'runs'}",
                      "eval.tasks=[pose,tracking,real_pairs]", "eval.models=[pretrained,random]",
-                     "eval.pose.ransac_iters=200", "eval.pose.objects=[0700-mugcat-others,0703-house-others]",
+                     "eval.pose.ransac_iters=200", "eval.pose.objects=[0700-pooltable-others,0703-tabletennis-others]",
                      "eval.tracking.max_videos=4", "eval.real_pairs.homography_images=[coins,camera]",
                      "eval.real_pairs.num_points=100", "eval.n_boot=300", "eval.device=cpu",
                      "eval.part_cache=null",          # each process measures everything itself

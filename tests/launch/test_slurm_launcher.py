@@ -36,6 +36,23 @@ def test_trainer_follows_launcher_and_back():
         slurm.align_trainer_with_launcher(slurm_cfg("trainer.devices=4", "launcher.gpus_per_node=8"))
 
 
+def test_typed_config_values_reach_submitit_as_ints():
+    """The launcher passes config numbers through without int(): the schema already makes them ints (an override
+    like launcher.time_min=90 arrives as 90), which is what submitit formats into the batch script."""
+    cfg = slurm.align_trainer_with_launcher(slurm_cfg("launcher.nodes=2", "launcher.gpus_per_node=8",
+                                                      "launcher.time_min=90", "launcher.max_requeues=7"))
+    params = slurm.slurm_parameters(cfg.launcher, name="n", nodes=cfg.trainer.num_nodes,
+                                    tasks_per_node=cfg.trainer.devices,
+                                    gpus_per_node=slurm.gpus_per_task_node(cfg, cfg.trainer.devices))
+    numbers = ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "slurm_signal_delay_s",
+               "slurm_array_parallelism", "gpus_per_node")
+    assert {k: type(params[k]) for k in numbers} == {k: int for k in numbers}
+    assert (params["nodes"], params["tasks_per_node"], params["timeout_min"]) == (2, 8, 90)
+    assert type(cfg.trainer.devices) is int and type(slurm.eval_gpus(cfg)) is int
+    executor = slurm.train_executor(cfg, "/scratch/run")
+    assert executor._executor.max_num_timeout == 7 and type(executor._executor.max_num_timeout) is int
+
+
 def test_gres_cpu_runs_and_extra_options():
     lines = script_lines(slurm_cfg("launcher.gpus_per_node=8", "launcher.gres=gpu:a100:8",
                                    "launcher.extra={exclude: node12}"))

@@ -85,7 +85,7 @@ def test_setup_lines_and_extra_options_are_checked():
 
 
 def test_newline_in_an_inherited_yaml_stops_every_submit_before_anything_is_written(tmp_path, monkeypatch):
-    from corr3d.training.sweep import SweepPlan, submit_sweep
+    from corr3d.launch.sweep import SweepPlan, submit_sweep
 
     marker = tmp_path / "pwned"
     monkeypatch.chdir(tmp_path)

@@ -21,7 +21,7 @@ def _logs(root: Path) -> str:
 
 @pytest.mark.timeout(900)
 def test_sweep_array_runs_each_cell_and_gathers(cluster, job_env, tmp_path):
-    from corr3d.training.sweep import SweepPlan, submit_sweep
+    from corr3d.launch.sweep import SweepPlan, submit_sweep
 
     overrides = [*tiny_train_overrides(tmp_path, max_steps=1, pairs_per_epoch=1), "launcher.name=slurm",
                  "launcher.cpus_per_task=1", "launcher.mem_gb=1", "launcher.time_min=15", "data.augment.enabled=false"]

@@ -64,7 +64,7 @@ def test_build_model_from_experiment_config():
                             "layer": -1, "final_norm": True, "lora": {"rank": 2, "blocks": 3, "alpha": 4.0},
                             "unfreeze_blocks": 0, "head": {"num_layers": 0, "init": "identity"}, "timm_kwargs": {}})
     model = build_model(cfg)
-    assert model.adapted_blocks == [3, 4, 5] and model.vit.blocks[-1].attn.qkv.scale == 2.0
+    assert model.adapted_blocks == [3, 4, 5] and model.backbone.blocks[-1].attn.qkv.scale == 2.0
     assert model.head.num_layers == 0
     with pytest.raises(KeyError, match="unknown model option"):
         build_model({"backbone": "test_vit", "weights": "random", "lora_rnk": 2})
@@ -138,12 +138,13 @@ def test_non_finite_adapters_are_neither_written_nor_loaded(tmp_path):
     assert not (tmp_path / "nan" / "adapter.safetensors").exists()
     # a NaN file from elsewhere (an older corr3d, a diverged run): refused on load, naming the file and the tensor
     tensors = load_file(str(path))
-    tensors["vit.blocks.5.attn.qkv.lora_b_v"][0, 0] = float("inf")
+    tensors["backbone.blocks.5.attn.qkv.lora_b_v"][0, 0] = float("inf")
     save_file(tensors, str(path))
     with pytest.raises(NonFiniteTensorError) as info:
         corr3d.load_model(None, adapter=path)
     assert isinstance(info.value, Corr3dUserError) and info.value.fix
-    assert str(path) in str(info.value) and "'vit.blocks.5.attn.qkv.lora_b_v' holds 1 non-finite" in str(info.value)
+    assert str(path) in str(info.value)
+    assert "'backbone.blocks.5.attn.qkv.lora_b_v' holds 1 non-finite" in str(info.value)
 
 
 def _edit_json(tmp_path, edit):
@@ -162,9 +163,9 @@ def _edit_json(tmp_path, edit):
     (lambda m: m.update(backbone="no_such_vit"), "backbone 'no_such_vit', which is neither"),
     (lambda m: m.update(backbone="dinov2_s14"), "expected timm_id 'vit_small_patch14_dinov2.lvd142m', found "
                                                 "'test_vit.r160_in1k'"),
-    (lambda m: m["lora"].update(rank=8), "'vit.blocks.4.attn.qkv.lora_a_q' expected (8, 64), found (4, 64)"),
+    (lambda m: m["lora"].update(rank=8), "'backbone.blocks.4.attn.qkv.lora_a_q' expected (8, 64), found (4, 64)"),
     (lambda m: m["head"].update(num_layers=2), "missing ['head.1.bias', 'head.1.weight']"),
-    (lambda m: m["lora"].update(block_indices=[3, 4]), "unexpected ['vit.blocks.5.attn.qkv.lora_a_q'"),
+    (lambda m: m["lora"].update(block_indices=[3, 4]), "unexpected ['backbone.blocks.5.attn.qkv.lora_a_q'"),
 ])
 def test_adapter_json_that_does_not_fit_names_the_file_and_expected_vs_found(tmp_path, edit, expected):
     from corr3d.errors import AdapterMismatchError, DataFileError
@@ -199,14 +200,14 @@ def test_adapter_tensors_that_do_not_fit_name_the_file(tmp_path):
     _, path = _saved(tmp_path)
     tensors = load_file(str(path))
     tensors["head.0.weight"] = tensors["head.0.weight"][:, :32].contiguous()
-    tensors["vit.blocks.2.attn.qkv.lora_a_q"] = torch.zeros(4, 64)
+    tensors["backbone.blocks.2.attn.qkv.lora_a_q"] = torch.zeros(4, 64)
     del tensors["head.0.bias"]
     save_file(tensors, str(path))
     with pytest.raises(AdapterMismatchError) as info:
         corr3d.load_model(None, adapter=path)
     message = str(info.value)
     assert str(path) in message and "'head.0.weight' expected (64, 64, 3, 3), found (64, 32, 3, 3)" in message
-    assert "missing ['head.0.bias']" in message and "unexpected ['vit.blocks.2.attn.qkv.lora_a_q']" in message
+    assert "missing ['head.0.bias']" in message and "unexpected ['backbone.blocks.2.attn.qkv.lora_a_q']" in message
 
 
 def test_unfrozen_block_adapter_shapes_are_checked_against_the_model(tmp_path):
@@ -215,10 +216,71 @@ def test_unfrozen_block_adapter_shapes_are_checked_against_the_model(tmp_path):
     model, path = _saved(tmp_path, unfreeze_blocks=2)
     _, tensors = read_adapter(path)  # whole-block tensors: only the built model knows their shapes
     other = tiny_model(16, head={"num_layers": 1, "init": "default"}, unfreeze_blocks=2)
-    bad = dict(tensors, **{"vit.blocks.5.mlp.fc1.weight": torch.zeros(3, 3)})
-    with pytest.raises(AdapterMismatchError, match=r"'vit.blocks.5.mlp.fc1.weight' expected \(192, 64\), found "
+    bad = dict(tensors, **{"backbone.blocks.5.mlp.fc1.weight": torch.zeros(3, 3)})
+    with pytest.raises(AdapterMismatchError, match=r"'backbone.blocks.5.mlp.fc1.weight' expected \(192, 64\), found "
                                                    r"\(3, 3\)") as info:
         other.load_adapter_state(bad, source=path)
     assert str(path) in str(info.value)
     other.load_adapter_state(tensors, source=path)
     assert torch.equal(other.head[0].weight, model.head[0].weight)
+
+
+# ------------------------------------------------------------ issue 20: adapters written before vit -> backbone
+def _write_version1(new_path, old_dir, meta_in_json=True):
+    """The adapter at ``new_path`` as corr3d wrote it before the rename: version 1, backbone tensors under 'vit.'."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {("vit." + k[len("backbone."):] if k.startswith("backbone.") else k): v
+               for k, v in load_file(str(new_path)).items()}
+    meta = json.loads(new_path.with_suffix(".json").read_text())
+    meta["version"] = 1
+    old_dir.mkdir()
+    save_file(tensors, str(old_dir / "adapter.safetensors"), metadata={"corr3d_adapter": json.dumps(meta)})
+    if meta_in_json:
+        (old_dir / "adapter.json").write_text(json.dumps(meta))
+    return old_dir / "adapter.safetensors", tensors
+
+
+@pytest.mark.parametrize("kind", ["lora", "unfreeze"])
+@pytest.mark.parametrize("meta_in_json", [True, False])
+def test_version1_adapters_with_vit_keys_load_to_the_same_features(tmp_path, kind, meta_in_json):
+    extra = {"unfreeze_blocks": 2} if kind == "unfreeze" else {}
+    model, path = _saved(tmp_path, **extra)
+    assert json.loads(path.with_suffix(".json").read_text())["version"] == 2   # today's layout: 'backbone.*'
+    assert all(k.startswith(("backbone.blocks.", "head.")) for k in read_adapter(path)[1])
+    old_path, old_tensors = _write_version1(path, tmp_path / "old", meta_in_json)
+    assert any(k.startswith("vit.blocks.") for k in old_tensors) and not any(k.startswith("backbone.")
+                                                                           for k in old_tensors)
+    meta, tensors = read_adapter(old_path)   # keys mapped on read: the checks see today's names
+    assert meta["version"] == 1 and set(tensors) == set(read_adapter(path)[1])
+    new, old = corr3d.load_model(None, adapter=path), corr3d.load_model(None, adapter=old_path)
+    images = torch.rand(2, 3, 48, 64)
+    assert torch.equal(old.dense_features(images), new.dense_features(images))
+    assert torch.equal(old.dense_features(images), model.eval().dense_features(images))
+    # the tensors themselves (not only a file) in the old layout: load_adapter_state maps them too
+    fresh = tiny_model(16, head={"num_layers": 1, "init": "default"}, **extra).eval()
+    fresh.load_adapter_state(old_tensors)
+    assert torch.equal(fresh.dense_features(images), new.dense_features(images))
+
+
+def test_old_state_dicts_load_through_the_model_and_a_lightning_style_parent():
+    """Checkpoints name the model's tensors 'vit.*' (or 'model.vit.*' inside the LightningModule) before the rename:
+    ``load_state_dict`` maps them, strict loading included; a tensor under both names is refused."""
+    from corr3d.errors import AdapterMismatchError
+
+    source = tiny_model(16)
+    _train_a_bit(source)
+    state = {("vit." + k[len("backbone."):] if k.startswith("backbone.") else k): v
+             for k, v in source.state_dict().items()}
+    target = tiny_model(16)
+    target.load_state_dict(state, strict=True)
+    parent = torch.nn.Module()
+    parent.model = tiny_model(16)
+    parent.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=True)
+    images = torch.rand(1, 3, 32, 48)
+    want = source.eval().dense_features(images)
+    assert torch.equal(target.eval().dense_features(images), want)
+    assert torch.equal(parent.model.eval().dense_features(images), want)
+    both = dict(state, **{"backbone.norm.weight": state["vit.norm.weight"]})
+    with pytest.raises(AdapterMismatchError, match="'backbone.norm.weight' is present under both"):
+        tiny_model(16).load_state_dict(both)

@@ -95,7 +95,7 @@ def test_authors_checkpoint_imports_to_the_same_features(tmp_path):
     x = (images - torch.tensor(model.spec.mean).view(1, 3, 1, 1)) / torch.tensor(model.spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
         ours = model(images, input_size=(70, 70))
-        ref = _reference_map(base.vit, w_as, w_bs, conv, x)
+        ref = _reference_map(base.backbone, w_as, w_bs, conv, x)
         plain = base(images, input_size=(70, 70))
     assert ours.shape == ref.shape == (2, model.embed_dim, 5, 5)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
@@ -202,7 +202,7 @@ def test_fit3d_state_dict_loads_as_weights(tmp_path, layout):
                               head_layers=0, target_res=64).eval()
     assert model.weights_info.source == "file"
     for key, value in state.items():
-        torch.testing.assert_close(model.vit.state_dict()[key], value)
+        torch.testing.assert_close(model.backbone.state_dict()[key], value)
     images = torch.rand(1, 3, 70, 70)
     x = (images - torch.tensor(model.spec.mean).view(1, 3, 1, 1)) / torch.tensor(model.spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -215,7 +215,7 @@ def test_ddp_prefixed_state_dict(tmp_path):
     torch.save({f"module.{k}": v for k, v in vit.state_dict().items()}, tmp_path / "ddp.pth")
     model = corr3d.load_model("dinov2_s14", weights=str(tmp_path / "ddp.pth"), timm_kwargs=TINY_DINOV2_KWARGS,
                               lora_blocks=0, head_layers=0)
-    torch.testing.assert_close(model.vit.state_dict()["norm.weight"], vit.state_dict()["norm.weight"])
+    torch.testing.assert_close(model.backbone.state_dict()["norm.weight"], vit.state_dict()["norm.weight"])
 
 
 # ----------------------------------------------------------------------- issue 21: corrupt / foreign / non-finite

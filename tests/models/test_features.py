@@ -116,7 +116,7 @@ def test_overlapping_stride_grid(model):
     # stride == patch reproduces the default path exactly (functional conv, no module mutation)
     default = model.dense_features(images, input_size=input_size)
     assert torch.equal(model.dense_features(images, input_size=input_size, stride=p), default)
-    assert model.vit.patch_embed.proj.stride == (p, p)
+    assert model.backbone.patch_embed.proj.stride == (p, p)
 
 
 def test_tokens_to_map_order_and_prefix_stripping():
@@ -130,7 +130,7 @@ def test_register_model_strips_all_prefix_tokens():
     assert model.spec.num_prefix_tokens == 5
     images = torch.rand(1, 3, 42, 42)
     x = model.preprocess(images, (42, 42))
-    tokens, grid = vit_tokens(model.vit, x)
+    tokens, grid = vit_tokens(model.backbone, x)
     assert tokens.shape[1] == 5 + grid[0] * grid[1]
     fmap = model(images, input_size=(42, 42))
     assert torch.equal(fmap, model.head(tokens[:, 5:].transpose(1, 2).reshape(1, -1, *grid)))
@@ -139,14 +139,14 @@ def test_register_model_strips_all_prefix_tokens():
 def test_native_grid_matches_timm_forward_features():
     model = tiny_model(16, lora={"blocks": 0})
     x = torch.randn(1, 3, 160, 160)  # test_vit's native 10x10 grid: no position-embedding resampling
-    tokens, _ = vit_tokens(model.vit, x)
-    assert torch.equal(tokens, model.vit.forward_features(x))
+    tokens, _ = vit_tokens(model.backbone, x)
+    assert torch.equal(tokens, model.backbone.forward_features(x))
 
 
 def test_layer_and_prenorm_options():
     model = tiny_model(16, lora={"blocks": 0}, head={"num_layers": 0})
     x = torch.randn(1, 3, 160, 160)  # native grid: timm's own path needs no position-embedding resampling
-    vit = model.vit
+    vit = model.backbone
     with torch.no_grad():
         ref = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
         after0 = vit.blocks[0](ref)
@@ -184,15 +184,15 @@ def test_timm_blocks_use_fused_sdpa_and_match_explicit_attention():
     from corr3d.models.features import enable_fused_attention, fused_attention_status
 
     model = tiny_model(14).eval()
-    status = fused_attention_status(model.vit)
+    status = fused_attention_status(model.backbone)
     assert status["timm_use_fused_attn"] and status["all_fused"], status
     images = torch.rand(1, 3, 42, 42)
     with torch.no_grad():
         fused = model(images)
-        for block in model.vit.blocks:
+        for block in model.backbone.blocks:
             block.attn.fused_attn = False
         explicit = model(images)
-        assert enable_fused_attention(model.vit) == len(model.vit.blocks)
+        assert enable_fused_attention(model.backbone) == len(model.backbone.blocks)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
@@ -200,15 +200,15 @@ def test_frozen_prefix_continuation_equals_full_forward():
     from corr3d.models.features import frozen_prefix_depth, tokens_to_map, vit_prefix_tokens, vit_tokens_from
 
     model = tiny_model(16).eval()  # 6 blocks, LoRA on the last 2
-    assert frozen_prefix_depth(model.vit) == 4
+    assert frozen_prefix_depth(model.backbone) == 4
     images = torch.rand(2, 3, 48, 48)
     size = model.input_size(48, 48)
     with torch.no_grad():
-        prefix, grid = vit_prefix_tokens(model.vit, model.preprocess(images, size), 4)
-        tokens = vit_tokens_from(model.vit, prefix, 4)
+        prefix, grid = vit_prefix_tokens(model.backbone, model.preprocess(images, size), 4)
+        tokens = vit_tokens_from(model.backbone, prefix, 4)
         torch.testing.assert_close(model.head(tokens_to_map(tokens, model.spec.num_prefix_tokens, grid)),
                                    model(images), atol=1e-6, rtol=0)
-    assert frozen_prefix_depth(tiny_model(16, unfreeze_blocks=6).vit) == 0
+    assert frozen_prefix_depth(tiny_model(16, unfreeze_blocks=6).backbone) == 0
 
 
 def test_cached_prefix_training_features_and_gradients_equal_uncached():
@@ -217,7 +217,7 @@ def test_cached_prefix_training_features_and_gradients_equal_uncached():
 
     model = tiny_model(16)
     with torch.no_grad():
-        for block in model.vit.blocks[-2:]:  # LoRA B != 0 so the adapted blocks matter
+        for block in model.backbone.blocks[-2:]:  # LoRA B != 0 so the adapted blocks matter
             block.attn.qkv.lora_b_q.normal_(0, 0.1)
     gen = torch.Generator().manual_seed(0)
     batch = {"image0": torch.rand(1, 3, 48, 48, generator=gen), "image1": torch.rand(1, 3, 48, 48, generator=gen),
@@ -230,7 +230,7 @@ def test_cached_prefix_training_features_and_gradients_equal_uncached():
         model.zero_grad()
         _, f0, f1 = module.pair_features(batch)
         (f0 * f1).sum().backward()
-        grads.append(model.vit.blocks[-1].attn.qkv.lora_a_q.grad.clone())
+        grads.append(model.backbone.blocks[-1].attn.qkv.lora_a_q.grad.clone())
     assert len(cached._prefix_cache) == 2
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grads[2], grads[0], atol=1e-6, rtol=1e-5)
@@ -279,7 +279,7 @@ def test_dinov2_pos_embed_interp_reproduces_the_official_formula():
     from corr3d.models.features import add_pos_embed, dinov2_resample_pos_embed
 
     model = tiny_model(16, lora={"blocks": 0})
-    vit = model.vit
+    vit = model.backbone
     m = vit.patch_embed.grid_size[0]
     prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
     table = vit.pos_embed[0, prefix:].detach().reshape(m, m, -1)

@@ -24,9 +24,9 @@ def _randomise_lora(vit, seed=0):
 @pytest.fixture(params=[14, 16], ids=["patch14", "patch16"])
 def frozen_and_lora(request):
     model = tiny_model(request.param, lora={"blocks": 0}, head={"num_layers": 0})
-    plain = copy.deepcopy(model.vit)
-    apply_lora(model.vit, blocks=2, rank=4)
-    return plain, model.vit
+    plain = copy.deepcopy(model.backbone)
+    apply_lora(model.backbone, blocks=2, rank=4)
+    return plain, model.backbone
 
 
 def test_zero_b_equals_frozen_model_bit_for_bit(frozen_and_lora):
@@ -37,10 +37,10 @@ def test_zero_b_equals_frozen_model_bit_for_bit(frozen_and_lora):
 
 def test_lora_placement_init_and_trainable_parameters():
     model = tiny_model(16, lora={"blocks": 4, "rank": 4, "alpha": None}, head={"num_layers": 1})
-    depth, dim = len(model.vit.blocks), model.embed_dim
-    wrapped = [i for i, b in enumerate(model.vit.blocks) if isinstance(b.attn.qkv, LoRAQKV)]
+    depth, dim = len(model.backbone.blocks), model.embed_dim
+    wrapped = [i for i, b in enumerate(model.backbone.blocks) if isinstance(b.attn.qkv, LoRAQKV)]
     assert wrapped == list(range(depth - 4, depth)) == model.adapted_blocks
-    qkv = model.vit.blocks[-1].attn.qkv
+    qkv = model.backbone.blocks[-1].attn.qkv
     assert torch.count_nonzero(qkv.lora_b_q) == 0 and torch.count_nonzero(qkv.lora_b_v) == 0
     bound = 1 / math.sqrt(dim)  # kaiming_uniform(a=sqrt(5)) on (rank, dim) -> U(-1/sqrt(dim), 1/sqrt(dim))
     assert qkv.lora_a_q.abs().max() <= bound and qkv.lora_a_q.std() > bound / 4
@@ -94,29 +94,29 @@ def test_merged_state_dict_is_plain_timm_and_matches_lora(frozen_and_lora):
 
 def test_merged_weights_load_into_timm_without_corr3d():
     model = tiny_model(16)
-    _randomise_lora(model.vit)
+    _randomise_lora(model.backbone)
     reference = timm.create_model("test_vit", pretrained=False, num_classes=0, dynamic_img_size=True)
     reference.load_state_dict(model.merged_backbone_state_dict(), strict=True)
     x = torch.randn(1, 3, 160, 160)
-    assert torch.allclose(reference.forward_features(x), vit_tokens(model.vit, x)[0], atol=1e-5)
+    assert torch.allclose(reference.forward_features(x), vit_tokens(model.backbone, x)[0], atol=1e-5)
 
 
 def test_gradients_reach_lora_b_and_head_only():
     model = tiny_model(16)
     fmap = model(torch.rand(1, 3, 48, 48))
     fmap.square().mean().backward()
-    last = model.vit.blocks[-1].attn.qkv
+    last = model.backbone.blocks[-1].attn.qkv
     assert last.lora_b_q.grad is not None and last.lora_b_q.grad.abs().sum() > 0
     assert model.head[0].weight.grad is not None
-    assert last.weight.grad is None and model.vit.patch_embed.proj.weight.grad is None
+    assert last.weight.grad is None and model.backbone.patch_embed.proj.weight.grad is None
 
 
 def test_partial_unfreeze_instead_of_lora():
     model = tiny_model(16, unfreeze_blocks=2, head={"num_layers": 1})
-    assert not any(isinstance(m, LoRAQKV) for m in model.vit.modules())
+    assert not any(isinstance(m, LoRAQKV) for m in model.backbone.modules())
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names and all(n.startswith(("vit.blocks.4.", "vit.blocks.5.", "head.")) for n in names)
-    assert any(n.startswith("vit.blocks.4.") for n in names)
+    assert names and all(n.startswith(("backbone.blocks.4.", "backbone.blocks.5.", "head.")) for n in names)
+    assert any(n.startswith("backbone.blocks.4.") for n in names)
     assert set(model.adapter_state_dict()) == {n for n in names}
 
 

@@ -15,13 +15,17 @@ def _models(seed=0):
     torch.manual_seed(seed)
     plain = tiny_model(16, lora={**LORA, "blocks": 0}, head={"num_layers": 0, "init": "default"}).eval()
     head = tiny_model(16, lora=LORA, head={"num_layers": 1, "init": "default"}).eval()
-    head.vit.load_state_dict(plain.vit.state_dict(), strict=False)   # same backbone weights, own head and LoRA
+    # same backbone weights, own head and LoRA
+    head.backbone.load_state_dict(plain.backbone.state_dict(), strict=False)
     return plain, head
 
 
 def test_shared_tokens_give_bit_identical_maps_and_skip_the_backbone():
     plain, head = _models()
-    x = torch.rand(2, 3, 32, 32)
+    _assert_second_model_reuses_the_first_ones_map(plain, head, torch.rand(2, 3, 32, 32))
+
+
+def _assert_second_model_reuses_the_first_ones_map(plain, head, x):
     with torch.no_grad():
         want = plain(x), head(x)
         with shared_backbone_maps(64) as store:
@@ -35,8 +39,8 @@ def test_a_trained_lora_other_weights_or_another_input_never_hit_another_backbon
     other, _ = _models(seed=1)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        other.vit.patch_embed.proj.weight.add_(0.01)   # other backbone weights
-        for module in head.vit.modules():
+        other.backbone.patch_embed.proj.weight.add_(0.01)   # other backbone weights
+        for module in head.backbone.modules():
             if isinstance(module, LoRAQKV):
                 module.lora_b_q.fill_(0.01)   # a trained LoRA: its tokens are not the pretrained ones
         with shared_backbone_maps(64) as store:
@@ -65,3 +69,13 @@ def test_training_mode_grad_and_a_full_store_compute_again():
     with torch.no_grad(), shared_backbone_maps(0) as off:
         assert off is None
         plain(x)
+
+
+def test_every_backbone_family_shares_its_grid():
+    """The store holds the family's dense grid (before the head), so convnets share too, bit for bit."""
+    from corr3d.models import create_model
+
+    tiny_convnext = {"depths": (1, 1, 1, 1), "dims": (16, 24, 32, 40)}
+    plain, head = (create_model("convnext_b", weights="random:0", target_res=64, timm_kwargs=tiny_convnext,
+                                lora_blocks=0, head_layers=layers).eval() for layers in (0, 1))
+    _assert_second_model_reuses_the_first_ones_map(plain, head, torch.rand(1, 3, 32, 48))

@@ -14,7 +14,7 @@ from tests.training._synthetic import fit, tiny_module
 
 
 def _lora_b(module):
-    return module.model.vit.blocks[-1].attn.qkv.lora_b_q
+    return module.model.backbone.blocks[-1].attn.qkv.lora_b_q
 
 
 def test_finite_step_passes_and_non_finite_weights_are_named():
@@ -27,7 +27,7 @@ def test_finite_step_passes_and_non_finite_weights_are_named():
         module.check_finite_step()
     err = info.value
     assert isinstance(err, Corr3dUserError) and "training diverged at step 1" in str(err)
-    assert "model.vit.blocks.5.attn.qkv.lora_b_q" in str(err) and "optim.lr" in err.fix
+    assert "model.backbone.blocks.5.attn.qkv.lora_b_q" in str(err) and "optim.lr" in err.fix
 
 
 def test_non_finite_loss_is_named():

@@ -1,14 +1,51 @@
-"""Shared pieces of the synthetic benchmark generators: cameras on orbits, rendering, visibility, backgrounds."""
+"""Shared pieces of the synthetic benchmark generators: the held-out real objects, cameras on orbits, rendering,
+visibility, backgrounds."""
 from __future__ import annotations
 
+import difflib
 import io
 
 import numpy as np
 from PIL import Image
 
+from corr3d.assets import sh3d
+from corr3d.assets.experiment import SPLIT_PREFIX, expand_split
+from corr3d.assets.objects import parse_spec
+from corr3d.errors import UnknownNameError
 from corr3d.geometry import project
 from corr3d.geometry.icosphere import look_at_pose
 from corr3d.render import render_views
+
+
+# the committed SweetHome3D splits that no training run may use (corr3d.assets.experiment refuses them): a suite
+# renders only these; val is for model selection and untextured is the shape-only control, so neither is here
+SUITE_SPLITS = ("test", "test_unseen_categories")
+
+
+def held_out_objects(split: str, count: int) -> list[str]:
+    """``count`` real textured objects of the held-out sh3d ``split`` (:data:`SUITE_SPLITS`), evenly spaced over the
+    split file's order (``sh3d_split:<split>@<count>``, :func:`corr3d.assets.experiment.expand_split`; the file is
+    sorted by library then item, so every library keeps its share). The choice is a rule over the committed file,
+    never over a measured score. No model is skipped: every model of both splits loads, textured
+    (``data_prep/sh3d_splits.py --check-meshes``; the unreadable ones are in ``sh3d.DEGENERATE``, outside the
+    splits), and one that stops loading raises ``MeshLoadError`` when the suite is generated rather than being
+    silently replaced."""
+    if split not in SUITE_SPLITS:
+        close = difflib.get_close_matches(split, SUITE_SPLITS, 1) or SUITE_SPLITS[:1]
+        raise UnknownNameError(f"offline suite objects must come from a held-out sh3d split, not {split!r}; "
+                               f"known: {', '.join(SUITE_SPLITS)}", fix=f"use {close[0]!r}")
+    return expand_split(f"{SPLIT_PREFIX}{split}@{count}")
+
+
+def object_slug(spec: str) -> str:
+    """The item of ``sh3d:<library>/<item>`` (``sh3d:Scopia/wine-bottle`` -> ``wine-bottle``): the object's name in
+    the ids of the suites."""
+    kind, value, _ = parse_spec(spec)
+    if kind != "sh3d":
+        raise UnknownNameError(f"offline suite object {spec!r} is not a SweetHome3D spec",
+                               fix=f"use {sh3d.SPEC_PREFIX}<library>/<item> from a held-out split: "
+                                   f"{', '.join(SUITE_SPLITS)}")
+    return value.split("/", 1)[1]
 
 
 def orbit_position(azimuth_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
@@ -58,7 +95,7 @@ def background(height: int, width: int, seed: int, exclude: tuple[str, ...] = ()
 
     ``exclude``: photos not to use (e.g. the object's own texture, which would camouflage it).
     """
-    from skimage import data as skdata  # deferred: heavy optional dependency, loaded only when used
+    from skimage import data as skdata  # cheap (~0.05 s): skimage loads lazily
 
     names = tuple(n for n in BACKGROUNDS if n not in exclude) or BACKGROUNDS
     rng = np.random.default_rng(seed)
@@ -75,8 +112,11 @@ def background(height: int, width: int, seed: int, exclude: tuple[str, ...] = ()
 
 
 def texture_photos(spec: str) -> tuple[str, ...]:
-    """Background photos that a procedural object's name says it is textured with (``mug_cat`` -> chelsea)."""
-    name = spec.split(":")[1] if spec.startswith("procedural:") else spec
+    """Background photos that a procedural object's name says it is textured with (``mug_cat`` -> chelsea). Any
+    other object (a real model is textured with its own images, not these photos) excludes none."""
+    kind, name, _ = parse_spec(spec)
+    if kind != "procedural":
+        return ()
     aliases = {"cat": "chelsea", "chelsea": "chelsea", "coffee": "coffee", "rocket": "rocket", "gravel": "gravel"}
     return tuple(sorted({photo for word, photo in aliases.items() if word in name.split("_")}))
 

@@ -1,17 +1,21 @@
-"""Synthetic OnePose-LowTexture: per object a reference and a test sequence of a textured procedural object.
+"""Synthetic OnePose-LowTexture: per object a reference and a test sequence of a held-out real textured object.
 
-Objects are scaled to ``OBJECT_SIZE_M`` metres. The reference capture is a tripod-like ring of views with the object
-centred; the test capture is hand-held (v3): the object drifts off-centre (aim jitter), its distance changes by
-~+-13 % and the camera rolls by up to 10 degrees, with another exposure / white balance. A test frame therefore
-never repeats a reference view pixel for pixel: matching must survive viewpoint, scale and roll changes, which raw
-colour patches and the position embeddings of a random-init ViT do not (suite v2 kept the object centred at a fixed
-scale, so a random ViT's position-biased colour matching beat DINOv2). v4 sizes it for the CI: 12 objects x 30 query
-frames (v3: 10 x 6; the spread between objects was what 6 binary frames per object give, so more frames per object
-narrow the CI for the price of a query each, without a new template bank). A harsher first v3 (roll 20 degrees, +-20 %
-distance, object-fixed lights in the test capture, 12 reference views) left DINOv2-S at 5 % (5cm-5deg): too hard. The "SfM model" is a set of surface points sampled on the mesh
+The objects (v5) are SweetHome3D models of the classes no training run sees (sh3d split ``test_unseen_categories``,
+docs/real_objects.md): on v4's procedural photo-textured shapes a random-init ViT matched as well as DINOv2, by
+colour alone. Objects are scaled to ``OBJECT_SIZE_M`` metres. The reference capture is a tripod-like ring of views
+with the object centred; the test capture is hand-held (v3): the object drifts off-centre (aim jitter), its distance
+changes by ~+-13 % and the camera rolls by up to 10 degrees, with another exposure / white balance. A test frame
+therefore never repeats a reference view pixel for pixel: matching must survive viewpoint, scale and roll changes,
+which raw colour patches and the position embeddings of a random-init ViT do not (suite v2 kept the object centred at
+a fixed scale, so a random ViT's position-biased colour matching beat DINOv2). v4 sizes it for the CI: 12 objects x
+30 query frames (v3: 10 x 6; the spread between objects was what 6 binary frames per object give, so more frames per
+object narrow the CI for the price of a query each, without a new template bank). A harsher first v3 (roll 20
+degrees, +-20 % distance, object-fixed lights in the test capture, 12 reference views) left DINOv2-S at 5 %
+(5cm-5deg): too hard. The "SfM model" is a set of surface points sampled on the mesh
 (``anno_3d_average.npz`` ``keypoints3d``); every reference frame's ``anno_loftr`` JSON holds the projections of the
 points visible in that frame (ray-cast visibility) and the ``assign_matrix`` linking them. Poses and intrinsics are
-exact (written in OnePose's integer-pixel convention, i.e. principal point and keypoints shifted by -0.5).
+exact (written in OnePose's integer-pixel convention, i.e. principal point and keypoints shifted by -0.5). The CC-BY
+models are credited in ``ATTRIBUTION.md``.
 """
 from __future__ import annotations
 
@@ -21,11 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from corr3d.assets.objects import load_object
+from corr3d.assets.sh3d import write_attribution
 from corr3d.eval.offline_suite.common import (
     background,
     camera_effects,
     composite,
     handheld_pose,
+    held_out_objects,
+    object_slug,
     orbit_pose,
     render,
     save_image,
@@ -35,16 +42,11 @@ from corr3d.eval.offline_suite.common import (
 from corr3d.geometry import intrinsics
 from corr3d.render.raycast import OBJECT_LIGHTS, Lighting
 
-# held-out procedural objects (corr3d.assets.objects procedural_split), some as two seeded variants (other texture
-# crops / proportions): ten independent objects, the unit of the pose CI
-OBJECTS = (("0700-mugcat-others", "procedural:mug_cat"), ("0701-gearastronaut-others", "procedural:gear_astronaut"),
-           ("0702-vasecoffee-others", "procedural:vase_coffee"), ("0703-house-others", "procedural:house"),
-           ("0704-sphereastronaut-others", "procedural:sphere_astronaut"),
-           ("0705-toruscoffee-others", "procedural:torus_coffee"), ("0706-boxchelsea-others", "procedural:box_chelsea"),
-           ("0707-knotimmuno-others", "procedural:knot_immuno"), ("0708-torichain-others", "procedural:tori_chain"),
-           ("0709-conevoronoi-others", "procedural:cone_voronoi"),
-           # v4: two seeded variants (other proportions and texture crops) of held-out categories
-           ("0710-mugcat3-others", "procedural:mug_cat:3"), ("0711-vasecoffee5-others", "procedural:vase_coffee:5"))
+# v5: 12 held-out real objects of the classes never trained on (bottle, game, large appliance, office supply),
+# evenly spaced over the split file (common.held_out_objects); each object is a unit of the pose CI. Ids keep
+# OnePose's ``<id>-<name>-<kind>`` form, so the name is the sh3d item without dashes (``0704-redwinebottle01-others``)
+OBJECTS = tuple((f"{700 + i:04d}-{object_slug(spec).replace('-', '')}-others", spec)
+                for i, spec in enumerate(held_out_objects("test_unseen_categories", 12)))
 SIZE = 192
 FOCAL = 285.0
 OBJECT_SIZE_M = 0.2          # unit-extent object -> 20 cm
@@ -82,7 +84,7 @@ def _to_metres(pose: np.ndarray) -> np.ndarray:
 
 
 def make_object(out: Path, name: str, spec: str, seed: int) -> None:
-    import trimesh  # deferred: heavy optional dependency, loaded only when used
+    import trimesh  # free here: this module's imports have already loaded trimesh
 
 
     mesh = load_object(spec)
@@ -132,5 +134,7 @@ def generate(out: Path) -> dict:
     out = Path(out)
     for i, (name, spec) in enumerate(OBJECTS):
         make_object(out, name, spec, seed=200 + i)
-    return {"objects": [n for n, _ in OBJECTS], "ref_views": REF_VIEWS, "test_frames": TEST_FRAMES, "size": SIZE,
-            "aim_jitter": AIM_JITTER, "roll_deg": ROLL_DEG}
+    specs = [spec for _, spec in OBJECTS]
+    write_attribution(specs, out)
+    return {"objects": [n for n, _ in OBJECTS], "specs": specs, "ref_views": REF_VIEWS, "test_frames": TEST_FRAMES,
+            "size": SIZE, "aim_jitter": AIM_JITTER, "roll_deg": ROLL_DEG}

@@ -71,6 +71,9 @@ class EvalTask:
     # (metric leaf, item field, bin edges or None for categorical): the report's breakdowns of a metric by the
     # viewpoint change of its items (``corr3d.eval.stats.binned_table``), e.g. APE by relative rotation
     breakdowns: ClassVar[tuple[tuple[str, str, tuple[float, ...] | None], ...]] = ()
+    # minutes one model's part takes on 2 CPU cores (make eval of the main job, measured): parallel parts
+    # (``eval.workers``) start the longest first, so no worker is left with a long part at the end
+    cost: ClassVar[float] = 1.0
 
     def settings(self, cfg: DictConfig) -> DictConfig:
         """The task's own config section."""

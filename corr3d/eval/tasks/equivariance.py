@@ -14,6 +14,7 @@ CONTROL_LEAVES = ("ape", "pcdp@0.05")   # the report's leaves for each secondary
 class EquivarianceTask(EvalTask):
     name = "equivariance"
     order = 3
+    cost = 2.0
     section = "equivariance"
     headline = ("ape", "pcdp@0.05", "pcdp@0.1", "pcdp@0.2")
     breakdowns = (("ape", "rotation_deg", ROTATION_BINS), ("pcdp@0.05", "rotation_deg", ROTATION_BINS))

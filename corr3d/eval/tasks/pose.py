@@ -15,6 +15,7 @@ from corr3d.eval.tasks.base import EvalTask, OfflineSource, RealSource, is_oracl
 class PoseTask(EvalTask):
     name = "pose"
     order = 0
+    cost = 5.0
     section = "pose"
     headline = ("acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg")
     offline_sources = (OfflineSource("offline_onepose", "offline/pose/", "onepose",

@@ -11,6 +11,7 @@ from corr3d.eval.tasks.base import EvalTask, OfflineSource, RealSource, is_oracl
 class PoseYcbvTask(EvalTask):
     name = "pose_ycbv"
     order = 4
+    cost = 2.0
     section = "pose_ycbv"
     headline = ("ar_bop", "ar", "ar_vsd", "ar_mssd", "ar_mspd", "acc@1cm1deg", "acc@3cm3deg", "acc@5cm5deg",
                 "add_s_auc", "add_s@0.1d")

@@ -9,6 +9,7 @@ from corr3d.eval.tasks.base import Dataset, EvalTask
 class RealPairsTask(EvalTask):
     name = "real_pairs"
     order = 5
+    cost = 0.3
     section = "real_pairs"
     headline = ("pck@0.01", "pck@0.02", "pck@0.05", "median_px", "stereo/pck@0.01", "stereo/pck@0.02",
                 "stereo/pck@0.05", "stereo/median_px", "homography/pck@0.01", "homography/pck@0.02",

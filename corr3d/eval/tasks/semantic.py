@@ -11,6 +11,7 @@ from corr3d.eval.tasks.base import EvalTask, OfflineSource, RealSource, is_oracl
 class SemanticTask(EvalTask):
     name = "semantic"
     order = 2
+    cost = 2.0
     section = "semantic"
     headline = ("pck@0.05", "pck@0.10", "pck@0.15", "pck_bbox@0.10", "same/pck@0.10", "spair/pck@0.10",
                 "spair/pck_img@0.10")

@@ -29,6 +29,7 @@ def parse_variant(variant: str) -> tuple[str, bool]:
 class TrackingTask(EvalTask):
     name = "tracking"
     order = 1
+    cost = 1.5
     section = "tracking"
     headline = ("aj", "delta_avg", "oa", "first/aj", "first/delta_avg", "first/oa", "strided_256/aj",
                 "first_256/aj")
