@@ -746,8 +746,8 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     parts_dir = out / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if cfg.eval.offline.enabled and cfg.eval.offline.regenerate:   # once here, not once per model
-        ensure_offline_suite(cfg.eval.offline.dir, offline_parts(tasks), force=True)
+    if cfg.eval.offline.enabled:   # once here, before any worker starts: not once per model or per worker
+        ensure_offline_suite(cfg.eval.offline.dir, offline_parts(tasks), force=bool(cfg.eval.offline.regenerate))
         cfg = OmegaConf.merge(cfg, {"eval": {"offline": {"regenerate": False}}})
     # each part's fingerprint once: reuse check, part-cache lookup and the part itself all use this one
     fingerprints = {(t, m): part_fingerprint(cfg, t, m) for t in tasks for m in names}

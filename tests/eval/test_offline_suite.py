@@ -126,3 +126,29 @@ def test_generating_a_part_twice_gives_identical_files(part, tmp_path, monkeypat
     for spec in specs:
         assert (f"`{spec}`" in credits) == sh3d.entry(spec).cc_by, spec
     assert all(line in credits for line in sh3d.attribution_lines(specs))
+
+
+def test_two_concurrent_generations_of_a_part_both_finish_with_a_complete_part(tmp_path, monkeypatch):
+    """Two evaluations sharing one suite directory (two make eval runs, or parallel workers) generate into
+    directories of their own; the part ends complete, with no temporary directory left."""
+    import threading
+
+    from corr3d.eval.offline_suite import generate_part, is_complete
+
+    monkeypatch.setattr(tapvid, "VIDEOS", tapvid.VIDEOS[3:4])
+    errors = []
+
+    def generate():
+        try:
+            generate_part(tmp_path, "tapvid")
+        except Exception as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=generate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and is_complete(tmp_path, "tapvid")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tapvid"]
+    assert (tmp_path / "tapvid").stat().st_mode & 0o777 == tmp_path.stat().st_mode & 0o777

@@ -20,6 +20,8 @@ import importlib
 import json
 import logging
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -68,20 +70,22 @@ def is_complete(root: str | Path, part: str) -> bool:
 
 
 def generate_part(root: str | Path, part: str) -> Path:
-    """(Re)generate one part atomically: build in ``<root>/.<part>.tmp``, then swap it in."""
+    """(Re)generate one part atomically: build in a directory of its own (``<root>/.<part>.<random>.tmp``: two
+    evaluations sharing the suite never write into each other's), then swap it in."""
     if part not in PARTS:
         raise ValueError(f"unknown suite part {part!r}; known: {PARTS}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{part}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    for stale in root.glob(f".{part}.*.tmp"):   # left by a killed generation more than a day ago
+        if time.time() - stale.stat().st_mtime > 86400:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{part}.", suffix=".tmp", dir=root))
+    tmp.chmod(root.stat().st_mode & 0o7777)   # mkdtemp's 0700 would make the part private to this user
     # deferred: load only the generator of the part being built (circular otherwise: the parts import this package)
     generate = importlib.import_module(f"{__name__}.{part}").generate
     info = generate(tmp)
     write_json(tmp / ".complete", {"version": SUITE_VERSION, **(info or {})})
-    return replace_dir(tmp, root / part, old=root / f".{part}.old")
+    return replace_dir(tmp, root / part)   # a unique aside name: concurrent generations cannot collide
 
 
 def ensure_offline_suite(root: str | Path, parts: Iterable[str] | None = None, force: bool = False) -> dict[str, Path]:
