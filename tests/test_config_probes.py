@@ -58,7 +58,7 @@ def test_out_of_range_values_name_the_key(override, key):
 def test_good_values_still_load():
     cfg = load_config("base", ["model.lora.rank=4", "model.target_res=224", "seed=3", "data.pairs_per_epoch=8"])
     assert cfg.model.lora.rank == 4 and cfg.seed == 3
-    # zero training steps is legitimate (a sweep's untrained baseline cell, training/sweep.py), unlike zero pairs
+    # zero training steps is legitimate (a sweep's untrained baseline cell, launch/sweep.py), unlike zero pairs
     assert load_config("base", ["trainer.max_steps=0"]).trainer.max_steps == 0
     edge = load_config("base", ["data.render.png_compression=9", "data.render.png_compression=0",
                                 "data.pairs.true_fraction=1.0", "loss.pos_radius=0.05", "loss.neg_radius=0.06",

@@ -33,7 +33,9 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -838,7 +840,7 @@ def _measure_in_parallel(job: _PartJob, tasks: list[str], groups: list[list[str]
     threads = max(1, torch.get_num_threads() // workers)
     failed: list[str] = []
     with ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_measure_unit, job, [task], group): (task, group) for task, group in units}
         for future, (task, group) in futures.items():
             try:
@@ -850,13 +852,22 @@ def _measure_in_parallel(job: _PartJob, tasks: list[str], groups: list[list[str]
     return failed
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    # a killed make eval (SIGTERM, SIGKILL) cannot shut its pool down: its workers leave with it instead of writing
+    # parts into an output directory that is no longer locked (tests/eval/test_run_workers.py)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     try:
         import cv2   # OpenCV's own pool (RANSAC, resizing) follows the same budget
         cv2.setNumThreads(threads)
     except ImportError:
         pass
+
+
+def _exit_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    os._exit(1)
 
 
 def _measure_unit(job: _PartJob, tasks: list[str], names: list[str]) -> list[str]:

@@ -48,7 +48,7 @@ def assert_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
     """``tensor`` unchanged if every value is finite; else :class:`NonFiniteFeaturesError` naming ``what``.
 
     ``finite_flag`` plus one device sync: negligible next to the forward pass that produced ``tensor`` (measured in
-    tests/models/test_finite.py)."""
+    tests/models/test_model_finite.py)."""
     if not bool(finite_flag(tensor)):
         bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteFeaturesError(

@@ -89,3 +89,55 @@ def test_timing_table_sums_datasets_per_task_and_model():
     assert rows == [{"task": "pose", "pretrained": 12.5, "random": 30.0, "total": 42.5},
                     {"task": "tracking", "pretrained": "", "random": 4.0, "total": 4.0},
                     {"task": "total", "pretrained": 12.5, "random": 34.0, "total": 46.5}]
+
+
+_POOL_THEN_WAIT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+sys.path.insert(0, {repo!r})
+from corr3d.eval import run
+from tests.helpers.workers import record_pid_and_sleep
+pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=run._init_worker,
+                           initargs=(1, os.getpid()))
+for _ in range(2):
+    pool.submit(record_pid_and_sleep, {folder!r})
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")   # a zombie has exited; only its entry waits for its new parent to reap it
+
+
+@pytest.mark.timeout(300)
+def test_workers_of_a_killed_evaluation_exit_with_it(tmp_path):
+    """SIGKILL gives the pool no chance to shut down: the workers notice their parent is gone and exit, so
+    nothing keeps writing parts into an output directory whose lock has been released."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_THEN_WAIT.format(repo=repo, folder=str(tmp_path))],
+                              cwd=repo)
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.5)
+    workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.5)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:   # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []

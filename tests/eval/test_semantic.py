@@ -1,5 +1,5 @@
 """Semantic evaluation: per-pair items reproduce the (class-weighted / pooled / per-image) PCKs, the ground-truth
-oracle is perfect, raw vs normalised maps."""
+oracle is perfect, raw vs normalised maps; similarity upsampling equals feature upsampling, letterboxing."""
 from __future__ import annotations
 
 import json
@@ -209,3 +209,37 @@ def test_spair_items_carry_viewpoint_and_bad_viewpoint_is_rejected(roots, model,
     ann.write_text(json.dumps(data))
     with pytest.raises(DatasetFormatError, match="viewpoint_variation"):
         spair.load_pairs(bad, "test")
+
+
+def test_similarity_upsampling_equals_feature_upsampling(tiny_model):
+    from corr3d.eval.features import sample
+    from corr3d.eval.semantic import similarity_argmax, upsample_to_pixels
+
+    torch.manual_seed(1)
+    img = torch.rand(1, 3, 96, 96)
+    size, inp = (96, 96), (96, 96)
+    with torch.no_grad():
+        fmap_t = tiny_model.dense_features(torch.rand(1, 3, 96, 96), input_size=inp)[0]
+        fmap_s = tiny_model.dense_features(img, input_size=inp)[0]
+    src = sample(tiny_model, fmap_s, np.array([[10.5, 20.5], [50.2, 70.9], [90.0, 3.0]]), size, inp)
+    sim_a = upsample_to_pixels(tiny_model, torch.einsum("nc,chw->nhw", src, fmap_t), size, inp)
+    feats = upsample_to_pixels(tiny_model, fmap_t, size, inp)           # (C, H*W): the authors' order
+    sim_b = src @ feats
+    assert torch.allclose(sim_a, sim_b, atol=1e-5)
+    xy_a, best_a = similarity_argmax(tiny_model, src, fmap_t, size, inp, "upsample_similarity")
+    xy_b, best_b = similarity_argmax(tiny_model, src, fmap_t, size, inp, "upsample_features", chunk=1000)
+    assert torch.allclose(best_a, best_b, atol=1e-5)
+    assert torch.equal(xy_a, xy_b)
+    assert ((xy_a - 0.5) % 1 == 0).all()
+
+
+def test_letterbox_maps_points():
+    from corr3d.eval.semantic import letterbox
+
+    img = np.zeros((50, 100, 3), dtype=np.uint8)
+    img[10:20, 30:40] = 255
+    square, scale, offset = letterbox(img, 200)
+    assert square.shape == (200, 200, 3) and np.allclose(scale, [2, 2]) and np.allclose(offset, [0, 50])
+    centre = np.array([35.0, 15.0]) * scale + offset                       # block centre
+    assert square[int(centre[1]), int(centre[0])].mean() > 200
+    assert square[:50].max() == 0 and square[150:].max() == 0              # zero padding

@@ -1,4 +1,5 @@
-"""Tracking evaluation: per-video items reproduce the headline, the ground-truth oracle is perfect, token norm."""
+"""Tracking evaluation: per-video items reproduce the headline, the ground-truth oracle is perfect, token norm, the
+tracker on a static video."""
 from __future__ import annotations
 
 import numpy as np
@@ -159,3 +160,23 @@ def test_radius_table_matches_cdist_on_the_disc_edge():
         expected = torch.cdist(tracker.centres[idx], tracker.centres) > radius
         assert torch.equal(tracker._outside(idx), expected)
         assert 0 < expected.float().mean() < 1
+
+
+def test_tracker_on_static_video(tiny_model):
+    from corr3d.eval.tracking import DinoTracker
+    from tests.helpers.config import config_section
+
+    rng = np.random.default_rng(0)
+    frame = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
+    frames = np.stack([frame] * 4)
+    tracking = config_section("eval.tracking", stride=8, query_chunk=3)
+    tracker = DinoTracker(tiny_model, frames, tracking, frame_size=None, argmax_radius=8.0, batch_size=4)
+    q_xy = np.array([[20.0, 20.0], [48.0, 32.0], [70.0, 40.0], [30.0, 50.0]])
+    tracks, occ, cos = tracker.track(np.array([0, 1, 2, 3]), q_xy)
+    assert tracks.shape == (4, 4, 2) and occ.shape == (4, 4)
+    err = np.linalg.norm(tracks - q_xy[:, None], axis=-1)
+    assert err.max() < 8.0                     # within one token of the query in every (identical) frame
+    assert np.allclose(cos, cos[:, :1], atol=1e-5)
+    assert not occ.any()                       # identical frames: nothing occluded
+    for i, t in enumerate([0, 1, 2, 3]):       # the query frame is its own anchor: cosine 1
+        assert cos[i, t] == pytest.approx(1.0, abs=1e-5)

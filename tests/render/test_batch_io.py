@@ -1,5 +1,5 @@
 """Writing a rendered object: PNGs are PIL's bytes and are checked on read-back, depth.npz holds the same arrays as
-``np.savez_compressed`` would; the render bench finds (or skips) the sh3d objects."""
+``np.savez_compressed`` would."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corr3d.assets import sh3d
-from corr3d.perf import render as bench
 from corr3d.render import batch
 
 
@@ -55,23 +53,3 @@ def test_depth_npz_holds_the_arrays_savez_compressed_would(tmp_path):
         for name in depths:
             assert ours[name].dtype == theirs[name].dtype and ours[name].shape == theirs[name].shape
             assert ours[name].tobytes() == theirs[name].tobytes() == depths[name].tobytes()
-
-
-def test_bench_skips_sh3d_without_the_package(tmp_path, monkeypatch):
-    monkeypatch.setenv(sh3d.DIR_ENV, str(tmp_path))  # a folder without .sh3f libraries
-    assert bench.sh3d_specs(3) == []
-
-
-@pytest.mark.skipif(not any(sh3d.DEFAULT_DIR.glob("*.sh3f")) if sh3d.DEFAULT_DIR.is_dir() else True,
-                    reason=f"{sh3d.DEFAULT_DIR} is missing")
-def test_bench_takes_the_first_training_objects(monkeypatch):
-    monkeypatch.delenv(sh3d.DIR_ENV, raising=False)
-    assert bench.sh3d_specs(2) == sh3d.load_split("train")[:2]
-
-
-@pytest.mark.slow
-def test_bench_import_probe_reports_one_time_costs():
-    out = bench.import_seconds(with_sh3d=False)
-    assert out["renderer_imports_dash"] is False
-    assert out["import_open3d_renderer_s"] > 0 and out["import_open3d_plain_s"] > 0
-    assert out["import_corr3d_render_s"] > 0
