@@ -334,8 +334,10 @@ def model_identity(cfg: DictConfig, model_name: str, adapter: Path | None) -> di
     reference = reference_model_config(cfg.model, adapter=adapter, backbone=None if adapter else cfg.eval.backbone)
     if model_name == "oracle":   # ground truth; the model section stays in (input sizes), conservatively
         return {"model": "oracle", "config": model_config(reference)}
-    config = compared_model_config(reference, model_name, seed=int(cfg.seed))
-    identity = {"model": model_name, "config": model_config(config), "weights": _weights_digest(reference.weights)}
+    config = model_config(compared_model_config(reference, model_name, seed=int(cfg.seed)))
+    if not config["head"]["num_layers"]:   # a head without layers has no initialisation: one identity for all
+        config["head"] = {**config["head"], "init": "identity"}
+    identity = {"model": model_name, "config": config, "weights": _weights_digest(reference.weights)}
     if model_name == "finetuned":
         identity["adapter"] = file_digest(adapter) if adapter is not None else None
     if model_name not in _SEED_FREE_MODELS:

@@ -258,3 +258,19 @@ def test_make_eval_gives_identical_metrics_in_processes_with_different_hash_seed
     assert outs[0] == outs[1]
     assert outs[0]["deltas"]["random-pretrained"]["offline/tracking/aj"]["lo"] is not None
     assert "offline/pose/acc@5cm5deg" in outs[0]["pretrained"] and "real_pairs/pck@0.05" in outs[0]["random"]
+
+
+def test_a_head_without_layers_has_one_fingerprint_whatever_its_init(tmp_path):
+    """pretrained / random carry no head layers: two adapters that differ only in the head's init (identity vs
+    default) share their reference rows, while the finetuned part (the adapter's bytes) still differs."""
+    from corr3d.eval.run import part_fingerprint
+    from tests.helpers.models import tiny_model
+
+    adapters = {init: tiny_model(16, head={"num_layers": 1, "init": init}).save_adapter(tmp_path / f"{init}.safetensors")
+                for init in ("identity", "default")}
+    cfg = load_config("base", ["model.backbone=test_vit.r160_in1k", "eval.device=cpu"])
+    prints = {init: {name: part_fingerprint(cfg, "real_pairs", name, adapter=path)
+                     for name in ("pretrained", "random", "finetuned")} for init, path in adapters.items()}
+    assert prints["identity"]["pretrained"] == prints["default"]["pretrained"]
+    assert prints["identity"]["random"] == prints["default"]["random"]
+    assert prints["identity"]["finetuned"] != prints["default"]["finetuned"]
