@@ -35,6 +35,7 @@ def _without_timings(metrics: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.eval_workers
 @pytest.mark.timeout(900)
 def test_parallel_parts_give_the_numbers_of_one_process(suite_dir, tmp_path):
     from corr3d.eval.run import run_eval
@@ -64,6 +65,7 @@ def test_workers_must_be_auto_or_a_positive_integer(value):
         load_config("base", [f"eval.workers={value}"])
 
 
+@pytest.mark.eval_workers
 def test_auto_workers_follow_the_cores_and_stay_at_one_on_a_gpu(monkeypatch):
     import torch
 
