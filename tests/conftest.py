@@ -45,3 +45,14 @@ def cfg_tiny(cfg_tiny_global, tmp_path):
     cfg.data_root = str(tmp_path / "data")
     cfg.output_dir = str(tmp_path / "runs")
     return cfg
+
+
+# ``make eval`` measures in the test process, whatever ``eval.workers`` says, unless a test is marked
+# ``eval_workers``: tests monkeypatch measurements, fakes and counters that spawned workers would not see, and
+# spawning two interpreters per in-process evaluation would only slow the suite down
+@pytest.fixture(autouse=True)
+def _one_eval_process(request, monkeypatch):
+    if request.node.get_closest_marker("eval_workers") is None:
+        import corr3d.eval.run as run
+
+        monkeypatch.setattr(run, "eval_workers", lambda cfg: 1)
