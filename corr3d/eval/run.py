@@ -770,10 +770,7 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     if workers > 1:
         failed = _measure_in_parallel(job, tasks, groups, workers)
     else:
-        failed = []
-        for group in groups:
-            with shared_backbone_maps(float(cfg.eval.shared_features_mb)):
-                failed += job.measure(tasks, group)
+        failed = [part for group in groups for part in _measure_unit(job, tasks, group)]
     _say(f"evaluation: {time.perf_counter() - started:.1f} s")
     result = gather_eval(cfg, parts_dir, out)
     if failed:  # the other tasks' metrics and the report are written; the command still reports the failure
