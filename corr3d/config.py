@@ -309,6 +309,18 @@ def load_config(experiment: str | os.PathLike = "base", overrides: Iterable[str]
     return cfg
 
 
+def config_from_yaml(text: str, source: str = "a job's config") -> DictConfig:
+    """A configuration saved with ``OmegaConf.to_yaml`` (a SLURM job's pickled config), typed again by the schema
+    and validated like :func:`load_config`'s, so jobs run on the same typed path as the command line."""
+    layer = OmegaConf.create(text)
+    typed = OmegaConf.structured(Config)
+    _check_keys(OmegaConf.to_container(typed, resolve=False), OmegaConf.to_container(layer, resolve=False), source)
+    cfg = _merge(typed, layer, source)
+    validate_config(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise one :class:`ConfigError` listing every invalid value of a composed config (key, what is wrong, fix).
 
@@ -358,7 +370,7 @@ def _radius_violations(tree: dict) -> list[Violation]:
     if _number(pos) and _number(neg) and not pos < neg:
         return [Violation("loss.pos_radius", f"'loss.pos_radius'={pos:g} must be < 'loss.neg_radius'={neg:g} "
                           "(positives lie closer than negatives)",
-                          f"set loss.pos_radius below loss.neg_radius (defaults 0.005 < 0.1)")]
+                          "set loss.pos_radius below loss.neg_radius (defaults 0.005 < 0.1)")]
     return []
 
 

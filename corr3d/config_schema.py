@@ -507,7 +507,9 @@ class EvalConfig:
                                     "the training run (lr, steps, objects);\nnull: no cache")
     shared_features_mb: float = ranged(2048.0, ge=0, doc="backbone tokens kept so that models with the same frozen "
                                                          "backbone (pretrained, the\nuntrained heads) run it once per "
-                                                         "input (corr3d/models/shared.py); 0: off")
+                                                         "input, and (as much again) the tokens before\nthe adapted "
+                                                         "blocks, where finetuned continues from pretrained's\n"
+                                                         "(corr3d/models/shared.py); 0: off")
     workers: str = key("auto", "processes measuring (task, model) parts side by side; auto: one per\nCPU core "
                                "(at most 4), 1 on a GPU; torch threads x workers <= cores;\nthe numbers do not "
                                "depend on it (eval/run.py _measure_in_parallel)")

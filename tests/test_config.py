@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from corr3d.config import ConfigError, load_config
+from corr3d.config import ConfigError, config_from_yaml, load_config
+from corr3d.config_schema import ModelConfig, RenderConfig
 from corr3d.utils.run_dir import create_run_dir, find_resumable_run, mark_done
 
 
@@ -30,6 +31,19 @@ def test_wrong_type_names_key():
     with pytest.raises(ConfigError) as err:
         load_config("base", ["trainer.max_steps=lots"])
     assert "trainer.max_steps" in str(err.value) and "int" in str(err.value)
+
+
+def test_a_saved_config_comes_back_typed_and_checked():
+    """SLURM jobs carry their config as YAML: it must come back on the schema's typed path, equal to the original."""
+    cfg = load_config("dinov2_single_object", ["optim.lr=0.0003"])
+    back = config_from_yaml(OmegaConf.to_yaml(cfg, resolve=False))
+    assert OmegaConf.to_container(back, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+    assert OmegaConf.get_type(back.model) is ModelConfig and OmegaConf.get_type(back.data.render) is RenderConfig
+    assert OmegaConf.is_struct(back)
+    with pytest.raises(ConfigError, match="'model.lora.rnak'.*'model.lora.rank'"):
+        config_from_yaml("model:\n  lora:\n    rnak: 8\n", "a job")
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        config_from_yaml("trainer:\n  max_steps: lots\n", "a job")
 
 
 def test_values_take_the_schema_type():

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 from corr3d.errors import UnsafePathError
 from corr3d.utils.optional import import_extra
 from corr3d.utils.paths import ensure_within, safe_name
-from corr3d.utils.run_dir import atomic_write_text
+from corr3d.utils.io import atomic_write_text, write_json
 
 SPEC_PREFIX = "objaverse:"
 
@@ -203,7 +203,7 @@ def write_object_list(paths: dict[str, Path], out: str | os.PathLike,
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(f"{SPEC_PREFIX}{uid}\t{path}\n" for uid, path in paths.items()))
     if metadata is not None:
-        atomic_write_text(out.with_name(out.name + ".meta.json"), json.dumps(metadata, indent=1, sort_keys=True))
+        write_json(out.with_name(out.name + ".meta.json"), metadata, indent=1, sort_keys=True)
     return out
 
 

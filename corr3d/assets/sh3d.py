@@ -42,7 +42,7 @@ from typing import Iterable
 import numpy as np
 
 from corr3d.errors import Corr3dUserError, UnknownNameError, UnsafePathError
-from corr3d.utils.io import atomic_write_text, replace_dir
+from corr3d.utils.io import atomic_write_text, replace_dir, write_json
 from corr3d.utils.paths import ensure_within, safe_join, safe_name
 
 log = logging.getLogger(__name__)
@@ -371,8 +371,8 @@ def _catalog(folder: str, fingerprint: tuple) -> tuple[Sh3dEntry, ...]:
         return cached
     entries = tuple(e for _, path_ in sorted(library_files(folder).items()) for e in read_library(path_))
     try:
-        atomic_write_text(path, json.dumps({"version": CATALOG_CACHE_VERSION,
-                                            "entries": [dataclasses.asdict(e) for e in entries]}))
+        write_json(path, {"version": CATALOG_CACHE_VERSION, "entries": [dataclasses.asdict(e) for e in entries]},
+                   indent=None)
     except OSError as err:  # a read-only cache only costs the parse next time
         log.debug("cannot cache the sh3d catalog at %s: %s", path, err)
     return entries
@@ -811,8 +811,6 @@ def write_attribution(specs: Iterable[str], out_dir: str | os.PathLike,
                       root: str | os.PathLike | None = None) -> Path | None:
     """Write ``<out_dir>/ATTRIBUTION.md`` crediting the CC-BY objects among ``specs`` (atomically); None, and
     nothing written, when there are none."""
-    from corr3d.utils.io import atomic_write_text
-
     lines = attribution_lines(specs, root)
     if not lines:
         return None

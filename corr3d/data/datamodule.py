@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from corr3d.assets.experiment import object_specs, split_objects, training_objects  # noqa: F401 (re-export)
+from corr3d.assets.experiment import split_objects, training_objects
 from corr3d.data.augment import ViewAugmenter
 from corr3d.data.mvimgnet import discover_objects, structural_problem
 from corr3d.data.pairs import TRAIN_STREAM, VAL_STREAM, MVImgNetPairDataset, PairSampler, RenderedPairDataset

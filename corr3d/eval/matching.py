@@ -3,7 +3,8 @@
 Every task that asks "which target candidate has the highest cosine similarity to this source feature" (multiview
 equivariance in corr3d/eval/equivariance.py, the real-pairs task in corr3d/eval/real_pairs.py, semantic keypoint
 transfer in corr3d/eval/semantic.py, whose candidates are scored lazily: ``blocked_argmax``) goes through
-``nearest_neighbors``:
+``nearest_neighbors``; mutual matches (one-shot pose, corr3d/eval/pose.py and pose_ycbv.py) through
+``mutual_nearest_neighbors``:
 
 - blocked GEMM + argmax: the (N x M) score matrix is never materialised whole; query rows are processed in blocks
   whose score block fits ``memory_budget_mb`` (``block_rows``), so memory is O(block x M), not O(N x M);
@@ -29,6 +30,8 @@ API (used by corr3d/eval/real_pairs.py; all functions take and return torch tens
         -> (N, C) float32 L2-normalised features (patch-centre aligned bilinear, ``model.sample_points``)
     match_points(model, fmap_src, fmap_tgt, src_xy, tgt_xy, image_size, target_size=None, **kw) -> (N, 2) np
         # the target candidate location (x, y) best matching each source point
+    mutual_nearest_neighbors(a (N, C), b (M, C), memory_budget_mb=64.0) -> (i (K,), j (K,)) np int64
+        # mutual best matches, one blocked GEMM for both directions (one-shot pose: query grid vs templates)
     block_rows(num_candidates, memory_budget_mb, element_bytes=4) -> int
     blocked_argmax(score_block(s, e) -> (N, e - s) scores, num_queries, num_candidates, block) -> NNResult
         # argmax over candidates scored lazily block by block (semantic transfer: every pixel, upsampled)
@@ -164,6 +167,35 @@ def blocked_argmax(score_block: Callable[[int, int], torch.Tensor], num_queries:
     if index is None:
         return NNResult(torch.zeros(num_queries, dtype=torch.long), torch.full((num_queries,), float("-inf")))
     return NNResult(index, score)
+
+
+@torch.no_grad()
+def mutual_nearest_neighbors(a: torch.Tensor, b: torch.Tensor, memory_budget_mb: float = 64.0
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (i, j) where ``b[j]`` is ``a[i]``'s best match and ``a[i]`` is ``b[j]``'s (dot product; unit
+    features give cosine), in increasing ``i``. Ties: the lowest index, as ``torch.argmax``.
+
+    One GEMM serves both directions: ``b`` is taken in column blocks whose (len(a) x block) score block fits
+    ``memory_budget_mb``; each block gives its columns' argmax over ``a`` outright and updates the rows' running
+    best (replaced only when strictly better, so the first maximum wins). Scoring ``b @ a.T`` again for the reverse
+    direction, as the authors' code does, doubles the cost of the step that dominates one-shot pose matching."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    a, b = a.float(), b.float()
+    cols = block_rows(len(a), memory_budget_mb)
+    nn_ba = torch.empty(len(b), dtype=torch.long, device=a.device)
+    best_ab = torch.full((len(a),), float("-inf"), device=a.device)
+    nn_ab = torch.zeros(len(a), dtype=torch.long, device=a.device)
+    for start in range(0, len(b), cols):
+        scores = a @ b[start:start + cols].T                     # (len(a), block)
+        nn_ba[start:start + cols] = scores.argmax(0)
+        top, arg = scores.max(1)
+        better = top > best_ab
+        best_ab = torch.where(better, top, best_ab)
+        nn_ab = torch.where(better, arg + start, nn_ab)
+    i = torch.arange(len(a), device=a.device)
+    mutual = nn_ba[nn_ab] == i
+    return i[mutual].cpu().numpy(), nn_ab[mutual].cpu().numpy()
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
+from corr3d.eval.matching import mutual_nearest_neighbors
 from corr3d.eval.metrics.pose import PoseAccuracyMetric, pose_errors, threshold_key
 from corr3d.geometry.pixels import pixel_grid
 from corr3d.utils.seeding import stable_seed
@@ -27,25 +28,11 @@ from corr3d.utils.torch_utils import eval_mode
 log = logging.getLogger(__name__)
 
 
-MATCH_CHUNK = 8192  # query rows per block of the mutual-nearest-neighbour GEMM
 
 
 def grid_points(height: int, width: int, step: int) -> np.ndarray:
     """(N, 2) pixel centres (x, y) on a ``step``-px lattice starting at the first pixel."""
     return pixel_grid(width, height, step).reshape(-1, 2)
-
-
-@torch.no_grad()
-def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, chunk: int = MATCH_CHUNK
-                              ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (i, j) with a[i]'s best match b[j] and b[j]'s best match a[i] (dot product of unit features)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    nn_ab = torch.cat([(a[s:s + chunk] @ b.T).argmax(1) for s in range(0, len(a), chunk)])
-    nn_ba = torch.cat([(b[s:s + chunk] @ a.T).argmax(1) for s in range(0, len(b), chunk)])
-    i = torch.arange(len(a), device=a.device)
-    mutual = nn_ba[nn_ab] == i
-    return i[mutual].cpu().numpy(), nn_ab[mutual].cpu().numpy()
 
 
 RANSAC_MODES = ("paper", "fast")   # config_schema: eval.pose.ransac / eval.pose_ycbv.ransac
@@ -213,7 +200,7 @@ def evaluate_objects(model, objects: list, pose, *, seed: int, prefix: str = "po
             fmap = extract_maps(model, [image], input_size, batch_size=1)[0]
             grid = grid_points(size[0], size[1], pose.grid_step)
             feats = sample(model, fmap, grid, size, input_size)
-            qi, ti = mutual_nearest_neighbours(feats, bank.descriptors.to(feats.device), MATCH_CHUNK)
+            qi, ti = mutual_nearest_neighbors(feats, bank.descriptors.to(feats.device))
             return bank.points3d[ti], grid[qi]
         return match
 

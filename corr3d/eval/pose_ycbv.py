@@ -38,7 +38,8 @@ from corr3d.eval.datasets.bop import list_scenes, load_models_info, load_object_
 from corr3d.eval.features import extract_maps, input_size_for_feature_px, sample
 from corr3d.eval.metrics import bop as bop_metrics
 from corr3d.eval.metrics.pose import pose_errors, threshold_key
-from corr3d.eval.pose import MATCH_CHUNK, grid_points, mutual_nearest_neighbours, solve_pnp
+from corr3d.eval.matching import mutual_nearest_neighbors
+from corr3d.eval.pose import grid_points, solve_pnp
 from corr3d.utils.seeding import stable_seed
 from corr3d.utils.torch_utils import eval_mode
 
@@ -275,7 +276,7 @@ def evaluate_ycbv(model, scenes, object_models: dict, ycbv, *, seed: int, ref_st
                                                           scene.mask_visib(im_id, inst.gt_idx))
                     else:
                         feats = sample(model, fmap, pts2d, size, input_size)
-                        qi, ti = mutual_nearest_neighbours(feats, bank_desc.to(feats.device), MATCH_CHUNK)
+                        qi, ti = mutual_nearest_neighbors(feats, bank_desc.to(feats.device))
                         pts3d, matched2d = bank_pts[ti], pts2d[qi]
                     n_match = len(pts3d)
                     # the OnePose PnP; BOP points are already in mm, so no extra scaling

@@ -61,11 +61,12 @@ from corr3d.eval.stats import (
     validity,
 )
 from corr3d.eval.tasks import Dataset, get_task, offline_parts, registry
+from corr3d.models.backbones import TimmViTFamily
 from corr3d.models.shared import shared_backbone_maps
 from corr3d.models import (COMPARED_MODELS, compared_model, compared_model_config, model_config,
                            reference_model_config)
 from corr3d.utils import report
-from corr3d.utils.io import sha256_of
+from corr3d.utils.io import sha256_of, write_json
 from corr3d.utils.paths import is_within, safe_join, safe_name
 from corr3d.utils.run_dir import RunLock, latest_run
 
@@ -76,6 +77,7 @@ AUTO = "auto"   # the adapter argument's default: resolve_adapter(cfg)
 # compared models whose backbone is the untouched pretrained one (corr3d/models/shared.py shares its tokens)
 # (the oracle has no backbone: its group keeps nothing)
 FROZEN_BACKBONE_MODELS = ("pretrained", "pretrained_head_init", "pretrained_default_conv")
+PREFIX_SHARING_MODELS = ("finetuned",)   # adapted last blocks only: the leading blocks' tokens are pretrained
 LOWER_IS_BETTER = ("ape", "err", "median_px")
 
 
@@ -296,8 +298,8 @@ def _finish_part(part: dict, items: list[dict], task: str, model_name: str, part
     part = report.to_jsonable(part)
     items = report.to_jsonable(items)
     if parts_dir is not None:
-        report.write_json(part_path(parts_dir, task, model_name), part)
-        report.write_json(items_path(parts_dir, task, model_name), items, indent=None)
+        write_json(part_path(parts_dir, task, model_name), part)
+        write_json(items_path(parts_dir, task, model_name), items, indent=None)
     return {**part, "items": items}
 
 
@@ -401,7 +403,7 @@ def store_part(cfg: DictConfig, part: dict) -> None:
     if root is None or part.get("status") == "failed" or not part.get("fingerprint"):
         return
     try:
-        report.write_json(root / part["task"] / part["model"] / f"{part['fingerprint']}.json", part, indent=None)
+        write_json(root / part["task"] / part["model"] / f"{part['fingerprint']}.json", part, indent=None)
     except OSError as err:
         log.warning("part cache %s not written: %s", root, err)
 
@@ -512,12 +514,12 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     messages += not_reported
     ci, deltas = confidence(items_by_task, metrics, int(cfg.eval.n_boot), int(cfg.eval.seed))
     breakdowns = breakdown_tables(items_by_task, int(cfg.eval.n_boot), int(cfg.eval.seed))
-    report.write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas, "protocols": protocols,
+    write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas, "protocols": protocols,
                                             "breakdowns": breakdowns})
     meta = {"experiment": cfg.experiment, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "models": descriptions, "timings": timings, "messages": messages,
             "config": OmegaConf.to_container(cfg.eval, resolve=True)}
-    report.write_json(out / "eval_meta.json", meta)
+    write_json(out / "eval_meta.json", meta)
     for name, rows in tables.items():
         report.write_csv(out / "csv" / f"{name}.csv", rows)
     report.write_csv(out / "csv" / "timings.csv", timings)
@@ -763,9 +765,11 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
          + (f"; reusing {len(reuse)} finished part(s) (eval.resume=false to redo them)" if reuse else "")
          + (f"; {workers} parallel workers" if workers > 1 else ""))
     # backbone tokens are kept per group of models with the same backbone (the pretrained one and its untrained
-    # heads; each other model alone): computed once per input for the group's tasks, passes and models
-    frozen = [name for name in names if name in FROZEN_BACKBONE_MODELS]
-    groups = ([frozen] if frozen else []) + [[name] for name in names if name not in FROZEN_BACKBONE_MODELS]
+    # heads; each other model alone): computed once per input for the group's tasks, passes and models. The
+    # finetuned model joins the pretrained group: its blocks before the adapted ones are the pretrained blocks
+    sharing = FROZEN_BACKBONE_MODELS + PREFIX_SHARING_MODELS
+    frozen = [name for name in names if name in sharing]
+    groups = ([frozen] if frozen else []) + [[name] for name in names if name not in sharing]
     job = _PartJob(cfg, reuse, fingerprints, parts_dir)
     if workers > 1:
         failed = _measure_in_parallel(job, tasks, groups, workers)
@@ -779,6 +783,9 @@ def _run_eval_locked(cfg: DictConfig, out: Path, tasks: list[str], names: list[s
     return result
 
 
+MAX_AUTO_WORKERS = 4   # each worker holds its models and up to eval.shared_features_mb of backbone tokens
+
+
 def eval_workers(cfg: DictConfig) -> int:
     """``eval.workers``: processes measuring parts side by side. ``auto``: one per CPU core (at most
     :data:`MAX_AUTO_WORKERS`) on CPU, one on a GPU (the device is the bottleneck there)."""
@@ -789,8 +796,6 @@ def eval_workers(cfg: DictConfig) -> int:
         return 1
     return max(1, min(MAX_AUTO_WORKERS, torch.get_num_threads()))
 
-
-MAX_AUTO_WORKERS = 4   # each worker holds its models and up to eval.shared_features_mb of backbone tokens
 
 
 class _PartJob:
@@ -870,5 +875,10 @@ def _exit_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
 
 
 def _measure_unit(job: _PartJob, tasks: list[str], names: list[str]) -> list[str]:
-    with shared_backbone_maps(float(job.cfg.eval.shared_features_mb)):
+    """Measure a group's parts with one token store (models/shared.py); a finetuned model measured after a frozen
+    one continues from the tokens before its adapted blocks instead of recomputing them."""
+    prefix_of_last = None
+    if any(n in PREFIX_SHARING_MODELS for n in names) and any(n in FROZEN_BACKBONE_MODELS for n in names):
+        prefix_of_last = TimmViTFamily.adapted_last_blocks(job.cfg.model)
+    with shared_backbone_maps(float(job.cfg.eval.shared_features_mb), prefix_of_last):
         return job.measure(tasks, names)

@@ -42,7 +42,8 @@ from corr3d.launch.tasks import (
     part_file_name,
 )
 from corr3d.utils.optional import import_extra
-from corr3d.utils.run_dir import atomic_write_text, create_run_dir
+from corr3d.utils.io import write_json
+from corr3d.utils.run_dir import create_run_dir
 
 log = logging.getLogger("corr3d.launch")
 JOBS_FILE = "jobs.json"
@@ -236,8 +237,7 @@ def record_jobs(log_root: Path, kind: str, job_ids: Sequence[str], **info: Any) 
     records = json.loads(path.read_text()) if path.exists() else []
     records.append({"kind": kind, "job_ids": list(job_ids), "submitted": _dt.datetime.now().isoformat(timespec="seconds"),
                     "cwd": os.getcwd(), **info})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(records, indent=2))
+    write_json(path, records)
     return path
 
 

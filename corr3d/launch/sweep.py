@@ -56,7 +56,8 @@ from corr3d.launch.slurm import (
 from corr3d.launch.tasks import TrainTask, cfg_to_yaml, entry_name
 from corr3d.training.sweep_report import RESULTS_FILE, gather_sweep, is_done, slug, variant_label
 from corr3d.utils.paths import MAX_NAME, ensure_within, safe_join, safe_name
-from corr3d.utils.run_dir import SWEEPS_DIR, atomic_write_text, experiment_name
+from corr3d.utils.io import write_json
+from corr3d.utils.run_dir import SWEEPS_DIR, experiment_name
 
 log = logging.getLogger("corr3d.launch.sweep")
 
@@ -212,7 +213,7 @@ class SweepPlan:
         manifest = {"experiment": str(self.base.experiment), "name": self.name, "axes": self.axes,
                     "overrides": self.overrides, "cells": [{"name": n, "overrides": c}
                                                           for n, c in zip(self.names, self.cells)]}
-        atomic_write_text(self.root / "sweep.json", json.dumps(manifest, indent=2))
+        write_json(self.root / "sweep.json", manifest)
 
 
 def sweep_name(name, source: str = "sweep.name") -> str:
@@ -279,7 +280,7 @@ def share_rows(sources: Mapping[str, Path], target: Path) -> list[str]:
                     shutil.copy2(part, dest)
     if copied:
         target.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
+        write_json(path, metrics, sort_keys=True)
     return copied
 
 

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from corr3d.config import config_from_yaml
 from corr3d.utils.optional import import_extra
-from corr3d.utils.run_dir import atomic_write_text
+from corr3d.utils.io import write_json
 
 log = logging.getLogger("corr3d.launch")
 
@@ -48,14 +49,11 @@ def entry_name(fn: Callable) -> str:
     return spec
 
 
+JOB_CONFIG = "the SLURM job's config"   # names the source in a config error
+
+
 def cfg_to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=False)
-
-
-def cfg_from_yaml(text: str) -> DictConfig:
-    cfg = OmegaConf.create(text)
-    OmegaConf.set_struct(cfg, True)
-    return cfg
 
 
 def global_rank() -> int:
@@ -102,7 +100,7 @@ class TrainTask:
         # submitit owns requeueing (SIGUSR2 -> checkpoint() below); Lightning's own auto-requeue would requeue the
         # job a second time, so it is switched off. Lightning still reads ranks and the master address from SLURM.
         plugins = [SLURMEnvironment(auto_requeue=False)]
-        run = train(cfg_from_yaml(self.cfg_yaml), run_dir=self.run_dir, trainer_plugins=plugins)
+        run = train(config_from_yaml(self.cfg_yaml, JOB_CONFIG), run_dir=self.run_dir, trainer_plugins=plugins)
         return str(run)
 
     def checkpoint(self):
@@ -123,7 +121,7 @@ class EvalPartTask:
 
     def __call__(self) -> dict:
         run_part = resolve_entry(self.entry)
-        return run_part(cfg_from_yaml(self.cfg_yaml), self.task, self.model, parts_dir=Path(self.parts_dir))
+        return run_part(config_from_yaml(self.cfg_yaml, JOB_CONFIG), self.task, self.model, parts_dir=Path(self.parts_dir))
 
     def checkpoint(self):
         return _requeue_submission(self)  # an evaluation part restarts from scratch after a timeout
@@ -143,7 +141,7 @@ class GatherTask:
             log.warning("evaluation parts missing (their array tasks failed; see slurm/ logs): %s", missing)
             print(f"[corr3d] missing evaluation parts: {', '.join(missing)}", flush=True)
         gather = resolve_entry(self.entry)
-        return gather(cfg_from_yaml(self.cfg_yaml), Path(self.parts_dir), Path(self.out_dir))
+        return gather(config_from_yaml(self.cfg_yaml, JOB_CONFIG), Path(self.parts_dir), Path(self.out_dir))
 
 
 class OfflineSuiteTask:
@@ -186,8 +184,7 @@ class RenderChunkTask:
             else:
                 results.append({"spec": spec, "status": "done", "dir": out_dir.name, "skipped": True})
         record = Path(self.root) / "slurm" / "chunks" / f"chunk_{self.chunk:05d}.json"
-        record.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps(results, indent=1))
+        write_json(record, results, indent=1)
         return results
 
     def checkpoint(self):

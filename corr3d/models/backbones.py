@@ -274,6 +274,11 @@ class TimmViTFamily(BackboneFamily):
         freeze(backbone)
         return []
 
+    @staticmethod
+    def adapted_last_blocks(config: Mapping) -> int:
+        """How many last blocks :meth:`adapt` makes trainable for a ``model:`` section (the rest stay pretrained)."""
+        return config["unfreeze_blocks"] if config["unfreeze_blocks"] > 0 else config["lora"]["blocks"]
+
     def feature_map(self, backbone, x, spec, layer, final_norm, stride=None):
         tokens, grid = vit_tokens(backbone, x, layer=layer, final_norm=final_norm, stride=stride)
         return tokens_to_map(tokens, spec.num_prefix_tokens, grid)

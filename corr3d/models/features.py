@@ -12,6 +12,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from corr3d.models import shared
+
 
 
 def paper_input_size(h: int, w: int, patch_size: int, target_res: int = 640, downsample_factor: int = 8
@@ -167,20 +169,32 @@ def vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, fina
     """
     if getattr(vit, "rope", None) is not None:
         return rope_vit_tokens(vit, images, layer, final_norm, stride)
-    x = patch_embed(vit, images, stride)
-    grid = (x.shape[1], x.shape[2])
-    x = add_pos_embed(vit, x)
-    x = vit.patch_drop(x)
-    x = vit.norm_pre(x)
     depth = len(vit.blocks)
     last = layer % depth if layer < 0 else layer
     if not 0 <= last < depth:
         raise ValueError(f"layer {layer} out of range for a {depth}-block ViT")
-    for block in vit.blocks[: last + 1]:
-        x = block(x)
-    if final_norm:
-        x = vit.norm(x)
-    return x, grid
+    prefixes = _shared_prefixes(vit)
+    frozen = 0 if prefixes is None else min(frozen_prefix_depth(vit), depth - prefixes.adapted_last, last + 1)
+    if frozen <= 0:
+        x, grid = vit_prefix_tokens(vit, images, last + 1, stride)
+        return (vit.norm(x) if final_norm else x), grid
+    # the leading blocks' tokens are the same for every model that keeps them pretrained (models/shared.py): a
+    # finetuned model continues from the tokens its pretrained backbone computed
+    key = prefixes.key(vit, frozen, images, stride, getattr(vit, POS_EMBED_INTERP_ATTR, "exact"))
+    found = prefixes.get(key)
+    if found is None:
+        found = vit_prefix_tokens(vit, images, frozen, stride)
+        prefixes.put(key, *found)
+    x, grid = found
+    return vit_tokens_from(vit, x, frozen, last, final_norm), grid
+
+
+def _shared_prefixes(vit: torch.nn.Module):
+    """The active store's frozen-prefix tokens (None: no store, prefixes off, training or grad)."""
+    store = shared.active()
+    if store is None or store.prefixes is None or vit.training or torch.is_grad_enabled():
+        return None
+    return store.prefixes
 
 
 def rope_vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, final_norm: bool = True,

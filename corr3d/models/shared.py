@@ -9,7 +9,13 @@ layer, norm, stride) before running the backbone. A hit returns the very tensor 
 batch, so every number stays identical to the last digit (tests/models/test_shared.py).
 
 The backbone's content digest leaves out LoRA factors whose B are all zero (they add exact zeros) and covers
-everything else: a trained LoRA or unfrozen blocks give a digest of their own. Only eval-mode, no-grad forwards
+everything else: a trained LoRA or unfrozen blocks give a digest of their own.
+
+With ``prefix_of_last=n`` the tokens before a ViT's last ``n`` blocks (the blocks a finetuned model adapts) are kept
+too, by (content digest of the stem and the leading blocks, input, stride, depth), in a budget of their own; a model
+whose own frozen prefix (``frozen_prefix_depth``) is shorter computes its tokens itself. The finetuned model keeps the pretrained blocks 0..k-1 bit for bit (LoRA adapts the
+last blocks), so evaluated after pretrained in one block it runs only its adapted blocks: 4 of DINOv2-S's 12 with the
+default LoRA. The continued forward is the same sequence of operations on the same tensor, so numbers do not move. Only eval-mode, no-grad forwards
 take part (weights do not change inside the block); every backbone family takes part. The store stops growing at its
 byte budget (no eviction: the first inputs keep hitting for every later pass instead of thrashing).
 """
@@ -28,13 +34,14 @@ _ACTIVE: list["SharedBackboneMaps"] = []
 
 
 class SharedBackboneMaps:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, prefix_of_last: int | None = None):
         self.max_bytes = int(max_bytes)
         self.used = 0
         self.hits = 0
         self.misses = 0
         self._maps: dict[tuple, torch.Tensor] = {}
         self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+        self.prefixes = _Prefixes(self.max_bytes, prefix_of_last) if prefix_of_last else None
 
     def backbone_key(self, model) -> str | None:
         """The content digest of what ``model``'s backbone computes (None: not shareable: training, grad)."""
@@ -79,17 +86,63 @@ class SharedBackboneMaps:
             self.used += size
 
 
+class _Prefixes:
+    """Tokens before a ViT's last ``adapted_last`` blocks, by (prefix digest, input, stride, depth); fills up to its
+    budget."""
+
+    def __init__(self, max_bytes: int, adapted_last: int):
+        self.max_bytes, self.used, self.hits, self.misses = int(max_bytes), 0, 0, 0
+        self.adapted_last = int(adapted_last)
+        self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
+        self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, str]]" = weakref.WeakKeyDictionary()
+
+    def key(self, vit: torch.nn.Module, depth: int, x: torch.Tensor, stride: int | None, interp: str) -> tuple:
+        per_depth = self._digests.setdefault(vit, {})
+        if depth not in per_depth:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(f"{type(vit).__name__}|{interp}".encode())
+            parts = {"patch_embed": vit.patch_embed, "norm_pre": vit.norm_pre,
+                     **{f"blocks.{i}": vit.blocks[i] for i in range(depth)}}
+            tensors = [(f"{prefix}.{name}", t) for prefix, module in parts.items()
+                       for name, t in module.state_dict().items()]
+            tensors += [(name, t) for name in ("pos_embed", "cls_token", "reg_token")
+                        if (t := getattr(vit, name, None)) is not None]
+            for name, tensor in tensors:
+                h.update(name.encode())
+                h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                         if tensor.numel() else b"")
+            per_depth[depth] = h.hexdigest()
+        return per_depth[depth], SharedBackboneMaps.input_key(x), stride, depth
+
+    def get(self, key: tuple):
+        found = self._tokens.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key: tuple, tokens: torch.Tensor, grid: tuple[int, int]) -> None:
+        size = tokens.numel() * tokens.element_size()
+        if self.used + size <= self.max_bytes:
+            self._tokens[key] = (tokens, grid)
+            self.used += size
+
+
 def active() -> SharedBackboneMaps | None:
     return _ACTIVE[-1] if _ACTIVE else None
 
 
 @contextmanager
-def shared_backbone_maps(max_mb: float = 2048) -> Iterator[SharedBackboneMaps | None]:
-    """Share backbone grids among the models evaluated inside this block (``max_mb`` <= 0: off)."""
+def shared_backbone_maps(max_mb: float = 2048, prefix_of_last: int | None = None
+                         ) -> Iterator[SharedBackboneMaps | None]:
+    """Share backbone grids among the models evaluated inside this block (``max_mb`` <= 0: off); with
+    ``prefix_of_last=n`` also the tokens before the last ``n`` blocks (another ``max_mb`` at most; module doc)."""
     if max_mb <= 0:
         yield None
         return
-    store = SharedBackboneMaps(int(max_mb * 2 ** 20))
+    store = SharedBackboneMaps(int(max_mb * 2 ** 20), prefix_of_last)
     _ACTIVE.append(store)
     try:
         yield store

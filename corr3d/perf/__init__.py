@@ -5,14 +5,12 @@ Modules expose ``run(quick: bool) -> dict[str, float | str]``; results are print
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
 import time
-from pathlib import Path
 
 import torch
 
-from corr3d.utils.run_dir import atomic_write_text
+from corr3d.utils.io import write_json
 
 
 def benchmark_groups() -> list[str]:
@@ -32,8 +30,6 @@ def run_benchmarks(only: str | None = None, quick: bool = False, out: str = "run
         print(f"\n== {group} ==")
         for key, value in numbers.items():
             print(f"  {key:<48} {value}")
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(results, indent=2))
+    path = write_json(out, results)
     print(f"\nwrote {path}")
     return results

@@ -62,7 +62,8 @@ from corr3d.render.store import FORMAT, FORMAT_VERSION, MIN_FOREGROUND
 from corr3d.utils.io import replace_dir
 from corr3d.utils.paths import safe_join
 from corr3d.utils.reading import ItemList
-from corr3d.utils.run_dir import atomic_write_text, directory_lock, process_alive
+from corr3d.utils.io import write_json
+from corr3d.utils.run_dir import directory_lock, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def render_rig(render_cfg=None) -> tuple[IcosphereCameras, Lighting]:
     s = render_settings(render_cfg)
     cameras = IcosphereCameras(subdivisions=s["icosphere_subdivisions"], distance=s["distance"], width=s["width"],
                                height=s["height"], focal=s["focal"], up=tuple(s["up"]),
-                               views=s.get("views", "corr3d"))
+                               views=s["views"])
     lighting = Lighting(lights=tuple(map(tuple, s["lights"])), ambient=s["ambient"], diffuse=s["diffuse"],
                         mode=s["shading"], follow_camera=s["lights_follow_camera"])
     return cameras, lighting
@@ -106,7 +107,7 @@ def render_rig(render_cfg=None) -> tuple[IcosphereCameras, Lighting]:
 
 def settings_hash(settings: dict) -> str:
     payload = {k: settings[k] for k in _OUTPUT_KEYS} | {"renderer": RENDERER_VERSION, "format": FORMAT_VERSION}
-    if settings.get("views", "corr3d") != "corr3d":   # the authors' cameras; corr3d's keep their earlier hashes
+    if settings["views"] != "corr3d":   # the authors' cameras; corr3d's keep their earlier hashes
         payload["views"] = settings["views"]
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -207,7 +208,7 @@ def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> 
     cameras, lighting = render_rig(settings)
     renderer = RaycastRenderer(mesh, lighting)
     depths, foreground = {}, []
-    level = int(settings.get("png_compression", 1))
+    level = settings["png_compression"]
     for i, pose in enumerate(cameras.poses):
         view = renderer.render(cameras.K, pose, cameras.width, cameras.height, tuple(settings["background"]))
         if not np.isfinite(view["depth"]).all():
@@ -233,7 +234,7 @@ def _render_into(spec: str, directory: Path, object_id: str, settings: dict) -> 
             "render_settings": {k: settings[k] for k in _OUTPUT_KEYS}, "settings_hash": settings_hash(settings),
             "render_seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": files}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks the directory complete
+    write_json(directory / "meta.json", meta, indent=1)  # last: marks the directory complete
 
 
 def _publish(tmp: Path, out_dir: Path, settings: dict) -> None:
@@ -308,10 +309,10 @@ def _write_manifest(root: Path, objects: dict) -> None:
     with directory_lock(root):
         merged = read_manifest(root)
         merged.update(objects)
-        atomic_write_text(root / MANIFEST, json.dumps({"version": 1, "objects": merged}, indent=1, sort_keys=True))
+        write_json(root / MANIFEST, {"version": 1, "objects": merged}, indent=1, sort_keys=True)
         failed = [{"spec": spec, "dir": e.get("dir"), "error": e.get("error"), "updated": e.get("updated")}
                   for spec, e in sorted(merged.items()) if e.get("status") != "done"]
-        atomic_write_text(root / FAILED, json.dumps({"version": 1, "objects": failed}, indent=1))
+        write_json(root / FAILED, {"version": 1, "objects": failed}, indent=1)
 
 
 def _host_tag() -> str:
@@ -389,7 +390,7 @@ def render_batch(specs: Iterable[str], root, render_cfg=None, workers: int | Non
             continue
         else:
             todo.append(spec)
-    workers = max(1, int(settings.get("workers", 1) if workers is None else workers))
+    workers = max(1, settings["workers"] if workers is None else workers)
     bar = _progress(len(specs), len(specs) - len(todo), progress)
     record = _recorder(root, manifest, bar)
     if workers == 1 or len(todo) <= 1:

@@ -23,7 +23,7 @@ import torch
 from corr3d.errors import Corr3dUserError
 from corr3d.eval.equivariance import evaluate_equivariance
 from corr3d.models.adapter import read_adapter
-from corr3d.utils.run_dir import atomic_write_text
+from corr3d.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ class EquivarianceCallback(L.Callback):
     def _write_history(self) -> None:
         if self.run_dir is None:
             return
-        atomic_write_text(self.run_dir / "val_history.json",
-                          json.dumps({"select_key": SELECT_KEY, "best": self.best, "history": self.history},
-                                     indent=2))
+        write_json(self.run_dir / "val_history.json",
+                   {"select_key": SELECT_KEY, "best": self.best, "history": self.history})
 
     def _load_history(self) -> None:
         """After a resume: earlier probes (and the best one, whose adapter file is on disk) still count."""

@@ -41,7 +41,8 @@ from corr3d.models.shared import shared_backbone_maps
 from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY, MultiviewFinetuneModule
 from corr3d.training.report import write_feature_figures, write_training_report
-from corr3d.utils.run_dir import atomic_write_text, create_run_dir, mark_done, point_latest, release_run
+from corr3d.utils.io import atomic_write_text, write_json
+from corr3d.utils.run_dir import create_run_dir, mark_done, point_latest, release_run
 from corr3d.utils.safe_load import non_finite_tensor, safe_checkpoint_load
 
 log = logging.getLogger("corr3d.training.run")
@@ -83,7 +84,7 @@ def _read_metrics(run: Path) -> dict:
 
 
 def _write_metrics(run: Path, metrics: dict) -> None:
-    atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    write_json(run / "metrics.json", metrics, sort_keys=True)
 
 
 def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], label: str,

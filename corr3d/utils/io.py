@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 
 def sha256_of(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
@@ -51,8 +53,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent))
+def json_default(value: Any):
+    """``json.dumps(default=…)`` for the values results hold: numpy/torch scalars and arrays, paths."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "item"):  # torch scalars, without importing torch
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """The one JSON file writer: atomic (:func:`atomic_write`), parent folders created, numpy/torch values as
+    numbers and lists (:func:`json_default`), one trailing newline. ``indent=None`` writes one compact line."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=json_default) + "\n")
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike, old: str | os.PathLike | None = None) -> Path:

@@ -1,6 +1,6 @@
 """Reporting helpers shared by evaluation and training reports.
 
-- :func:`write_json` / :func:`write_csv` / :func:`write_text`: atomic writers (temporary file + rename).
+- :func:`write_csv` / :func:`write_text`: atomic writers (temporary file + rename); JSON: ``corr3d.utils.io.write_json``.
 - :func:`markdown_table`: rows (list of dicts) -> GitHub Markdown table.
 - :func:`before_after_rows` / :func:`before_after_table`: metrics of a baseline vs other models with deltas.
 - :func:`plot_grouped_bars` / :func:`plot_lines`: matplotlib figures written as PNG (Agg backend, headless).
@@ -16,29 +16,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 
-from corr3d.utils.io import atomic_write, atomic_write_text
-
-
-def _json_default(value: Any):
-    try:
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+from corr3d.utils.io import atomic_write, atomic_write_text, json_default
 
 
 def to_jsonable(obj: Any) -> Any:
     """Round-trip through JSON (numpy/torch scalars -> floats, NaN kept as NaN)."""
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -46,10 +30,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
     return path
-
-
-def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

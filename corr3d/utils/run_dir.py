@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corr3d.config import REPO_ROOT
 from corr3d.errors import RunLockedError
-from corr3d.utils.io import atomic_write, atomic_write_text  # atomic_write_text: also imported from here
+from corr3d.utils.io import atomic_write, atomic_write_text, write_json
 from corr3d.utils.paths import safe_name
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def create_run_dir(cfg: DictConfig, resume: bool = True, run_dir: str | os.PathL
             atomic_write_text(run / "config.yaml", _resolved_yaml(cfg))
             info = {"git_commit": git_commit(), "packages": package_versions(),
                     "created": _dt.datetime.now().isoformat(timespec="seconds")}
-            atomic_write_text(run / "env.json", json.dumps(info, indent=2))
+            write_json(run / "env.json", info)
     if move_latest:
         point_latest(experiment_dir, run)
     return run

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from corr3d.config import load_config
-from corr3d.data.datamodule import build_datamodule, object_specs, split_objects
+from corr3d.assets.experiment import object_specs, split_objects
+from corr3d.data.datamodule import build_datamodule
 from corr3d.data.pairs import PairSampler
 
 OBJECTS = ["procedural:sphere_checker", "procedural:box_stripes"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from corr3d.eval.matching import (
     ViewCache,
     block_rows,
+    mutual_nearest_neighbors,
     nearest_neighbors,
     nearest_neighbors_grouped,
     resolve_precision,
@@ -252,3 +253,44 @@ def test_blocked_argmax_rejects_bad_input():
         blocked_argmax(lambda s, e: torch.zeros(3, e - s), 2, 5, 2)
     empty = blocked_argmax(lambda s, e: torch.zeros(2, e - s), 2, 0, 4)
     assert empty.index.tolist() == [0, 0] and torch.isinf(empty.score).all()
+
+
+def mutual_reference(a: torch.Tensor, b: torch.Tensor):
+    """The authors' formulation: both directions scored separately (a @ b.T and b @ a.T), argmax each, keep i with
+    nn_ba[nn_ab[i]] == i."""
+    nn_ab = (a @ b.T).argmax(1)
+    nn_ba = (b @ a.T).argmax(1)
+    i = torch.arange(len(a))
+    keep = nn_ba[nn_ab] == i
+    return i[keep].numpy(), nn_ab[keep].numpy()
+
+
+@pytest.mark.parametrize("budget_mb", [64.0, 0.01, 1e-9])   # one block, several, one column per block
+def test_mutual_matches_equal_both_directions_scored_separately(budget_mb):
+    gen = torch.Generator().manual_seed(3)
+    a = F.normalize(torch.randn(300, 32, generator=gen), dim=1)
+    b = F.normalize(torch.randn(1000, 32, generator=gen), dim=1)
+    b[500:520] = a[:20]                                     # planted exact pairs: must all be mutual
+    i, j = mutual_nearest_neighbors(a, b, memory_budget_mb=budget_mb)
+    want_i, want_j = mutual_reference(a, b)
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_array_equal(j, want_j)
+    assert set(zip(range(20), range(500, 520))) <= set(zip(i.tolist(), j.tolist()))
+    assert i.dtype == j.dtype == np.int64
+
+
+def test_mutual_ties_take_the_lowest_index_in_every_block():
+    # b[0] and b[3] are equal: a[0]'s best is b[0] (first), b[3]'s best is a[0] but a[0] points to b[0], so only
+    # (0, 0) is mutual; hand-checked, with the duplicate in another block than the original
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [1.0, 0.0]])
+    for budget in (64.0, 1e-9):
+        i, j = mutual_nearest_neighbors(a, b, memory_budget_mb=budget)
+        assert list(zip(i.tolist(), j.tolist())) == [(0, 0), (1, 1)]
+
+
+def test_mutual_with_an_empty_side():
+    empty, one = torch.zeros(0, 4), torch.ones(1, 4)
+    for a, b in ((empty, one), (one, empty)):
+        i, j = mutual_nearest_neighbors(a, b)
+        assert len(i) == len(j) == 0

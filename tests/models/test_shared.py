@@ -79,3 +79,43 @@ def test_every_backbone_family_shares_its_grid():
     plain, head = (create_model("convnext_b", weights="random:0", target_res=64, timm_kwargs=tiny_convnext,
                                 lora_blocks=0, head_layers=layers).eval() for layers in (0, 1))
     _assert_second_model_reuses_the_first_ones_map(plain, head, torch.rand(1, 3, 32, 48))
+
+
+def test_a_finetuned_lora_continues_from_the_pretrained_leading_blocks_bit_for_bit():
+    plain, head = _models()       # plain: no LoRA; head: LoRA on the last block, trained below
+    other, _ = _models(seed=1)
+    _train_lora(head)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        other.backbone.blocks[0].mlp.fc1.weight.add_(0.01)   # other leading-block weights
+        want = plain(x), head(x), other(x)
+        with shared_backbone_maps(64, prefix_of_last=LORA["blocks"]) as store:
+            got = plain(x), head(x), other(x)
+            # head reuses plain's tokens before its LoRA block; other weights never hit; final grids all differ
+            assert (store.prefixes.misses, store.prefixes.hits) == (2, 1) and store.hits == 0
+        with shared_backbone_maps(64) as store:
+            plain(x), head(x)
+            assert store.prefixes is None and store.hits == 0
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_a_model_adapting_more_blocks_than_shared_computes_its_own_tokens():
+    plain, _ = _models()
+    deeper = tiny_model(16, lora={**LORA, "blocks": 2}, head={"num_layers": 0, "init": "default"}).eval()
+    deeper.backbone.load_state_dict(plain.backbone.state_dict(), strict=False)
+    _train_lora(deeper)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        want = deeper(x)
+        with shared_backbone_maps(64, prefix_of_last=1) as store:
+            plain(x)
+            got = deeper(x)       # its frozen prefix is one block shorter: another key, computed itself
+            assert store.prefixes.hits == 0 and store.prefixes.misses == 2
+    assert torch.equal(want, got)
+
+
+def _train_lora(model):
+    """A trained LoRA (B != 0): its grid is no longer the pretrained one, so only the leading blocks can be shared."""
+    for module in model.backbone.modules():
+        if isinstance(module, LoRAQKV):
+            module.lora_b_q.data.fill_(0.01)

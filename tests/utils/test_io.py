@@ -1,9 +1,13 @@
+import json
 import os
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from corr3d.utils.io import atomic_write, atomic_write_json, atomic_write_text, replace_dir, temp_sibling
+from corr3d.utils.io import atomic_write, atomic_write_text, replace_dir, temp_sibling, write_json
 
 
 def _hidden(folder):
@@ -13,10 +17,21 @@ def _hidden(folder):
 def test_text_and_json_written_without_leftovers(tmp_path):
     atomic_write_text(tmp_path / "sub" / "a.txt", "one")
     atomic_write_text(tmp_path / "sub" / "a.txt", "two")
-    atomic_write_json(tmp_path / "sub" / "b.json", {"x": 1})
+    write_json(tmp_path / "sub" / "b.json", {"x": 1})
     assert (tmp_path / "sub" / "a.txt").read_text() == "two"
-    assert (tmp_path / "sub" / "b.json").read_text() == '{\n  "x": 1\n}'
+    assert (tmp_path / "sub" / "b.json").read_text() == '{\n  "x": 1\n}\n'
     assert _hidden(tmp_path / "sub") == []
+
+
+def test_json_holds_the_values_results_carry_and_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "m.json"
+    write_json(target, {"b": np.float32(0.5), "a": np.arange(3), "t": torch.tensor(2.0), "p": Path("x/y")},
+               indent=None, sort_keys=True)
+    assert target.read_text() == '{"a": [0, 1, 2], "b": 0.5, "p": "x/y", "t": 2.0}\n'
+    assert json.loads(target.read_text())["a"] == [0, 1, 2]
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        write_json(target, {"bad": object()})
+    assert json.loads(target.read_text())["b"] == 0.5 and _hidden(tmp_path) == []
 
 
 def test_failed_writer_keeps_the_old_file_and_removes_its_temp(tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from corr3d.utils.io import replace_dir
-from corr3d.utils.report import write_json
+from corr3d.utils.io import write_json
 
 log = logging.getLogger(__name__)
 

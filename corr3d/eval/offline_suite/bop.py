@@ -11,7 +11,6 @@ credited in ``ATTRIBUTION.md``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from corr3d.eval.offline_suite.common import (
     save_image,
 )
 from corr3d.geometry import intrinsics
+from corr3d.utils.io import write_json
 
 # obj_id -> spec: 6 real objects of the classes never trained on, evenly spaced over the split file
 # (common.held_out_objects): a pool table, a beer bottle, a wine bottle, two water heaters and a medicine bottle
@@ -82,7 +82,7 @@ def _write_models(out: Path, meshes: dict) -> None:
         if obj_id in SYMMETRIC:
             entry["symmetries_continuous"] = SYMMETRIC[obj_id]
         info[str(obj_id)] = entry
-    (models / "models_info.json").write_text(json.dumps(info, indent=1))
+    write_json(models / "models_info.json", info, indent=1)
 
 
 def _write_scene(root: Path, scene_id: int, layout, meshes: dict) -> None:
@@ -133,7 +133,7 @@ def _write_scene(root: Path, scene_id: int, layout, meshes: dict) -> None:
     for i, img in enumerate(camera_effects(np.stack(images), scene_id, jpeg_quality=90)):
         save_image(scene_dir / "rgb" / f"{i:06d}.png", img)
     for name, data in (("scene_gt", scene_gt), ("scene_camera", scene_camera), ("scene_gt_info", scene_info)):
-        (scene_dir / f"{name}.json").write_text(json.dumps(data))
+        write_json(scene_dir / f"{name}.json", data, indent=None)
 
 
 def generate(out: Path) -> dict:

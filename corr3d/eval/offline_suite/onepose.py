@@ -19,7 +19,6 @@ models are credited in ``ATTRIBUTION.md``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,8 @@ from corr3d.eval.offline_suite.common import (
     visibility,
 )
 from corr3d.geometry import intrinsics
-from corr3d.render.raycast import OBJECT_LIGHTS, Lighting
+from corr3d.render.raycast import Lighting
+from corr3d.utils.io import write_json
 
 # v5: 12 held-out real objects of the classes never trained on (bottle, game, large appliance, office supply),
 # evenly spaced over the split file (common.held_out_objects); each object is a unit of the pose CI. Ids keep
@@ -74,7 +74,7 @@ def _write_sequence(seq_dir: Path, images, Ks, poses_m, annos=None) -> None:
         np.savetxt(seq_dir / "poses_ba" / f"{i}.txt", pose)
         if annos is not None:
             (seq_dir / "anno_loftr").mkdir(parents=True, exist_ok=True)
-            (seq_dir / "anno_loftr" / f"{i}.json").write_text(json.dumps(annos[i]))
+            write_json(seq_dir / "anno_loftr" / f"{i}.json", annos[i], indent=None)
 
 
 def _to_metres(pose: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ PF-PASCAL; PairAnnotation JSON + JPEGImages/<category> for SPair-71k, viewpoint 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from corr3d.assets.objects import load_object
 from corr3d.eval.datasets.pfpascal import write_pairs_csv
 from corr3d.eval.offline_suite.common import background, composite, orbit_pose, render, save_image, visibility
 from corr3d.geometry import intrinsics
+from corr3d.utils.io import write_json
 
 CATEGORIES = ("mug_cat", "house", "rocket_ship", "gear_astronaut", "vase_coffee", "tori_chain")
 SIZES = ((160, 120), (120, 160), (144, 144))   # (W, H)
@@ -162,7 +162,7 @@ def _write_spair(root: Path, renderer: Renderer, rng: np.random.Generator) -> in
                 "kps_ids": [str(i) for i in idx], "viewpoint_variation": vp, "scale_variation": 0,
                 "truncation": 0, "occlusion": 0, "mirror": 0,
             }
-            (ann_dir / f"{pair_name}.json").write_text(json.dumps(data))
+            write_json(ann_dir / f"{pair_name}.json", data, indent=None)
             names.append(pair_name)
             count += 1
     layout = root / "Layout" / "large"

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
 from corr3d.eval.datasets import onepose
