@@ -33,13 +33,51 @@ from corr3d.models.lora import LoRAQKV
 _ACTIVE: list["SharedBackboneMaps"] = []
 
 
-class SharedBackboneMaps:
+def _digest(named_tensors, salt: str = "") -> str:
+    """Content digest of (name, tensor) pairs: names, shapes, dtypes and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(salt.encode())
+    for name, tensor in named_tensors:
+        h.update(name.encode())
+        h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def input_key(x: torch.Tensor) -> str:
+    """Digest of an exact preprocessed input batch (shape, dtype, device and bytes)."""
+    return _digest([(str(x.device), x)])
+
+
+class _Store:
+    """Tensors by key, filled up to a byte budget (no eviction), counting hits and misses."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used, self.hits, self.misses = int(max_bytes), 0, 0, 0
+        self._items: dict[tuple, tuple] = {}
+
+    def get(self, key: tuple):
+        found = self._items.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found[0] if len(found) == 1 else found
+
+    def put(self, key: tuple, tensor: torch.Tensor, *extra) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.used + size <= self.max_bytes:
+            self._items[key] = (tensor, *extra)
+            self.used += size
+
+
+class SharedBackboneMaps(_Store):
+    """Backbone grids by (backbone content, input, layer, norm, stride); ``prefixes``: see the module doc."""
+
+    input_key = staticmethod(input_key)
+
     def __init__(self, max_bytes: int, prefix_of_last: int | None = None):
-        self.max_bytes = int(max_bytes)
-        self.used = 0
-        self.hits = 0
-        self.misses = 0
-        self._maps: dict[tuple, torch.Tensor] = {}
+        super().__init__(max_bytes)
         self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
         self.prefixes = _Prefixes(self.max_bytes, prefix_of_last) if prefix_of_last else None
 
@@ -52,82 +90,32 @@ class SharedBackboneMaps:
             # LoRA factors with B == 0 add exact zeros: the grid is the base weights' (shared with pretrained)
             inert = not any(isinstance(m, LoRAQKV) and (bool(m.lora_b_q.any()) or bool(m.lora_b_v.any()))
                             for m in model.backbone.modules())
-            h = hashlib.blake2b(digest_size=16)
-            for name, tensor in sorted(model.backbone.state_dict().items()):
-                if inert and "lora_" in name:
-                    continue
-                h.update(name.encode())
-                h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                         if tensor.numel() else b"")
-            digest = h.hexdigest()
+            digest = _digest((name, t) for name, t in sorted(model.backbone.state_dict().items())
+                             if not (inert and "lora_" in name))
             self._digests[model.backbone] = digest
         return digest
 
-    @staticmethod
-    def input_key(x: torch.Tensor) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        h.update(str((tuple(x.shape), str(x.dtype), str(x.device))).encode())
-        h.update(x.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
 
-    def get(self, key: tuple):
-        found = self._maps.get(key)
-        if found is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return found
-
-    def put(self, key: tuple, fmap: torch.Tensor) -> None:
-        size = fmap.numel() * fmap.element_size()
-        if self.used + size <= self.max_bytes:
-            self._maps[key] = fmap
-            self.used += size
-
-
-class _Prefixes:
-    """Tokens before a ViT's last ``adapted_last`` blocks, by (prefix digest, input, stride, depth); fills up to its
-    budget."""
+class _Prefixes(_Store):
+    """(tokens, grid) before a ViT's last ``adapted_last`` blocks, by (digest of the stem and the leading blocks,
+    input, stride, depth)."""
 
     def __init__(self, max_bytes: int, adapted_last: int):
-        self.max_bytes, self.used, self.hits, self.misses = int(max_bytes), 0, 0, 0
+        super().__init__(max_bytes)
         self.adapted_last = int(adapted_last)
-        self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
         self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, str]]" = weakref.WeakKeyDictionary()
 
     def key(self, vit: torch.nn.Module, depth: int, x: torch.Tensor, stride: int | None, interp: str) -> tuple:
         per_depth = self._digests.setdefault(vit, {})
         if depth not in per_depth:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(f"{type(vit).__name__}|{interp}".encode())
             parts = {"patch_embed": vit.patch_embed, "norm_pre": vit.norm_pre,
                      **{f"blocks.{i}": vit.blocks[i] for i in range(depth)}}
             tensors = [(f"{prefix}.{name}", t) for prefix, module in parts.items()
                        for name, t in module.state_dict().items()]
             tensors += [(name, t) for name in ("pos_embed", "cls_token", "reg_token")
                         if (t := getattr(vit, name, None)) is not None]
-            for name, tensor in tensors:
-                h.update(name.encode())
-                h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                         if tensor.numel() else b"")
-            per_depth[depth] = h.hexdigest()
-        return per_depth[depth], SharedBackboneMaps.input_key(x), stride, depth
-
-    def get(self, key: tuple):
-        found = self._tokens.get(key)
-        if found is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return found
-
-    def put(self, key: tuple, tokens: torch.Tensor, grid: tuple[int, int]) -> None:
-        size = tokens.numel() * tokens.element_size()
-        if self.used + size <= self.max_bytes:
-            self._tokens[key] = (tokens, grid)
-            self.used += size
+            per_depth[depth] = _digest(tensors, salt=f"{type(vit).__name__}|{interp}")
+        return per_depth[depth], input_key(x), stride, depth
 
 
 def active() -> SharedBackboneMaps | None:
