@@ -186,7 +186,7 @@ def vit_tokens(vit: torch.nn.Module, images: torch.Tensor, layer: int = -1, fina
         found = vit_prefix_tokens(vit, images, frozen, stride)
         prefixes.put(key, *found)
     x, grid = found
-    return vit_tokens_from(vit, x, frozen, last, final_norm), grid
+    return vit_tokens_from(vit, x.to(images.device), frozen, last, final_norm), grid   # kept tokens: on CPU
 
 
 def _shared_prefixes(vit: torch.nn.Module):

@@ -76,10 +76,11 @@ class SharedBackboneMaps(_Store):
 
     input_key = staticmethod(input_key)
 
-    def __init__(self, max_bytes: int, prefix_of_last: int | None = None):
+    def __init__(self, max_bytes: int, prefix_of_last: int | None = None, prefixes: "Prefixes | None" = None):
         super().__init__(max_bytes)
         self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
-        self.prefixes = _Prefixes(self.max_bytes, prefix_of_last) if prefix_of_last else None
+        self.prefixes = prefixes if prefixes is not None else (
+            Prefixes(self.max_bytes, prefix_of_last) if prefix_of_last else None)
 
     def backbone_key(self, model) -> str | None:
         """The content digest of what ``model``'s backbone computes (None: not shareable: training, grad)."""
@@ -96,26 +97,50 @@ class SharedBackboneMaps(_Store):
         return digest
 
 
-class _Prefixes(_Store):
+class Prefixes(_Store):
     """(tokens, grid) before a ViT's last ``adapted_last`` blocks, by (digest of the stem and the leading blocks,
-    input, stride, depth)."""
+    input, stride, depth, position-embedding resampling). Only one backbone's tokens are kept: ``keep_for``'s, else
+    the first one stored (pretrained, measured first); other weights (the random floor) would fill the budget with
+    tokens nothing reuses."""
 
-    def __init__(self, max_bytes: int, adapted_last: int):
+    def __init__(self, max_bytes: int, adapted_last: int, keep_for: torch.nn.Module | None = None):
         super().__init__(max_bytes)
         self.adapted_last = int(adapted_last)
-        self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, str]]" = weakref.WeakKeyDictionary()
+        self._keep_for = None if keep_for is None else weakref.ref(keep_for)
+        self._first: str | None = None
+        self._digests: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
-    def key(self, vit: torch.nn.Module, depth: int, x: torch.Tensor, stride: int | None, interp: str) -> tuple:
-        per_depth = self._digests.setdefault(vit, {})
-        if depth not in per_depth:
+    def digest(self, vit: torch.nn.Module, depth: int, interp: str) -> str:
+        per_vit = self._digests.setdefault(vit, {})
+        if (depth, interp) not in per_vit:
             parts = {"patch_embed": vit.patch_embed, "norm_pre": vit.norm_pre,
                      **{f"blocks.{i}": vit.blocks[i] for i in range(depth)}}
             tensors = [(f"{prefix}.{name}", t) for prefix, module in parts.items()
                        for name, t in module.state_dict().items()]
             tensors += [(name, t) for name in ("pos_embed", "cls_token", "reg_token")
                         if (t := getattr(vit, name, None)) is not None]
-            per_depth[depth] = _digest(tensors, salt=f"{type(vit).__name__}|{interp}")
-        return per_depth[depth], input_key(x), stride, depth
+            per_vit[depth, interp] = _digest(tensors, salt=f"{type(vit).__name__}|{interp}")
+        return per_vit[depth, interp]
+
+    def key(self, vit: torch.nn.Module, depth: int, x: torch.Tensor, stride: int | None, interp: str) -> tuple:
+        return self.digest(vit, depth, interp), input_key(x), stride, depth, interp
+
+    def put(self, key: tuple, tensor: torch.Tensor, *extra) -> None:
+        keep_for = self._keep_for() if self._keep_for is not None else None
+        if keep_for is not None:
+            wanted = self.digest(keep_for, key[3], key[4])
+        else:
+            self._first = wanted = self._first or key[0]
+        if key[0] == wanted:
+            super().put(key, tensor, *extra)
+
+    def kept(self) -> "Prefixes":
+        """The tokens moved to CPU memory and the weight digests forgotten, to be reused by a later
+        ``shared_backbone_maps(prefixes=…)`` block (the main job: pretrained before training, finetuned after). The
+        weights are hashed again there, so a token is reused only if the leading blocks are still bit-identical."""
+        self._items = {k: (v[0].cpu(), *v[1:]) for k, v in self._items.items()}
+        self._digests = weakref.WeakKeyDictionary()
+        return self
 
 
 def active() -> SharedBackboneMaps | None:
@@ -123,14 +148,15 @@ def active() -> SharedBackboneMaps | None:
 
 
 @contextmanager
-def shared_backbone_maps(max_mb: float = 2048, prefix_of_last: int | None = None
+def shared_backbone_maps(max_mb: float = 2048, prefix_of_last: int | None = None, prefixes: Prefixes | None = None
                          ) -> Iterator[SharedBackboneMaps | None]:
     """Share backbone grids among the models evaluated inside this block (``max_mb`` <= 0: off); with
-    ``prefix_of_last=n`` also the tokens before the last ``n`` blocks (another ``max_mb`` at most; module doc)."""
+    ``prefix_of_last=n`` also the tokens before the last ``n`` blocks (another ``max_mb`` at most; module doc), or
+    the ``prefixes`` an earlier block kept (``Prefixes.kept``)."""
     if max_mb <= 0:
         yield None
         return
-    store = SharedBackboneMaps(int(max_mb * 2 ** 20), prefix_of_last)
+    store = SharedBackboneMaps(int(max_mb * 2 ** 20), prefix_of_last, prefixes)
     _ACTIVE.append(store)
     try:
         yield store

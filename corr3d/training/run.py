@@ -37,7 +37,8 @@ from corr3d.eval.run import MODEL_ORDER, breakdown_tables, confidence, run_eval_
 from corr3d.eval.tasks.equivariance import TASK as EQUIVARIANCE
 from corr3d.losses import build_loss
 from corr3d.models import compared_model
-from corr3d.models.shared import shared_backbone_maps
+from corr3d.models.backbones import TimmViTFamily
+from corr3d.models.shared import Prefixes, shared_backbone_maps
 from corr3d.training.callbacks import EquivarianceCallback, log_metrics_to_tensorboard
 from corr3d.training.module import CHECKPOINT_FINGERPRINT_KEY, MultiviewFinetuneModule
 from corr3d.training.report import write_feature_figures, write_training_report
@@ -310,10 +311,15 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # training starts from exactly the model the "pretrained_head_init" row measures (same seed, same head init)
     model = compared_model("pretrained_head_init", cfg.model, seed=cfg.seed)
+    kept_prefixes = None
     if rank0 and eval_dirs:
-        # pretrained and the untrained heads share one backbone: its tokens are computed once per view
-        with shared_backbone_maps(cfg.eval.shared_features_mb):
+        # pretrained and the untrained heads share one backbone: its tokens are computed once per view; the tokens
+        # before the adapted blocks are kept (on CPU) for the finetuned measurement after training
+        kept_prefixes = Prefixes(int(cfg.eval.shared_features_mb * 2**20), TimmViTFamily.adapted_last_blocks(cfg.model),
+                                 keep_for=model.backbone)
+        with shared_backbone_maps(cfg.eval.shared_features_mb, prefixes=kept_prefixes):
             measure_untrained(cfg, run, eval_dirs, parts_dir, metrics, model)
+        kept_prefixes.kept()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, model)
     module.pair_log_dir = str(run)
@@ -341,7 +347,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, trainer_plu
     model.save_adapter(run / "adapter.safetensors")
     if eval_dirs:
         per_object = {}
-        metrics["finetuned"] = measure_equivariance(model, cfg, eval_dirs, "finetuned", per_object, parts_dir)
+        # the finetuned model's frozen blocks are pretrained's: it continues from their kept tokens (models/shared.py)
+        with shared_backbone_maps(cfg.eval.shared_features_mb, prefixes=kept_prefixes):
+            metrics["finetuned"] = measure_equivariance(model, cfg, eval_dirs, "finetuned", per_object, parts_dir)
+        kept_prefixes = None
         metrics.setdefault("per_object", {})["finetuned"] = per_object
         add_confidence(metrics, parts_dir, cfg)
     metrics["train"] = {"global_step": trainer.global_step,

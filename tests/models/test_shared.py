@@ -119,3 +119,27 @@ def _train_lora(model):
     for module in model.backbone.modules():
         if isinstance(module, LoRAQKV):
             module.lora_b_q.data.fill_(0.01)
+
+
+def test_kept_prefixes_serve_a_later_block_and_only_the_pinned_backbone_is_kept():
+    """The main job: pretrained (and the random floor) measured before training, the finetuned model after it."""
+    from corr3d.models.shared import Prefixes
+
+    plain, head = _models()
+    floor, _ = _models()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        floor.backbone.blocks[0].mlp.fc1.weight.add_(0.01)        # the random floor: other weights
+        kept = Prefixes(64 * 2**20, LORA["blocks"], keep_for=head.backbone)
+        with shared_backbone_maps(64, prefixes=kept):
+            floor(x)                                               # measured first: not kept (not head's blocks)
+            plain(x)
+        assert len(kept._items) == 1 and kept.misses == 2
+        kept.kept()
+        assert all(v[0].device.type == "cpu" for v in kept._items.values())
+        _train_lora(head)                                          # "training" changes only the LoRA block
+        want = head(x)
+        with shared_backbone_maps(64, prefixes=kept) as store:
+            got = head(x)
+            assert store.prefixes is kept and kept.hits == 1
+    assert torch.equal(want, got)
