@@ -515,7 +515,7 @@ def gather_eval(cfg: DictConfig, parts_dir: str | Path, out_dir: str | Path | No
     ci, deltas = confidence(items_by_task, metrics, int(cfg.eval.n_boot), int(cfg.eval.seed))
     breakdowns = breakdown_tables(items_by_task, int(cfg.eval.n_boot), int(cfg.eval.seed))
     write_json(out / "metrics.json", {**metrics, "ci": ci, "deltas": deltas, "protocols": protocols,
-                                            "breakdowns": breakdowns})
+                                      "breakdowns": breakdowns})
     meta = {"experiment": cfg.experiment, "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "models": descriptions, "timings": timings, "messages": messages,
             "config": OmegaConf.to_container(cfg.eval, resolve=True)}

@@ -13,11 +13,12 @@ everything else: a trained LoRA or unfrozen blocks give a digest of their own.
 
 With ``prefix_of_last=n`` the tokens before a ViT's last ``n`` blocks (the blocks a finetuned model adapts) are kept
 too, by (content digest of the stem and the leading blocks, input, stride, depth), in a budget of their own; a model
-whose own frozen prefix (``frozen_prefix_depth``) is shorter computes its tokens itself. The finetuned model keeps the pretrained blocks 0..k-1 bit for bit (LoRA adapts the
-last blocks), so evaluated after pretrained in one block it runs only its adapted blocks: 4 of DINOv2-S's 12 with the
-default LoRA. The continued forward is the same sequence of operations on the same tensor, so numbers do not move. Only eval-mode, no-grad forwards
-take part (weights do not change inside the block); every backbone family takes part. The store stops growing at its
-byte budget (no eviction: the first inputs keep hitting for every later pass instead of thrashing).
+whose own frozen prefix (``frozen_prefix_depth``) is shorter computes its tokens itself. The finetuned model keeps
+the pretrained blocks 0..k-1 bit for bit (LoRA adapts the last blocks), so evaluated after pretrained in one block
+it runs only its adapted blocks: 4 of DINOv2-S's 12 with the default LoRA. The continued forward is the same
+sequence of operations on the same tensor, so numbers do not move. Only eval-mode, no-grad forwards take part
+(weights do not change inside the block); every backbone family takes part. The store stops growing at its byte
+budget (no eviction: the first inputs keep hitting for every later pass instead of thrashing).
 """
 from __future__ import annotations
 
@@ -44,9 +45,22 @@ def _digest(named_tensors, salt: str = "") -> str:
     return h.hexdigest()
 
 
+_LAST_INPUT: list = [None, -1, ""]   # (tensor, its version counter, digest): the batch just digested
+
+
 def input_key(x: torch.Tensor) -> str:
-    """Digest of an exact preprocessed input batch (shape, dtype, device and bytes)."""
-    return _digest([(str(x.device), x)])
+    """Digest of an exact preprocessed input batch (shape, dtype, device and bytes). The grid store and the prefix
+    store both key the same batch in one forward: the second asks for the tensor just digested, unchanged since
+    (same object, same version counter, so no in-place write), and gets the digest without hashing it again."""
+    try:
+        version = x._version
+    except RuntimeError:   # inference tensors keep no version counter: always digest
+        return _digest([(str(x.device), x)])
+    if _LAST_INPUT[0] is x and _LAST_INPUT[1] == version:
+        return _LAST_INPUT[2]
+    key = _digest([(str(x.device), x)])
+    _LAST_INPUT[:] = [x, version, key]
+    return key
 
 
 class _Store:

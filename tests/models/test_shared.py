@@ -143,3 +143,13 @@ def test_kept_prefixes_serve_a_later_block_and_only_the_pinned_backbone_is_kept(
             got = head(x)
             assert store.prefixes is kept and kept.hits == 1
     assert torch.equal(want, got)
+
+
+def test_an_input_written_in_place_gets_a_new_key():
+    from corr3d.models.shared import input_key
+
+    x = torch.rand(1, 3, 8, 8)
+    first = input_key(x)
+    assert input_key(x) == first == input_key(x.clone())
+    x[0, 0, 0, 0] += 1.0            # same object, new content: the remembered digest must not be reused
+    assert input_key(x) != first and input_key(x) == input_key(x.clone())
