@@ -108,15 +108,28 @@ class Appearance:
             self.texels = texel_table(self.texture)  # built once per mesh
             self.uv = np.asarray(visual.uv, dtype=np.float64)
 
+    def vertex_attributes(self) -> np.ndarray | None:
+        """(V,k) float64 per-vertex values the albedo is interpolated from (UVs or vertex colours), or None when it
+        is not (face colours, flat). The renderer interpolates them with its other per-vertex values in one pass."""
+        if self.texture is not None:
+            return self.uv
+        if self.vertex_colors is not None:
+            return self.vertex_colors.astype(np.float64)  # exact: the products below upcast float32 anyway
+        return None
+
     def albedo(self, face_ids: np.ndarray, bary: np.ndarray) -> np.ndarray:
         """(N,3) float32 albedo in [0,1] at hits on ``face_ids`` with barycentrics (u, v) (weights 1-u-v, u, v)."""
-        corners = self.faces[face_ids]
-        w = barycentric_weights(bary)
+        attributes = self.vertex_attributes()
+        if attributes is not None:
+            attributes = interpolate(attributes, self.faces[face_ids], barycentric_weights(bary))
+        return self.albedo_at(face_ids, attributes)
+
+    def albedo_at(self, face_ids: np.ndarray, attributes: np.ndarray | None) -> np.ndarray:
+        """:meth:`albedo` from the hits' interpolated :meth:`vertex_attributes` ((N,k), or None when there are none)."""
         if self.texture is not None:
-            uv = interpolate(self.uv, corners, w)
-            color = sample_bilinear(self.texture, uv, self.texels)
+            color = sample_bilinear(self.texture, attributes, self.texels)
         elif self.vertex_colors is not None:
-            color = interpolate(self.vertex_colors, corners, w)
+            color = attributes
         elif self.face_colors is not None:
             color = self.face_colors[face_ids]
         else:

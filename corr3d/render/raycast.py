@@ -186,6 +186,11 @@ class RaycastRenderer:
             raise ValueError("cannot render a mesh without faces")
         self.vertex_normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
         self.appearance = Appearance(mesh)
+        # every per-vertex value a view interpolates (position, normal, UV or colour), gathered once per hit: one
+        # (N, 6+k) pass instead of three; each column is computed exactly as on its own (`interpolate`)
+        attributes = self.appearance.vertex_attributes()
+        self._vertex_table = np.ascontiguousarray(np.concatenate(
+            [self.vertices, self.vertex_normals] + ([] if attributes is None else [attributes]), axis=1))
         self.lighting = lighting or Lighting()
         self.scene = o3d.t.geometry.RaycastingScene()
         self.scene.add_triangles(o3d.core.Tensor(self.vertices.astype(np.float32)),
@@ -269,14 +274,15 @@ class RaycastRenderer:
 
     def render(self, K, pose, width: int, height: int, background=(0, 0, 0)) -> dict[str, np.ndarray]:
         hit, faces, bary, face_normals, dirs = self.cast(K, pose, width, height)
-        weights = barycentric_weights(bary)
         corners = self.faces[faces]
-        xyz = interpolate(self.vertices, corners, weights)
+        table = interpolate(self._vertex_table, corners, barycentric_weights(bary))
+        xyz, smooth = table[:, :3], table[:, 3:6]
+        attributes = table[:, 6:] if table.shape[1] > 6 else None
         pose = np.asarray(pose, dtype=np.float64)
         with single_threaded_blas():
             depth = xyz @ pose[2, :3] + pose[2, 3]
-        normals = self._shading_normals(corners, weights, face_normals, dirs)
-        color = self.appearance.albedo(faces, bary) * self.lighting.shade(xyz, normals, pose)[:, None]
+        normals = self._shading_normals(smooth, face_normals, dirs)
+        color = self.appearance.albedo_at(faces, attributes) * self.lighting.shade(xyz, normals, pose)[:, None]
         pixels = np.flatnonzero(hit)  # flat indices: cheaper to scatter through than the (H,W) boolean mask
         rgb = np.empty((height * width, 3), dtype=np.uint8)
         rgb[:] = np.asarray(background, dtype=np.uint8)
@@ -288,9 +294,9 @@ class RaycastRenderer:
         return {"rgb": rgb.reshape(height, width, 3), "mask": hit, "depth": depth_map.reshape(height, width),
                 "xyz": xyz_map.reshape(height, width, 3)}
 
-    def _shading_normals(self, corners, weights, face_normals, dirs) -> np.ndarray:
-        """Interpolated vertex normals, except across sharp edges; flipped to face the camera (two-sided)."""
-        smooth = interpolate(self.vertex_normals, corners, weights)
+    def _shading_normals(self, smooth, face_normals, dirs) -> np.ndarray:
+        """The interpolated vertex normals ``smooth`` (N,3; normalised here, in place), except across sharp edges;
+        flipped to face the camera (two-sided)."""
         smooth /= np.maximum(np.linalg.norm(smooth, axis=1, keepdims=True), 1e-12)
         facing = np.sign(-np.einsum("ij,ij->i", face_normals, dirs))[:, None]
         facing[facing == 0] = 1.0
