@@ -34,6 +34,7 @@ LOSS_NAMES = ("smooth_ap", "infonce", "diff_procrustes")                 # corr3
 HEAD_INITS = ("default", "identity")                                     # corr3d.models.head.HEAD_INITS
 EQUIVARIANCE_PROTOCOLS = ("fast", "paper")                               # corr3d.eval.equivariance.PROTOCOLS
 EVAL_TASKS = TASK_NAMES                                                  # corr3d.eval.tasks: one module per task
+DOWNSTREAM_TASKS = tuple(t for t in TASK_NAMES if t not in ("equivariance", "real_pairs"))  # training/run.py
 EVAL_MODELS = ("oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv", "random", "finetuned")     # eval.run.MODEL_ORDER
 REFERENCE_MODELS = ("random", "oracle", "pretrained", "pretrained_head_init", "pretrained_default_conv")  # training/run.py reference_model
 # Lightning's Trainer(precision=...) strings (lightning.fabric.plugins.precision.precision._PRECISION_INPUT_STR and
@@ -320,6 +321,12 @@ class EquivarianceConfig:
     mvimgnet: bool = key(False, "also evaluate on MVImgNet's sparse COLMAP correspondences (data.mvimgnet_dir)")
     mvimgnet_objects: int = ranged(100, ge=0, doc="first k objects found under data.mvimgnet_dir (0: all)")
     real_pairs: bool = key(True, "training also measures the real_pairs task (eval.real_pairs) before/after")
+    downstream: List[str] = choice(
+        [], DOWNSTREAM_TASKS,
+        doc="make eval's downstream tasks (real data when present, else the offline suite) that\n"
+            "training also measures before/after for pretrained, the untrained head and finetuned (not\n"
+            "the reference models), so Fig. 10/11 sweeps report each task's change; pretrained comes\n"
+            "from eval.part_cache when measured before")
     reference_models: List[str] = choice(["random", "oracle"], REFERENCE_MODELS,
                                          doc="training also measures these (floor / ceiling) for its validity "
                                              "section\n(random | oracle | pretrained | pretrained_head_init)")

@@ -62,7 +62,9 @@ from corr3d.utils.run_dir import SWEEPS_DIR, experiment_name
 log = logging.getLogger("corr3d.launch.sweep")
 
 # Config sections (besides the model) that decide the rows training does not change (see ``row_signatures``).
-EVAL_KEYS = ("equivariance", "eval.real_pairs", "eval.seed", "data.render", "data.rendered_dir")
+# what the untrained rows depend on besides the backbone: all of `eval` (real_pairs, the seed, and the settings of the
+# equivariance.downstream tasks)
+EVAL_KEYS = ("equivariance", "eval", "data.render", "data.rendered_dir")
 
 
 # ---- grid ----------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from corr3d.eval.equivariance import (extract_view_features, nearest_neighbor_ma
                                       visible_correspondences)
 from corr3d.eval.run import breakdown_section
 from corr3d.eval.stats import validity
+from corr3d.eval.tasks import get_task
 from corr3d.geometry.pixels import foreground_centres
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.utils.report import (
@@ -98,9 +99,18 @@ def _lower(key: str) -> bool:
     return any(s in key for s in LOWER_IS_BETTER)
 
 
-def comparison_section(metrics: dict, scores: dict, prefix: str) -> list[str]:
-    """Values with CIs for the trained / baseline models and the paired deltas of ``DELTAS``."""
-    keys = [k for k in next(iter(scores.values())) if k.startswith(prefix)]
+def downstream_keys(cfg: DictConfig, scores: dict) -> list[str]:
+    """The headline metrics of ``equivariance.downstream``'s tasks that the rows have (real data or offline suite)."""
+    measured = set(next(iter(scores.values()), {}))
+    return [k for task in cfg.equivariance.downstream for scope in ("", "offline/")
+            for k in get_task(str(task)).headline_keys(measured, scope)]
+
+
+def comparison_section(metrics: dict, scores: dict, prefix: str, keys: list[str] | None = None) -> list[str]:
+    """Values with CIs for the trained / baseline models and the paired deltas of ``DELTAS`` (``keys``: these
+    metrics, else every one under ``prefix``)."""
+    if keys is None:
+        keys = [k for k in next(iter(scores.values())) if k.startswith(prefix)]
     if not keys:
         return []
     ci, deltas = metrics.get("ci", {}), metrics.get("deltas", {})
@@ -208,6 +218,9 @@ def write_training_report(run: Path, metrics: dict, cfg: DictConfig) -> Path:
         section = comparison_section(metrics, scores, prefix)
         if section:
             parts += [f"## {title}", ""] + section
+    if scores and (keys := downstream_keys(cfg, scores)):
+        parts += ["## Downstream tasks (equivariance.downstream; Δ = paired over the task's units)", ""]
+        parts += comparison_section(metrics, scores, "", keys)
     if scores:
         rows = validity_rows(metrics, tuple(p for p, _ in SECTIONS))
         if rows and any(m in metrics for m in REFERENCES):

@@ -88,16 +88,22 @@ def _write_metrics(run: Path, metrics: dict) -> None:
     write_json(run / "metrics.json", metrics, sort_keys=True)
 
 
+DOWNSTREAM_MODELS = ("pretrained", "pretrained_head_init", "finetuned")  # rows measured on equivariance.downstream
+
+
 def measure_equivariance(model, cfg: DictConfig, object_dirs: Sequence[Path], label: str,
                          per_object: dict | None = None, parts_dir: Path | None = None,
                          cache: bool = False) -> dict[str, float]:
-    """Equivariance on the held-out objects (and the real_pairs task when ``equivariance.real_pairs``) of compared
-    model ``label``, through ``make eval``'s part pipeline (``corr3d.eval.run.run_eval_part``): the parts go to
-    ``<parts_dir>/`` for the CIs and paired deltas. With ``cache``, a reference row measured by an earlier run under
-    the same fingerprint (``eval.part_cache``) is reused: another lr or seed does not measure pretrained again."""
+    """Equivariance on the held-out objects (and the real_pairs task when ``equivariance.real_pairs``, and the tasks of
+    ``equivariance.downstream`` for the rows of ``DOWNSTREAM_MODELS``) of compared model ``label``, through
+    ``make eval``'s part pipeline (``corr3d.eval.run.run_eval_part``): the parts go to ``<parts_dir>/`` for the CIs
+    and paired deltas. With ``cache``, a reference row measured by an earlier run under the same fingerprint
+    (``eval.part_cache``) is reused: another lr or seed does not measure pretrained again."""
     tasks = [("equivariance", [EQUIVARIANCE.dataset(object_dirs, controls=False)], "held-out objects, no controls")]
     if cfg.equivariance.real_pairs:
         tasks.append(("real_pairs", None, ""))
+    if label in DOWNSTREAM_MODELS:   # make eval's parts of the before/after rows (Fig. 10/11 sweeps)
+        tasks += [(str(task), None, "") for task in cfg.equivariance.downstream]
     results: dict[str, float] = {}
     for task, datasets, variant in tasks:
         part = run_eval_part(cfg, task, label, model=model, parts_dir=parts_dir, datasets=datasets, adapter=None,

@@ -21,6 +21,7 @@ import yaml
 
 from corr3d.config import load_config
 from corr3d.eval.stats import bootstrap_ci, paired_delta
+from corr3d.eval.tasks import get_task
 from corr3d.utils.paths import safe_join
 from corr3d.utils.report import _pyplot, markdown_table, write_csv, write_text
 from corr3d.utils.run_dir import DONE_MARKER
@@ -149,7 +150,9 @@ def sweep_rows(sweep_dir: Path) -> tuple[dict, list[dict]]:
 
 def _report_keys(manifest: dict) -> list[str]:
     cfg = load_config(manifest["experiment"] if manifest["experiment"] != "base" else "base", manifest["overrides"])
-    return [str(k) for k in cfg.sweep.metrics]
+    downstream = [f"{scope}{task}/{leaf}" for task in cfg.equivariance.downstream for scope in ("", "offline/")
+                  for leaf in get_task(str(task)).headline]   # the cells have one scope: the other's columns stay empty
+    return list(dict.fromkeys([str(k) for k in cfg.sweep.metrics] + downstream))
 
 
 def gather_sweep(sweep_dir: str | Path) -> Path:
@@ -199,7 +202,8 @@ def write_sweep_report(sweep_dir: Path, manifest: dict, rows: list[dict]) -> Pat
     lines = [f"# Sweep `{manifest['name']}` of `{manifest['experiment']}`", "",
              f"Axes: {', '.join(f'`{k}` = {v}' for k, v in manifest['axes'].items()) or 'none'}; "
              f"overrides: {' '.join(manifest['overrides']) or 'none'}.", "",
-             "Values are the held-out equivariance metrics (APE % lower is better, PCDP % higher) with their 95% "
+             "Values are the held-out metrics (equivariance: APE % lower is better, PCDP % higher; real_pairs; the "
+             "tasks of equivariance.downstream) with their 95% "
              "CI (t-interval over units) in brackets where the run recorded one; Δ columns are paired deltas "
              "(`*`: the CI excludes 0). `head_init` = pretrained + untrained head.", ""]
     for key in [k for k in keys if any(r.get(f"{m}/{k}") is not None for r in rows for m in MODELS)]:

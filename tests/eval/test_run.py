@@ -6,14 +6,14 @@ import json
 import pytest
 
 from corr3d.config import load_config
+from tests.helpers.tiny import shared_offline_suite
 
 
 @pytest.fixture(scope="module")
 def suite_dir(tmp_path_factory):
-    from corr3d.eval.offline_suite import ensure_offline_suite, is_complete
+    from corr3d.eval.offline_suite import is_complete
 
-    root = tmp_path_factory.mktemp("bench")
-    ensure_offline_suite(root)
+    root = shared_offline_suite(tmp_path_factory)
     assert all(is_complete(root, p) for p in ("onepose", "tapvid", "semantic"))
     return root
 

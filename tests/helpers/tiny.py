@@ -29,3 +29,13 @@ def subprocess_env() -> dict[str, str]:
     env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def shared_offline_suite(tmp_path_factory, parts=None) -> Path:
+    """The offline benchmark suite of this test session (generated once: each part is only generated when missing),
+    for tests that read it and never change it."""
+    from corr3d.eval.offline_suite import ensure_offline_suite
+
+    root = tmp_path_factory.getbasetemp() / "offline_suite"
+    ensure_offline_suite(root, parts)
+    return root

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.tiny import REPO, corr3d_command, subprocess_env, tiny_train_overrides
+from tests.helpers.tiny import REPO, corr3d_command, shared_offline_suite, subprocess_env, tiny_train_overrides
 
 
 def test_copy_row_copies_the_row_per_object_results_and_parts(tmp_path):
@@ -88,6 +88,26 @@ def test_training_run_leaves_every_output(tmp_path):
     model = corr3d.load_model(None, adapter=run / "adapter.safetensors")
     images = torch.rand(1, 3, 64, 64)
     assert model.dense_features(images).shape[1] == model.embed_dim
+
+
+@pytest.mark.slow
+def test_downstream_tasks_are_measured_before_and_after_with_paired_deltas(tmp_path, tmp_path_factory):
+    suite = shared_offline_suite(tmp_path_factory, ["semantic"])
+    _run_train(tmp_path, "equivariance.downstream=[semantic]", f"eval.offline.dir={suite}",
+               "eval.semantic.max_pairs=3", "equivariance.reference_models=[random]", "trainer.max_steps=2")
+    run = _latest(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    key = "offline/semantic/pck@0.10"
+    for label in ("pretrained", "pretrained_head_init", "finetuned"):
+        assert 0 <= metrics[label][key] <= 100
+        items = json.loads((run / "parts" / "semantic" / f"{label}.json").read_text())
+        assert items and all("unit" in it for it in items)
+    assert key not in metrics["random"]   # the reference rows measure equivariance (and real_pairs) only
+    delta = metrics["deltas"]["finetuned-pretrained"][key]
+    assert delta["delta"] == pytest.approx(metrics["finetuned"][key] - metrics["pretrained"][key])
+    assert delta["lo"] <= delta["delta"] <= delta["hi"]
+    report = (run / "report.md").read_text()
+    assert "## Downstream tasks" in report and f"| {key} |" in report.replace("`", "")
 
 
 @pytest.mark.slow
