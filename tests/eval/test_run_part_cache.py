@@ -47,7 +47,8 @@ def test_what_changes_the_numbers_changes_the_fingerprint(tmp_path, calls, chang
 
 @pytest.mark.parametrize("change", ["optim.lr=0.5", "trainer.max_steps=7", "loss.temperature=0.2",
                                     "data.train_objects=[procedural:sphere_astronaut]", "eval.n_boot=60",
-                                    "experiment=other"])
+                                    "experiment=other", "equivariance.downstream=[tracking]",
+                                    "data.augment.enabled=false", "trainer.cache_frozen_prefix=true"])
 def test_what_only_training_reads_does_not(tmp_path, calls, change):
     run.run_eval(_cfg(tmp_path, "a", "eval.models=[pretrained,random]"))
     run.run_eval(_cfg(tmp_path, "b", "eval.models=[pretrained,random]", change))
