@@ -319,6 +319,8 @@ _UNFINGERPRINTED_EVAL_KEYS = ("tasks", "models", "out_dir", "n_boot", "resume", 
 # a second training run with other training objects or pairs reuses the reference rows of the first
 _TRAINING_DATA_KEYS = ("kind", "train_objects", "val_objects", "object_list", "num_train_objects", "val_fraction",
                        "val_pairs", "pairs", "augment", "batch_size", "num_workers", "pairs_per_epoch")
+# equivariance keys that only say which tasks training adds to its before/after rows, not what a part measured
+_UNFINGERPRINTED_EQUIVARIANCE_KEYS = ("downstream",)
 # compared models whose features do not depend on the run's seed (no random head, no random backbone)
 _SEED_FREE_MODELS = ("pretrained", "oracle")
 
@@ -357,8 +359,9 @@ def part_fingerprint(cfg: DictConfig, task: str, model_name: str, adapter: Path 
     if adapter == AUTO:
         adapter = resolve_adapter(cfg)
     sections = {key: _plain_section(cfg, key) for key in ("data_root", "equivariance") if key in cfg}
-    # which tasks training adds to its before/after rows is not what any part measured
-    sections.get("equivariance", {}).pop("downstream", None)
+    if "equivariance" in sections:
+        sections["equivariance"] = {k: v for k, v in sections["equivariance"].items()
+                                    if k not in _UNFINGERPRINTED_EQUIVARIANCE_KEYS}
     sections["data"] = {k: v for k, v in _plain_section(cfg, "data").items() if k not in _TRAINING_DATA_KEYS}
     sections["eval"] = {k: v for k, v in _plain_section(cfg, "eval").items() if k not in _UNFINGERPRINTED_EVAL_KEYS}
     sections["eval"]["offline"].pop("regenerate", None)   # the suite's version stands for its content

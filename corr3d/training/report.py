@@ -17,7 +17,7 @@ from corr3d.eval.equivariance import (extract_view_features, nearest_neighbor_ma
                                       visible_correspondences)
 from corr3d.eval.run import breakdown_section
 from corr3d.eval.stats import validity
-from corr3d.eval.tasks import get_task
+from corr3d.eval.tasks import headline_metric_keys
 from corr3d.geometry.pixels import foreground_centres
 from corr3d.geometry.rotations import relative_rotation_matrix_deg
 from corr3d.utils.report import (
@@ -102,8 +102,7 @@ def _lower(key: str) -> bool:
 def downstream_keys(cfg: DictConfig, scores: dict) -> list[str]:
     """The headline metrics of ``equivariance.downstream``'s tasks that the rows have (real data or offline suite)."""
     measured = set(next(iter(scores.values()), {}))
-    return [k for task in cfg.equivariance.downstream for scope in ("", "offline/")
-            for k in get_task(str(task)).headline_keys(measured, scope)]
+    return [k for k in headline_metric_keys(cfg.equivariance.downstream) if k in measured]
 
 
 def comparison_section(metrics: dict, scores: dict, prefix: str, keys: list[str] | None = None) -> list[str]:

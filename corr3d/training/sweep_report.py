@@ -21,7 +21,7 @@ import yaml
 
 from corr3d.config import load_config
 from corr3d.eval.stats import bootstrap_ci, paired_delta
-from corr3d.eval.tasks import get_task
+from corr3d.eval.tasks import headline_metric_keys
 from corr3d.utils.paths import safe_join
 from corr3d.utils.report import _pyplot, markdown_table, write_csv, write_text
 from corr3d.utils.run_dir import DONE_MARKER
@@ -150,9 +150,8 @@ def sweep_rows(sweep_dir: Path) -> tuple[dict, list[dict]]:
 
 def _report_keys(manifest: dict) -> list[str]:
     cfg = load_config(manifest["experiment"] if manifest["experiment"] != "base" else "base", manifest["overrides"])
-    downstream = [f"{scope}{task}/{leaf}" for task in cfg.equivariance.downstream for scope in ("", "offline/")
-                  for leaf in get_task(str(task)).headline]   # the cells have one scope: the other's columns stay empty
-    return list(dict.fromkeys([str(k) for k in cfg.sweep.metrics] + downstream))
+    # the cells have one scope per task: the other scope's columns stay empty (and out of the report)
+    return list(dict.fromkeys([str(k) for k in cfg.sweep.metrics] + headline_metric_keys(cfg.equivariance.downstream)))
 
 
 def gather_sweep(sweep_dir: str | Path) -> Path:

@@ -14,7 +14,7 @@ from typing import Iterable
 from corr3d.eval.tasks.base import Dataset, EvalTask, OfflineSource, RealSource
 
 __all__ = ["Dataset", "EvalTask", "OfflineSource", "RealSource", "TASK_NAMES", "registry", "get_task",
-           "offline_parts"]
+           "offline_parts", "headline_metric_keys"]
 
 TASK_NAMES: tuple[str, ...] = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
                                            if m.name != "base" and not m.name.startswith("_")))
@@ -35,6 +35,13 @@ def get_task(name: str) -> EvalTask:
         return registry()[name]
     except KeyError:
         raise ValueError(f"unknown eval task {name!r}; known: {', '.join(registry())}") from None
+
+
+def headline_metric_keys(tasks: Iterable[str]) -> list[str]:
+    """Every headline metric key the ``tasks`` can report, under both scopes (real data: ``<task>/..``, offline
+    suite: ``offline/<task>/..``); a run has one of them per task."""
+    return [f"{scope}{task}/{leaf}" for task in tasks for scope in ("", "offline/")
+            for leaf in get_task(str(task)).headline]
 
 
 def offline_parts(tasks: Iterable[str]) -> list[str]:
